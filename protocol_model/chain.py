@@ -1,0 +1,125 @@
+"""Connecting to a chain and sending transactions from a deployer or an operator.
+
+``connect`` gives a :class:`web3.Web3` for either the embedded eth-tester chain (``rpc`` of
+``None`` or ``"memory"``) or any JSON-RPC HTTP URL. ``Sender`` sends a transaction either from an
+account the node unlocks (dev nodes, eth-tester) or signed locally with a key (any node).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.types import TxReceipt
+
+from .errors import ChainError, Revert
+
+log = logging.getLogger(__name__)
+
+MEMORY = "memory"
+
+
+def memory_chain() -> Web3:
+    """A fresh in-process eth-tester chain on py-evm with ten funded, unlocked accounts."""
+    from eth_tester import EthereumTester, PyEVMBackend
+    from web3 import EthereumTesterProvider
+
+    tester = EthereumTester(PyEVMBackend())
+    return Web3(EthereumTesterProvider(tester))
+
+
+def connect(rpc: str | None, timeout: float = 10.0) -> Web3:
+    """Connect to ``rpc`` (an http(s) URL) or, for ``None``/``"memory"``, a new in-process chain."""
+    if rpc is None or rpc == MEMORY:
+        return memory_chain()
+    if not rpc.startswith(("http://", "https://")):
+        raise ChainError(f"unsupported RPC URL {rpc!r}: give an http:// or https:// URL, or 'memory'")
+    w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": timeout}))
+    try:
+        w3.eth.chain_id
+    except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+        raise ChainError(
+            f"cannot reach the RPC node at {rpc} ({type(exc).__name__}); is the node running? "
+            "start one with 'xmargin node'"
+        ) from exc
+    return w3
+
+
+def tester_of(w3: Web3) -> Any | None:
+    """The EthereumTester behind an in-process chain, or None for a JSON-RPC node."""
+    return getattr(w3.provider, "ethereum_tester", None)
+
+
+def revert_reason(exc: BaseException) -> str | None:
+    """The revert reason string carried by a web3 ContractLogicError, or None for other errors."""
+    from eth_tester.exceptions import TransactionFailed
+    from web3.exceptions import ContractLogicError
+
+    if isinstance(exc, ContractLogicError):
+        msg = str(exc.message if getattr(exc, "message", None) else exc)
+    elif isinstance(exc, TransactionFailed):
+        msg = str(exc.args[0]) if exc.args else ""
+    else:
+        return None
+    prefix = "execution reverted: "
+    if msg.startswith(prefix):
+        return msg[len(prefix):]
+    if msg == "execution reverted":
+        return ""
+    return msg
+
+
+@dataclass
+class Sender:
+    """Sends transactions from ``address``: unlocked on the node, or signed with ``account``."""
+
+    w3: Web3
+    address: str
+    account: LocalAccount | None = None
+    tip_wei: int = 1_000_000_000
+
+    @classmethod
+    def unlocked(cls, w3: Web3, index: int = 0) -> "Sender":
+        accounts = w3.eth.accounts
+        if not accounts:
+            raise ChainError("the node has no unlocked accounts: give a key (XMARGIN_PRIVATE_KEY or --keystore)")
+        return cls(w3, accounts[index])
+
+    @classmethod
+    def from_key(cls, w3: Web3, account: LocalAccount) -> "Sender":
+        return cls(w3, account.address, account)
+
+    def send(self, call: Any, gas: int | None = None) -> TxReceipt:
+        """Send a prepared contract call (``contract.functions.f(...)``) and wait for its receipt.
+
+        Raises :class:`Revert` with the reason if the call would revert or the receipt failed.
+        """
+        params: dict[str, Any] = {"from": self.address}
+        if gas is not None:
+            params["gas"] = gas
+        try:
+            if self.account is None:
+                tx_hash = call.transact(params)
+            else:
+                base = self.w3.eth.get_block("latest")["baseFeePerGas"]
+                params |= {
+                    "nonce": self.w3.eth.get_transaction_count(self.address, "pending"),
+                    "maxPriorityFeePerGas": self.tip_wei,
+                    "maxFeePerGas": 2 * base + self.tip_wei,
+                    "chainId": self.w3.eth.chain_id,
+                }
+                tx = call.build_transaction(params)
+                signed = self.account.sign_transaction(tx)
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception as exc:  # noqa: BLE001 - only revert errors are translated, others re-raised
+            reason = revert_reason(exc)
+            if reason is None:
+                raise
+            raise Revert(reason) from exc
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
+        if receipt["status"] != 1:
+            raise Revert("")
+        return receipt

@@ -1,0 +1,209 @@
+"""Shared fixtures: one in-process chain per session, the protocol deployed once per decimals case,
+actors named by role, and a chain snapshot around every test.
+
+Deployments happen in a session fixture *before* the first per-test snapshot, so reverting to a
+snapshot never removes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+from web3 import Web3
+
+from protocol_model.chain import Sender, memory_chain, tester_of
+from protocol_model.deploy import (
+    WAD,
+    CollateralSpec,
+    DeployConfig,
+    Deployment,
+    MarketSpec,
+    compile_contracts,
+    deploy_protocol,
+)
+
+# ---------------------------------------------------------------- Hypothesis profiles
+# "ci" is quick and runs by default; "nightly" is long: XMARGIN_HYPOTHESIS_PROFILE=nightly.
+settings.register_profile(
+    "ci", max_examples=25, stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "nightly", max_examples=1000, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("XMARGIN_HYPOTHESIS_PROFILE", "ci"))
+
+MAX_UINT = 2**256 - 1
+
+# Decimals cases: each of 6, 8 and 18 appears for the quote token and for a collateral token.
+DECIMALS_CASES: dict[str, tuple[int, int, int]] = {
+    "q6": (6, 18, 8),    # (quote, WETH, WBTC): the default listing
+    "q8": (8, 6, 18),
+    "q18": (18, 8, 6),
+}
+
+
+def config_for(case: str) -> DeployConfig:
+    q, weth, wbtc = DECIMALS_CASES[case]
+    base = DeployConfig()
+    cols = (
+        CollateralSpec("WETH", "ETH", weth, 80 * 10**16, 85 * 10**16, 5 * 10**16),
+        CollateralSpec("WBTC", "BTC", wbtc, 75 * 10**16, 80 * 10**16, 5 * 10**16),
+    )
+    return DeployConfig(quote_decimals=q, collaterals=cols, markets=base.markets, feeds=base.feeds)
+
+
+# ---------------------------------------------------------------- harness
+
+
+@dataclass
+class Protocol:
+    """A deployed protocol with handles and small helpers for tests."""
+
+    w3: Web3
+    dep: Deployment
+    owner: Sender
+    case: str
+    engine: Any = field(init=False)
+    lens: Any = field(init=False)
+    quote: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = self.dep.engine_contract
+        self.lens = self.dep.lens_contract
+        self.quote = self.dep.quote_contract
+
+    # tokens --------------------------------------------------------------
+    def token(self, symbol: str) -> Any:
+        if symbol.upper() == self.dep.quote_symbol:
+            return self.quote
+        return self.dep.token_contract(symbol)
+
+    def decimals(self, symbol: str) -> int:
+        if symbol.upper() == self.dep.quote_symbol:
+            return self.dep.quote_decimals
+        return int(self.dep.collateral(symbol)["decimals"])
+
+    def units(self, symbol: str, whole: int | float | str) -> int:
+        """Whole tokens to native units (exact for ints and decimal strings)."""
+        from decimal import Decimal
+
+        return int(Decimal(str(whole)) * 10 ** self.decimals(symbol))
+
+    def fund(self, actor: Sender, symbol: str, amount: int) -> None:
+        """Mint ``amount`` native units to ``actor`` and approve the engine for everything."""
+        tok = self.token(symbol)
+        self.owner.send(tok.functions.mint(actor.address, amount))
+        actor.send(tok.functions.approve(self.engine.address, MAX_UINT))
+
+    def deposit(self, actor: Sender, symbol: str, amount: int) -> Any:
+        self.fund(actor, symbol, amount)
+        return actor.send(self.engine.functions.deposit(self.token(symbol).address, amount))
+
+    # prices --------------------------------------------------------------
+    def feed(self, asset: str) -> Any:
+        return self.dep.feed_contract(asset)
+
+    def set_price(self, asset: str, usd: int | float | str) -> Any:
+        """Set a feed's price in whole USD (decimal strings are exact)."""
+        from decimal import Decimal
+
+        feed = self.feed(asset)
+        answer = int(Decimal(str(usd)) * 10 ** feed.functions.decimals().call())
+        return self.owner.send(feed.functions.set_answer(answer))
+
+    def price(self, asset: str) -> int:
+        """The feed's price normalised to WAD."""
+        feed = self.feed(asset)
+        return feed.functions.latestRoundData().call()[1] * 10 ** (18 - feed.functions.decimals().call())
+
+    # trading -------------------------------------------------------------
+    def trade(self, actor: Sender, market: str, size_delta: int, limit: int | None = None) -> Any:
+        if limit is None:
+            limit = MAX_UINT if size_delta > 0 else 0
+        return actor.send(self.engine.functions.trade(self.dep.market_id(market), size_delta, limit))
+
+    def health(self, account: str) -> tuple[int, int, int]:
+        return tuple(self.engine.functions.health(account).call())  # type: ignore[return-value]
+
+    def position(self, account: str, market: str) -> tuple[int, int]:
+        return tuple(self.engine.functions.position(account, self.dep.market_id(market)).call())  # type: ignore[return-value]
+
+    def cash(self, account: str) -> int:
+        return int(self.engine.functions.cash(account).call())
+
+    def events(self, receipt: Any, name: str) -> list[Any]:
+        return list(getattr(self.engine.events, name)().process_receipt(receipt))
+
+
+@dataclass
+class Actors:
+    owner: Sender
+    trader: Sender
+    trader2: Sender
+    liquidator: Sender
+    rival: Sender
+    outsider: Sender
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def w3() -> Web3:
+    compile_contracts()
+    return memory_chain()
+
+
+@pytest.fixture(scope="session")
+def tester(w3: Web3) -> Any:
+    return tester_of(w3)
+
+
+@pytest.fixture(scope="session")
+def actors(w3: Web3) -> Actors:
+    return Actors(*(Sender.unlocked(w3, i) for i in range(6)))
+
+
+@pytest.fixture(scope="session")
+def deployments(w3: Web3, actors: Actors) -> dict[str, Protocol]:
+    """The protocol deployed once per decimals case, before any snapshot is taken."""
+    out = {}
+    for case in DECIMALS_CASES:
+        dep = deploy_protocol(w3, actors.owner, config_for(case))
+        out[case] = Protocol(w3, dep, actors.owner, case)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _chain_snapshot(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that touches the chain starts from a snapshot and reverts to it."""
+    if "w3" not in request.fixturenames and "deployments" not in request.fixturenames and not any(
+        f in request.fixturenames for f in ("protocol", "any_protocol", "tester")
+    ):
+        yield
+        return
+    request.getfixturevalue("deployments")
+    tester = request.getfixturevalue("tester")
+    snap = tester.take_snapshot()
+    try:
+        yield
+    finally:
+        tester.revert_to_snapshot(snap)
+
+
+@pytest.fixture
+def protocol(deployments: dict[str, Protocol]) -> Protocol:
+    """The default listing: USDC 6 decimals, WETH 18, WBTC 8."""
+    return deployments["q6"]
+
+
+@pytest.fixture(params=list(DECIMALS_CASES))
+def any_protocol(request: pytest.FixtureRequest, deployments: dict[str, Protocol]) -> Protocol:
+    """Each decimals case in turn, for tests where token decimals matter."""
+    return deployments[request.param]
