@@ -153,11 +153,16 @@ event InsuranceSeeded:
     amount: uint256             # native units
     insurance_fund: uint256     # resulting fund, USD WAD
 
+event QuoteTokenSet:
+    token: indexed(address)
+    quote_scale: uint256        # 10**(18 - quote decimals)
+
 event CollateralListed:
     token: indexed(address)
     feed: indexed(address)
     index: uint256
     decimals: uint256
+    price_scale: uint256        # 10**(18 - feed decimals)
 
 event CollateralParamsSet:
     token: indexed(address)
@@ -169,6 +174,7 @@ event CollateralParamsSet:
 event MarketListed:
     market: indexed(uint256)
     feed: indexed(address)
+    price_scale: uint256        # 10**(18 - feed decimals)
 
 event MarketParamsSet:
     market: indexed(uint256)
@@ -245,6 +251,7 @@ def __init__(_quote_token: address, _keeper_share: uint256, _max_price_age: uint
     self.quote_token = _quote_token
     self.quote_scale = 10 ** (18 - quote_decimals)
     log OwnershipTransferred(previous=empty(address), owner=msg.sender)
+    log QuoteTokenSet(token=_quote_token, quote_scale=10 ** (18 - quote_decimals))
     self._set_params(_keeper_share, _max_price_age, _dust_notional)
 
 # ---------------------------------------------------------------- MATH
@@ -688,12 +695,13 @@ def list_collateral(token: address, feed: address, init_weight: uint256, maint_w
     d: uint256 = convert(staticcall IERC20Decimals(token).decimals(), uint256)
     assert d <= 18, "bad decimals"
     index: uint256 = len(self.collateral_tokens)
+    scale: uint256 = self._feed_scale(feed)
     self.collateral_tokens.append(token)
     self.collateral_config[token] = CollateralConfig(
-        feed=feed, price_scale=self._feed_scale(feed), decimals=d, unit=10 ** d,
+        feed=feed, price_scale=scale, decimals=d, unit=10 ** d,
         init_weight=0, maint_weight=0, liquidation_discount=0, deposit_cap=0, index=index,
     )
-    log CollateralListed(token=token, feed=feed, index=index, decimals=d)
+    log CollateralListed(token=token, feed=feed, index=index, decimals=d, price_scale=scale)
     self._set_collateral_params(token, init_weight, maint_weight, liquidation_discount, deposit_cap)
 
 @external
@@ -721,9 +729,10 @@ def list_market(feed: address, imf: uint256, mmf: uint256, liquidation_fee: uint
     market_id: uint256 = self.market_count
     assert market_id < MAX_MARKETS, "too many markets"
     self.market[market_id].feed = feed
-    self.market[market_id].price_scale = self._feed_scale(feed)
+    scale: uint256 = self._feed_scale(feed)
+    self.market[market_id].price_scale = scale
     self.market_count = market_id + 1
-    log MarketListed(market=market_id, feed=feed)
+    log MarketListed(market=market_id, feed=feed, price_scale=scale)
     self._set_market_params(market_id, imf, mmf, liquidation_fee, taker_fee, oi_cap)
     return market_id
 
