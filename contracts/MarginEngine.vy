@@ -599,14 +599,20 @@ def _collateral_plan(account: address, token: address, max_repay: uint256, stric
     qs: uint256 = self.quote_scale
 
     # Repay in native quote units: the whole debt rounded up, at most max_repay, at most what the
-    # balance is worth at the discounted price rounded down.
+    # balance is worth at the discounted price rounded down (`cap`). A repay of the whole cap
+    # takes the whole balance, so no unliquidatable dust (worth under one quote unit) is left
+    # behind to block settle_bad_debt.
     debt: uint256 = (convert(-c, uint256) + qs - 1) // qs
-    repay: uint256 = min(min(debt, max_repay), balance * discounted // unit // qs)
-    assert repay > 0, "too small"
+    cap: uint256 = balance * discounted // unit // qs
+    repay: uint256 = min(min(debt, max_repay), cap)
 
     plan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
     plan.repay = repay
-    plan.seized = min(repay * qs * unit // discounted, balance)
+    if repay == cap:
+        plan.seized = balance
+    else:
+        # dev: repay < cap, so the seized amount is below the balance
+        plan.seized = repay * qs * unit // discounted
     plan.price = convert(p, uint256)
     plan.cash = c + convert(repay * qs, int256)
     plan.collateral = balance - plan.seized
@@ -624,7 +630,8 @@ def liquidate_collateral(account: address, token: address, max_repay: uint256):
     self.total_collateral[token] -= plan.seized
     if plan.collateral == 0:
         self.held_collaterals[account] &= ~(1 << self.collateral_config[token].index)
-    assert extcall IERC20(self.quote_token).transferFrom(msg.sender, self, plan.repay, default_return_value=True), "transfer failed"
+    if plan.repay > 0:
+        assert extcall IERC20(self.quote_token).transferFrom(msg.sender, self, plan.repay, default_return_value=True), "transfer failed"
     if plan.seized > 0:
         assert extcall IERC20(token).transfer(msg.sender, plan.seized, default_return_value=True), "transfer failed"
     log CollateralLiquidation(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 WAD = 10**18
-CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+# XMARGIN_CONTRACTS_DIR lets a contract change be tested from a copy before it replaces contracts/.
+CONTRACTS_DIR = Path(os.environ.get("XMARGIN_CONTRACTS_DIR") or Path(__file__).resolve().parent.parent / "contracts")
 CONTRACT_NAMES = ("MarginEngine", "PriceFeed", "Token", "Lens")
 MAX_PRICE = 2**100  # the engine's largest usable price, USD WAD
 DEPLOYMENT_VERSION = 1
