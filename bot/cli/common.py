@@ -1,0 +1,200 @@
+"""Shared CLI plumbing: reusable options, the chain/deployment context, output, and the error
+boundary that turns every expected error into one line on stderr and a meaningful exit code.
+
+Exit codes: 0 success; 1 the operation failed (a revert, a failed check); 2 bad input (usage,
+addresses, symbols, files); 3 the chain could not be reached or answered nonsense.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, TypeVar
+
+import click
+from rich.console import Console
+from web3 import Web3
+
+from protocol_model.chain import MEMORY, Sender, connect
+from protocol_model.deploy import Deployment
+from protocol_model.errors import ChainError, ConfigError, Revert, XmarginError
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CHAIN = 3
+
+DEFAULT_RPC = "http://127.0.0.1:8545"
+DEFAULT_DEPLOYMENT = "deployment.json"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Context:
+    """What every command needs: the options it was given and, lazily, a chain and a deployment."""
+
+    rpc: str | None = None
+    deployment_path: str | None = None
+    as_json: bool = False
+    w3: Web3 | None = None                       # injected by tests and by `xmargin demo`
+    deployment: Deployment | None = None
+    console: Console = field(default_factory=lambda: Console(highlight=False))
+
+    def chain(self) -> Web3:
+        if self.w3 is None:
+            self.w3 = connect(self.rpc or DEFAULT_RPC)
+        return self.w3
+
+    def dep(self) -> Deployment:
+        if self.deployment is None:
+            path = self.deployment_path or DEFAULT_DEPLOYMENT
+            self.deployment = Deployment.load(path, self.chain())
+        elif self.deployment.w3 is None:
+            self.deployment.bind(self.chain())
+        return self.deployment
+
+    def sender(self, keystore: str | None = None, password_file: str | None = None) -> Sender:
+        """A key from --keystore or XMARGIN_PRIVATE_KEY, else the node's first unlocked account."""
+        w3 = self.chain()
+        if keystore or os.environ.get("XMARGIN_PRIVATE_KEY"):
+            from bot.keys import load_account
+
+            return Sender.from_key(w3, load_account(keystore, password_file))
+        return Sender.unlocked(w3, 0)
+
+    def emit(self, data: Any, human: Callable[[Console], None]) -> None:
+        """Print ``data`` as one JSON document with --json, else render it for people."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=_json_default))
+        else:
+            human(self.console)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return "0x" + bytes(obj).hex()
+    if isinstance(obj, Decimal):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def get_ctx() -> Context:
+    ctx = click.get_current_context()
+    obj = ctx.find_object(Context)
+    if obj is None:
+        obj = ctx.ensure_object(Context)
+    return obj
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        obj = ctx.find_object(Context) or ctx.ensure_object(Context)
+        if value is not None and value is not False:
+            setattr(obj, name, value)
+        return value
+
+    return callback
+
+
+rpc_option = click.option(
+    "--rpc", envvar="XMARGIN_RPC", expose_value=False, callback=_store("rpc"), is_eager=True,
+    help=f"JSON-RPC URL of the node, or 'memory' for an in-process chain [env XMARGIN_RPC; default {DEFAULT_RPC}]",
+)
+deployment_option = click.option(
+    "--deployment", envvar="XMARGIN_DEPLOYMENT", expose_value=False, callback=_store("deployment_path"),
+    type=click.Path(dir_okay=False), help=f"deployment file written by 'xmargin deploy' [env XMARGIN_DEPLOYMENT; default {DEFAULT_DEPLOYMENT}]",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, expose_value=False, callback=_store("as_json"),
+    help="print one JSON document for scripts instead of tables",
+)
+
+
+def common_options(f: F) -> F:
+    """--rpc, --deployment and --json, on every command."""
+    return rpc_option(deployment_option(json_option(f)))  # type: ignore[return-value]
+
+
+def handle_errors(f: F) -> F:
+    """Turn expected errors into one line on stderr and an exit code; never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except ChainError as exc:
+            fail(str(exc), EXIT_CHAIN)
+        except Revert as exc:
+            fail(f"transaction reverted: {exc.reason or 'no reason given'}", EXIT_FAILED)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_BAD_INPUT)
+        except XmarginError as exc:
+            fail(str(exc), EXIT_FAILED)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            fail(f"cannot reach the node: {type(exc).__name__}: {exc}. Is it running? start one with 'xmargin node'", EXIT_CHAIN)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"error: {first}", err=True)
+    sys.exit(code)
+
+
+# ------------------------------------------------------------------ parsing helpers
+
+
+def parse_address(value: str, what: str = "address") -> str:
+    if not isinstance(value, str) or not Web3.is_address(value):
+        raise ConfigError(f"invalid {what} {value!r}: expected a 0x-prefixed 20-byte hex address")
+    return Web3.to_checksum_address(value)
+
+
+def parse_decimal(value: str, what: str) -> Decimal:
+    try:
+        d = Decimal(value.replace("_", "").replace(",", ""))
+    except (InvalidOperation, AttributeError):
+        raise ConfigError(f"invalid {what} {value!r}: expected a number such as 1800 or 1800.5") from None
+    if not d.is_finite():
+        raise ConfigError(f"invalid {what} {value!r}: expected a finite number")
+    return d
+
+
+def parse_percent(value: str) -> int:
+    """'-15%' or '-0.15' -> signed WAD fraction (-15% = -15 * 10**16)."""
+    text = value.strip()
+    if text.endswith("%"):
+        d = parse_decimal(text[:-1], "percentage") / 100
+    else:
+        d = parse_decimal(text, "fraction")
+    if d <= -1:
+        raise ConfigError(f"invalid shock {value!r}: a price cannot fall by 100% or more")
+    return int(d * 10**18)
+
+
+def fmt_usd(wad: int, places: int = 2) -> str:
+    """USD WAD -> '1,234.56' (exact: Decimal, rounded toward zero for display)."""
+    d = (Decimal(wad) / Decimal(10**18)).quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
+    return f"{d:,.{places}f}"
+
+
+def fmt_units(wad: int, places: int = 4) -> str:
+    d = (Decimal(wad) / Decimal(10**18)).quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
+    return f"{d:,.{places}f}"
+
+
+def wad_str(x: int) -> str:
+    """Exact decimal string of a WAD integer, for JSON (integers beyond 2**53 lose precision in JS)."""
+    return str(x)

@@ -1,0 +1,48 @@
+"""``xmargin deploy``: deploy the whole protocol and write the deployment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from protocol_model.deploy import DeployConfig, deploy_protocol
+
+from . import cli
+from .common import common_options, get_ctx, handle_errors
+
+
+@cli.command()
+@common_options
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="where to write the deployment file [default: --deployment, or deployment.json]")
+@click.option("--keystore", type=click.Path(dir_okay=False), default=None,
+              help="encrypted keystore of the deployer (password from --password-file or XMARGIN_KEYSTORE_PASSWORD); "
+                   "without it: XMARGIN_PRIVATE_KEY, else the node's first unlocked account")
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None, help="file holding the keystore password")
+@click.option("--max-price-age", type=click.IntRange(min=1), default=DeployConfig.max_price_age, show_default=True,
+              help="seconds a price stays usable")
+@handle_errors
+def deploy(out: str | None, keystore: str | None, password_file: str | None, max_price_age: int) -> None:
+    """Deploy tokens, feeds, engine and lens; list ETH-PERP, BTC-PERP, WETH, WBTC; seed the house."""
+    ctx = get_ctx()
+    w3 = ctx.chain()
+    sender = ctx.sender(keystore, password_file)
+    dep = deploy_protocol(w3, sender, DeployConfig(max_price_age=max_price_age))
+    path = Path(out or ctx.deployment_path or "deployment.json")
+    dep.save(path)
+    ctx.deployment = dep
+    data = dep.to_json() | {"file": str(path)}
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        console.print(f"[bold]deployed xmargin[/] on chain {dep.chain_id} at block {dep.block} by {dep.owner}")
+        console.print(f"  engine  {dep.engine}")
+        console.print(f"  lens    {dep.lens}")
+        console.print(f"  {dep.quote_symbol:<7} {dep.quote}  ({dep.quote_decimals} decimals)")
+        for sym, c in dep.collaterals.items():
+            console.print(f"  {sym:<7} {c['token']}  ({c['decimals']} decimals, feed {c['feed']})")
+        for name, m in dep.markets.items():
+            console.print(f"  {name:<9} market {m['id']}, feed {m['feed']}")
+        console.print(f"wrote {path}")
+
+    ctx.emit(data, human)
