@@ -92,6 +92,26 @@ class Sender:
     def from_key(cls, w3: Web3, account: LocalAccount) -> "Sender":
         return cls(w3, account.address, account)
 
+    def submit(
+        self, call: Any | None, gas: int, nonce: int, *, to: str | None = None, value: int = 0,
+        max_fee: int | None = None, chain_id: int | None = None,
+    ) -> bytes:
+        """Send without waiting: a contract call, or (``call=None``) a plain transfer of ``value`` wei
+        to ``to``. The caller tracks ``nonce`` and may pass ``max_fee`` and ``chain_id`` to save the
+        two reads per transaction when it sends many; returns the transaction hash."""
+        params: dict[str, Any] = {"from": self.address, "gas": gas, "nonce": nonce, "value": value}
+        if call is None:
+            params["to"] = to
+        if max_fee is None:
+            max_fee = 2 * self.w3.eth.get_block("latest")["baseFeePerGas"] + self.tip_wei
+        params |= {"maxPriorityFeePerGas": min(self.tip_wei, max_fee), "maxFeePerGas": max_fee}
+        tx = call.build_transaction(params) if call is not None else params
+        if self.account is None:
+            return bytes(self.w3.eth.send_transaction(tx))  # type: ignore[arg-type]
+        tx["chainId"] = chain_id if chain_id is not None else self.w3.eth.chain_id
+        signed = self.account.sign_transaction(tx)
+        return bytes(self.w3.eth.send_raw_transaction(signed.raw_transaction))
+
     def send(self, call: Any, gas: int | None = None) -> TxReceipt:
         """Send a prepared contract call (``contract.functions.f(...)``) and wait for its receipt.
 

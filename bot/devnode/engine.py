@@ -351,7 +351,7 @@ class DevChain:
                 raise ServerError(f"intrinsic gas too low: have {tx.gas}, want {tx.intrinsic_gas}")
             try:
                 tx.validate()
-            except ValidationError as exc:
+            except (ValidationError, ValueError) as exc:
                 raise ServerError(f"invalid transaction: {exc}") from None
             header = self.chain.header
             if tx.gas > header.gas_limit:

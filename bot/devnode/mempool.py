@@ -75,6 +75,9 @@ class Mempool:
     def senders(self) -> list[bytes]:
         return list(self._by_sender)
 
+    def tx_at(self, sender: bytes, nonce: int) -> PoolTx | None:
+        return self._by_sender.get(sender, {}).get(nonce)
+
     def txs_of(self, sender: bytes) -> dict[int, PoolTx]:
         """The sender's pooled transactions by nonce (a copy)."""
         return dict(self._by_sender.get(sender, {}))
@@ -174,7 +177,7 @@ class BlockSelector:
         self._heap: list[tuple[int, int, bytes]] = []
         self._txs: dict[bytes, PoolTx] = {}
         for sender in pool.senders():
-            head = pool.txs_of(sender).get(state_nonce(sender))
+            head = pool.tx_at(sender, state_nonce(sender))
             if head is not None:
                 self._push(head)
 
@@ -192,6 +195,6 @@ class BlockSelector:
         return self._txs.pop(tx_hash)
 
     def advance(self, included: PoolTx) -> None:
-        successor = self._pool.txs_of(included.sender).get(included.nonce + 1)
+        successor = self._pool.tx_at(included.sender, included.nonce + 1)
         if successor is not None:
             self._push(successor)
