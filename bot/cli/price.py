@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import click
+from web3 import Web3
 
 from protocol_model.errors import ConfigError
 
@@ -32,7 +33,7 @@ def _set(ctx, feed, answer: int) -> dict:  # type: ignore[no-untyped-def]
     if not lo <= answer <= hi:
         raise ConfigError(f"price out of the feed's range: answers must lie in [{lo}, {hi}] feed units")
     receipt = ctx.sender().send(feed.functions.set_answer(answer))
-    return {"tx": receipt["transactionHash"].hex(), "block": receipt["blockNumber"]}
+    return {"tx": Web3.to_hex(receipt["transactionHash"]), "block": receipt["blockNumber"]}
 
 
 @cli.group()
@@ -85,7 +86,7 @@ def set_price(asset: str, usd: str) -> None:
     ctx.emit(out, lambda c: c.print(f"{name}: {out['old']} -> {out['new']} USD (block {out['block']})"))
 
 
-@price.command("shock")
+@price.command("shock", context_settings={"ignore_unknown_options": True})
 @common_options
 @click.argument("asset")
 @click.argument("change")

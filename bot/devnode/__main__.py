@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("bot.devnode")
     node = DevNode(block_time=args.block_time, port=args.port, host=args.host, accounts=args.accounts)
     node.start()
-    for index, (address, key) in enumerate(node.accounts):
-        log.info("account (%d) %s private key %s", index, address, key)
+    for index, (address, _key) in enumerate(node.accounts):
+        log.info("account (%d) %s", index, address)  # keys are never logged
     sys.stdout.write(f"listening on {node.url}\n")
     sys.stdout.flush()
     node.serve_forever()

@@ -1,0 +1,35 @@
+"""``xmargin seed``: traders with random collateral and positions, some close to liquidation."""
+
+from __future__ import annotations
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bot.seeding import seed_accounts
+
+from . import cli
+from .common import common_options, get_ctx, handle_errors
+
+
+@cli.command()
+@common_options
+@click.option("--accounts", "n", type=click.IntRange(1, 100_000), default=100, show_default=True, help="number of traders")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True, help="random seed (same seed, same traders)")
+@handle_errors
+def seed(n: int, seed: int) -> None:
+    """Create N traders: random collateral and leverage, a fifth of them close to liquidation."""
+    ctx = get_ctx()
+    dep = ctx.dep()
+    owner = ctx.sender()
+    if ctx.as_json:
+        plans = seed_accounts(ctx.chain(), dep, owner, n, seed)
+    else:
+        with Progress(TextColumn("seeding traders"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=ctx.console, transient=True) as bar:
+            task = bar.add_task("seed", total=3 * n)
+            plans = seed_accounts(ctx.chain(), dep, owner, n, seed, progress=lambda done, total: bar.update(task, completed=done))
+    high = sum(1 for p in plans if p.leverage_pct >= 800)
+    ctx.emit(
+        {"seed": seed, "accounts": [p.to_json() for p in plans]},
+        lambda c: c.print(f"seeded {len(plans)} traders (seed {seed}); {high} leveraged 8x or more"),
+    )
