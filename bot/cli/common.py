@@ -45,7 +45,8 @@ class Context:
     as_json: bool = False
     w3: Web3 | None = None                       # injected by tests and by `xmargin demo`
     deployment: Deployment | None = None
-    console: Console = field(default_factory=lambda: Console(highlight=False))
+    # Rich falls back to 80 columns off a terminal; logs and pipes get room for whole tables.
+    console: Console = field(default_factory=lambda: Console(highlight=False, width=None if sys.stdout.isatty() else 160))
 
     def chain(self) -> Web3:
         if self.w3 is None:
