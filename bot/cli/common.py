@@ -140,6 +140,11 @@ def handle_errors(f: F) -> F:
             fail(f"transaction reverted: {exc.reason or 'no reason given'}", EXIT_FAILED)
         except ConfigError as exc:
             fail(str(exc), EXIT_BAD_INPUT)
+        except ValueError as exc:
+            # KeyLoadError and the bot's other input errors are ValueErrors of the xmargin family.
+            if not isinstance(exc, XmarginError):
+                raise
+            fail(str(exc), EXIT_BAD_INPUT)
         except XmarginError as exc:
             fail(str(exc), EXIT_FAILED)
         except (ConnectionError, TimeoutError, OSError) as exc:
