@@ -1,0 +1,227 @@
+"""``xmargin bot``: run the liquidation bot, and read its history.
+
+    xmargin bot run --rpc URL --deployment FILE [--keystore FILE] [--dry-run] [--metrics-port N] ...
+    xmargin bot status --db FILE [--json]
+
+Every ``bot run`` option overrides the matching ``XMARGIN_*`` setting of :class:`bot.config.BotConfig`
+(``xmargin bot run --help`` lists them all). The key comes from ``--keystore`` (password from
+``--password-file`` or ``XMARGIN_KEYSTORE_PASSWORD``) or ``XMARGIN_PRIVATE_KEY``; it is never
+printed. A dry run needs no key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol_model.chain import connect
+from protocol_model.deploy import Deployment
+from protocol_model.errors import ConfigError
+
+from . import cli
+from .common import (
+    DEFAULT_DEPLOYMENT,
+    EXIT_FAILED,
+    common_options,
+    fail,
+    fmt_usd,
+    get_ctx,
+    handle_errors,
+    parse_decimal,
+)
+
+log = logging.getLogger(__name__)
+
+WAD = 10**18
+STRATEGIES = {"fixed": "fixed", "profit-share": "profit_share"}
+
+
+@cli.group()
+def bot() -> None:
+    """Run the liquidation bot and inspect what it did."""
+
+
+def _settings_epilog() -> str:
+    from bot.config import BotConfig
+
+    lines = ["Settings (environment; options above override them):", ""]
+    for var, default, help_text in BotConfig.settings_help():
+        lines.append(f"  {var} [{default}]: {help_text}")
+    return "\b\n" + "\n".join(lines)
+
+
+@bot.command("run", epilog=_settings_epilog())
+@common_options
+@click.option("--keystore", type=click.Path(dir_okay=False), default=None,
+              help="encrypted keystore of the liquidator key [else XMARGIN_PRIVATE_KEY]")
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the keystore password [else XMARGIN_KEYSTORE_PASSWORD]")
+@click.option("--dry-run", is_flag=True, default=False, help="decide and log liquidations, never sign or send")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="serve Prometheus metrics on this port (http://127.0.0.1:PORT/metrics)")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite state database [XMARGIN_DB_PATH; default xmargin-bot.sqlite3]")
+@click.option("--min-profit", default=None, help="least profit net of gas to act on, USD, e.g. 2.5")
+@click.option("--strategy", type=click.Choice(sorted(STRATEGIES)), default=None,
+              help="priority fee: a fixed tip, or a share of the expected profit")
+@click.option("--tip-gwei", default=None, help="priority fee of the fixed strategy, gwei, e.g. 1.5")
+@click.option("--profit-share", default=None, help="share of the expected profit paid as priority fee, percent, e.g. 10")
+@click.option("--max-blocks", type=click.IntRange(min=1), default=None, help="stop after processing N new blocks")
+@click.option("--no-collateral", is_flag=True, default=False,
+              help="never liquidate collateral (it spends quote tokens the bot holds)")
+@handle_errors
+def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
+            db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
+            profit_share: str | None, max_blocks: int | None, no_collateral: bool) -> None:
+    """Watch every account and liquidate those under maintenance margin, most profitable first."""
+    from bot.config import BotConfig
+    from bot.keys import PRIVATE_KEY_ENV, load_account
+    from bot.liquidator import Liquidator
+
+    ctx = get_ctx()
+    overrides: dict[str, Any] = {
+        "rpc_url": ctx.rpc,
+        "deployment_path": ctx.deployment_path,
+        "db_path": db_path,
+        "dry_run": True if dry_run else None,
+        "gas_strategy": STRATEGIES[strategy] if strategy else None,
+    }
+    if keystore is not None:
+        overrides["keystore_path"] = keystore
+    if password_file is not None:
+        overrides["keystore_password_file"] = password_file
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    if min_profit is not None:
+        overrides["min_profit_usd_wad"] = _scaled(min_profit, "--min-profit", WAD)
+    if tip_gwei is not None:
+        overrides["fixed_tip_wei"] = _scaled(tip_gwei, "--tip-gwei", 10**9)
+    if profit_share is not None:
+        share = _scaled(profit_share, "--profit-share", WAD // 100)
+        overrides["profit_share_wad"] = share
+    cfg = BotConfig.from_env(**overrides)
+
+    # The key first: a wrong password is reported before anything touches the network.
+    account = None
+    if cfg.keystore_path is not None or os.environ.get(PRIVATE_KEY_ENV) or not cfg.dry_run:
+        account = load_account(cfg.keystore_path, cfg.keystore_password_file)
+
+    if not click.get_current_context().find_root().meta.get("verbose"):
+        logging.getLogger("bot").setLevel(logging.INFO)   # the one-line-per-event log, without -v too
+    w3 = ctx.w3 if ctx.w3 is not None else connect(cfg.rpc_url, timeout=cfg.rpc_timeout_s)
+    dep = Deployment.load(cfg.deployment_path or DEFAULT_DEPLOYMENT, w3)
+    liquidator = Liquidator(w3, dep, account, cfg, collateral_liquidation=not no_collateral)
+    result = liquidator.run(max_blocks=max_blocks)
+    totals = liquidator.store_totals()
+    out = {
+        "reason": result.reason,
+        "blocks": result.blocks,
+        "skipped_blocks": result.skipped,
+        "failed_ticks": result.failed_ticks,
+        "errors": result.errors,
+        "won": totals.won if totals else 0,
+        "lost": totals.lost if totals else 0,
+        "reward_usd_wad": str(totals.reward_usd_wad) if totals else "0",
+        "gas_cost_wei": str(totals.gas_cost_wei) if totals else "0",
+        "rpc_calls": liquidator.rpc.counts,
+        "dry_run": cfg.dry_run,
+    }
+    ctx.emit(out, lambda c: c.print(
+        f"bot stopped ({result.reason}) after {result.blocks} block(s): won {out['won']}, lost {out['lost']}, "
+        f"rewards {fmt_usd(int(out['reward_usd_wad']))} USD, gas {_eth(int(out['gas_cost_wei']))} ETH"
+    ))
+    if not result.ok:
+        fail(f"the bot stopped after {result.failed_ticks} failed tick(s): {result.errors[-1] if result.errors else 'see the log'}",
+             EXIT_FAILED)
+
+
+@bot.command("status")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), required=True, help="the bot's SQLite database")
+@click.option("--json", "as_json", is_flag=True, default=False, help="print one JSON document for scripts")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="most recent liquidations to list (0 = all)")
+@handle_errors
+def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
+    """The bot's liquidation history and totals: won and lost, rewards, gas."""
+    from bot.store import Store
+
+    ctx = get_ctx()
+    ctx.as_json = ctx.as_json or as_json
+    meta = _read_meta(Path(db_path))
+    # No lock: the running bot keeps its own; this only reads (WAL lets both go on).
+    with Store(db_path, int(meta["chain_id"]), meta["engine"], int(meta["deployment_block"]), lock=False) as store:
+        history = store.liquidations()
+        totals = store.totals()
+        accounts = store.account_count()
+        last_block = store.last_block
+        pending = store.pending_txs()
+    shown = history[-limit:] if limit else history
+    rows = [{
+        "block": r.block, "account": r.account, "kind": r.kind, "target": r.target, "outcome": r.outcome,
+        "reward_native": str(r.reward_native), "reward_usd_wad": str(r.reward_usd_wad),
+        "gas_cost_wei": str(r.gas_cost_wei), "tx": r.tx_hash, "reason": r.reason,
+    } for r in shown]
+    out = {
+        "chain_id": int(meta["chain_id"]), "engine": meta["engine"], "last_block": last_block,
+        "accounts": accounts, "pending_txs": len(pending),
+        "totals": {"won": totals.won, "lost": totals.lost, "reward_usd_wad": str(totals.reward_usd_wad),
+                   "gas_cost_wei": str(totals.gas_cost_wei)},
+        "liquidations": rows,
+    }
+
+    def human(console: Any) -> None:
+        from rich.table import Table
+
+        t = Table("block", "account", "kind", "target", "outcome", "reward (USD)", "gas (ETH)", "tx")
+        for r in shown:
+            t.add_row(str(r.block), r.account, r.kind, r.target, r.outcome, fmt_usd(r.reward_usd_wad),
+                      _eth(r.gas_cost_wei), (r.tx_hash or "-")[:12] + ("…" if r.tx_hash else ""))
+        console.print(t)
+        console.print(
+            f"engine {meta['engine']} on chain {meta['chain_id']}, last block {last_block}, {accounts} account(s), "
+            f"{len(pending)} transaction(s) in flight\n"
+            f"won {totals.won}, lost {totals.lost}, rewards {fmt_usd(totals.reward_usd_wad)} USD, "
+            f"gas {_eth(totals.gas_cost_wei)} ETH"
+        )
+
+    ctx.emit(out, human)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _scaled(text: str, option: str, scale: int) -> int:
+    value = parse_decimal(text, option)
+    if value < 0:
+        raise ConfigError(f"{option} {text!r} must not be negative")
+    scaled = value * scale
+    if scaled != scaled.to_integral_value():
+        raise ConfigError(f"{option} {text!r} has more decimals than the unit allows")
+    return int(scaled)
+
+
+def _eth(wei: int) -> str:
+    return f"{Decimal(wei) / Decimal(10**18):.6f}"
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise ConfigError(f"no bot database at {path}: give the --db the bot runs with")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT key, value FROM meta").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path} is not a bot database ({exc}): give the --db the bot runs with") from None
+    meta = {str(k): str(v) for k, v in rows}
+    if not {"chain_id", "engine", "deployment_block"} <= meta.keys():
+        raise ConfigError(f"{path} is not a bot database (no chain binding): give the --db the bot runs with")
+    return meta

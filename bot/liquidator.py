@@ -1,0 +1,641 @@
+"""The liquidation bot: wiring of the mirror, the strategy, the sender, the store and the metrics.
+
+    bot = Liquidator(w3, deployment, account, BotConfig.from_env())
+    bot.run()                  # until SIGTERM/SIGINT, or repeated failures
+
+or, step by step (tests, benchmarks): ``bot.start()``, then ``bot.tick()`` once per block, then
+``bot.stop()``.
+
+The parts, each replaceable on its own (auction-keeper's split of ``main``/``strategy``/``gas``):
+
+* data: :class:`~bot.mirror.ChainMirror` (discovery, Lens snapshot, logs, reorgs) and
+  :class:`~bot.scanner.HeadWatcher` (the head, the stale-head watchdog);
+* decisions: :class:`~bot.strategy.Planner` (model previews, profit net of gas, sequencing) with
+  :class:`~bot.strategy.GasModel` (gas in USD from the mirrored ETH feed);
+* execution: :class:`~bot.txs.TxSender` (preflight ``eth_call``, nonces, EIP-1559 fees, signing,
+  replacement of stuck transactions, revert classification);
+* state and observability: :class:`~bot.store.Store`, :class:`~bot.metrics.BotMetrics`, and the
+  request counters of :class:`~bot.rpc.CountingRpc`;
+* the loop: :class:`~bot.lifecycle.Lifecycle` (on-block, timers, SIGTERM, circuit breaker).
+
+One tick, for a new head: sync the mirror (one ``eth_getLogs``), settle our in-flight
+transactions, then for each liquidatable account that is neither backed off after a lost race nor
+already targeted by a pending transaction, plan and send its liquidations, most profitable first.
+The key is never printed nor logged; log lines are one per event, e.g.::
+
+    liquidated 0x5B38…ddC4 ETH-PERP 12.5 @ 1,700.00 reward 212.50 USDC gas 0.42 USD tx 0x… block 123
+    lost race 0x5B38…ddC4 ETH-PERP (healthy) backing off 20 blocks
+    price ETH 2,000.00 -> 1,700.00 (3 liquidatable)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import takewhile
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractLogicError, Web3RPCError
+
+from protocol_model.deploy import Deployment, contract_at
+from protocol_model.errors import ChainError, ConfigError, Revert
+from protocol_model.health import HealthBook, margin_ratio
+from protocol_model.logs import ENGINE, decode_log
+from protocol_model.report import HEALTHY, status
+from protocol_model.state import ProtocolState
+from protocol_model.wad import UINT256_MAX, WAD
+
+from .config import BotConfig
+from .errors import CircuitOpen
+from .lifecycle import DEFAULT_EXPECTED_ERRORS, Lifecycle, RunResult
+from .metrics import BotMetrics, start_metrics_server
+from .mirror import ChainMirror, SyncResult
+from .rpc import CountingRpc
+from .scanner import Head, HeadWatcher
+from .store import LiquidationRecord, SentTx, Store, Totals
+from .strategy import LIQUIDATE, Candidate, GasModel, Planner, fmt_units, fmt_wad, merge_by_profit
+from .txs import SendResult, TxOutcome, TxSender, strategy_from_config
+
+log = logging.getLogger(__name__)
+
+APPROVE_GAS = 100_000
+# What a tick may fail with and be retried on the next poll; anything else is a bug and stops the loop.
+TICK_ERRORS: tuple[type[BaseException], ...] = (*DEFAULT_EXPECTED_ERRORS, ChainError, Web3RPCError, ContractLogicError)
+
+
+@dataclass
+class TickReport:
+    """What one :meth:`Liquidator.tick` did.
+
+    ``candidates`` are every priced candidate the strategy evaluated (chosen or not), ``chosen``
+    the ones it decided to send, ``sends`` the sender's results for them (``"sent"``,
+    ``"dry_run"``, ``"preflight_failed"``, ...), ``outcomes`` the in-flight transactions that
+    settled. ``rpc_calls`` are the requests the tick sent to the node, by method.
+    ``detection_latency_s``: from the moment the head was seen to the tick's last send.
+    """
+
+    head: int
+    events: int = 0
+    new_accounts: list[str] = field(default_factory=list)
+    liquidatable: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: list[Candidate] = field(default_factory=list)
+    sends: list[SendResult] = field(default_factory=list)
+    outcomes: list[TxOutcome] = field(default_factory=list)
+    rpc_calls: dict[str, int] = field(default_factory=dict)
+    detection_latency_s: float | None = None
+    tick_seconds: float = 0.0
+    backed_off: list[str] = field(default_factory=list)
+    lost: list[tuple[str, str]] = field(default_factory=list)   # (account, target) lost to a rival this tick
+    reorg_at: int | None = None
+    idle: bool = False           # no new head: nothing was processed
+
+    @property
+    def rpc_total(self) -> int:
+        return sum(self.rpc_calls.values())
+
+    @property
+    def sent(self) -> list[SendResult]:
+        return [s for s in self.sends if s.sent]
+
+    def summary(self) -> str:
+        return (f"block {self.head}: {self.events} event(s), {len(self.liquidatable)} liquidatable, "
+                f"{len(self.candidates)} candidate(s), {len(self.sent)} sent, {len(self.outcomes)} settled, "
+                f"{self.rpc_total} RPC call(s) in {self.tick_seconds * 1000:.0f} ms")
+
+
+class Liquidator:
+    """The liquidation bot for one deployment (see the module docstring)."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        account: LocalAccount | None,
+        config: BotConfig,
+        *,
+        store: Store | None = None,
+        metrics: BotMetrics | None = None,
+        rpc: CountingRpc | None = None,
+        collateral_liquidation: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if account is None and not config.dry_run:
+            raise ConfigError(
+                "no signing key: set XMARGIN_PRIVATE_KEY or give --keystore with its password, or use --dry-run"
+            )
+        self.w3 = w3
+        self.deployment = deployment
+        self.config = config
+        self._rpc = rpc if rpc is not None else CountingRpc.from_config(w3, config)
+        self.metrics = metrics if metrics is not None else BotMetrics()
+        self.metrics.bind_rpc(self._rpc)
+        self._store = store
+        self._owns_store = store is None
+        self._account = account
+        # A dry run without a key still preflights from some address; it never signs.
+        self._signer: LocalAccount = account if account is not None else Account.create()
+        self.address = to_checksum_address(self._signer.address)
+        self._clock = clock
+        self.engine = contract_at(w3, "MarginEngine", deployment.engine)
+        self.quote = contract_at(w3, "Token", deployment.quote)
+        self.watcher = HeadWatcher(w3, config.stale_head_s, clock=clock)
+        self.planner = Planner(
+            GasModel(strategy_from_config(config), config.liquidation_gas_estimate),
+            config.min_profit_usd_wad,
+            liquidator=self.address,
+            collateral_liquidation=collateral_liquidation and account is not None,
+        )
+        self.mirror: ChainMirror | None = None
+        self.sender: TxSender | None = None
+        self.eth_feed: str | None = None
+        self._lifecycle: Lifecycle | None = None
+        self._metrics_server: Any = None
+        self._started = False
+        self._closed = False
+        self._dirty = False                        # the last processing of a head did not finish
+        self._processed_once = False               # a head was processed since start()
+        self._last_head: int | None = None
+        self._suppressed: dict[tuple[str, str], int] = {}   # (account, target) -> until block, after an error
+        self._at_risk: set[str] = set()
+        self._blocks = 0
+        self._max_blocks: int | None = None
+        self._final_totals: Totals | None = None
+        self._report: TickReport | None = None     # the report of the tick in progress
+        self._poll_started: tuple[float, Any] | None = None   # (clock, RPC counters) before the last head poll
+
+    def __repr__(self) -> str:   # never the key
+        return f"Liquidator(address={self.address}, engine={self.engine.address}, dry_run={self.config.dry_run})"
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def rpc(self) -> CountingRpc:
+        return self._rpc
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ChainError("the bot is not started: call start() first")  # dev
+        return self._store
+
+    @property
+    def book(self) -> HealthBook:
+        if self.mirror is None or self.mirror.book is None:
+            raise ChainError("the bot is not started: call start() first")  # dev
+        return self.mirror.book
+
+    @property
+    def state(self) -> ProtocolState:
+        if self.mirror is None or self.mirror.state is None:
+            raise ChainError("the bot is not started: call start() first")  # dev
+        return self.mirror.state
+
+    @property
+    def at_risk(self) -> set[str]:
+        """Accounts at risk, liquidatable or bankrupt (protocol_model.report's statuses)."""
+        return set(self._at_risk)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the store, load the mirror at the head, restore in-flight transactions."""
+        if self._started:
+            return
+        t0 = self._clock()
+        chain_id = int(self.w3.eth.chain_id)
+        if chain_id != self.deployment.chain_id:
+            raise ConfigError(
+                f"the deployment is for chain id {self.deployment.chain_id} but the node is chain id {chain_id}: "
+                "point --rpc at the right node"
+            )
+        if self._store is None:
+            self._store = Store(self.config.db_path, chain_id, self.deployment.engine, self.deployment.block)
+        self.sender = TxSender.from_config(self.w3, self._signer, self.config, store=self._store, chain_id=chain_id)
+        restored = self.sender.restore()
+        self.watcher.poll()
+        head = self.watcher.latest
+        if head is None:  # dev: poll() always sets it
+            raise ChainError("the node returned no head block")
+        self.mirror = ChainMirror(self.w3, self.deployment, self.config, self._store)
+        accounts = self.mirror.start(head)
+        self.eth_feed = self._find_eth_feed()
+        self._last_head = head.number
+        self._started = True
+        self._refresh_risk(set(self.state.accounts))
+        self.metrics.set_accounts(len(self.state.accounts), len(self._at_risk))
+        self.metrics.last_block.set(head.number)
+        if self.planner.collateral_liquidation and not self.config.dry_run:
+            self._approve_quote(head)
+        if self.config.metrics_port is not None and self._metrics_server is None:
+            self._metrics_server = start_metrics_server(self.config.metrics_port, self.metrics.registry,
+                                                        self.config.metrics_addr)
+        log.info("started at block %d: %d account(s), %d liquidatable, %d transaction(s) in flight, "
+                 "liquidator %s%s, in %.1fs", head.number, accounts, len(self.book.liquidatable()), restored,
+                 self.address, " (dry run)" if self.config.dry_run else "", self._clock() - t0)
+
+    def _find_eth_feed(self) -> str:
+        feed = self.deployment.feeds.get("ETH")
+        if feed is None or to_checksum_address(feed) not in self.state.feeds:
+            raise ConfigError("the deployment has no ETH price feed the engine uses: the bot prices gas with it")
+        return to_checksum_address(feed)
+
+    def _approve_quote(self, head: Head) -> None:
+        """Let the engine pull quote tokens for collateral liquidations (once per key)."""
+        allowance = int(self.quote.functions.allowance(self.address, self.engine.address).call({"from": self.address}))
+        if allowance >= UINT256_MAX // 2:
+            return
+        sender = self.sender
+        if sender is None:  # dev: set by start()
+            return
+        result = sender.send_call(
+            self.quote.functions.approve(self.engine.address, UINT256_MAX), kind="approve", account="",
+            target=self.quote.address, gas=APPROVE_GAS, base_fee_wei=head.base_fee_wei or 0, head_block=head.number,
+        )
+        log.info("approve the engine for %s: %s", self.deployment.quote_symbol, result.status)
+
+    def stop(self) -> None:
+        """Stop the loop if it runs (it shuts down after its current step), else close now."""
+        if self._lifecycle is not None and not self._lifecycle.stopping and self._lifecycle.result.reason == "running":
+            self._lifecycle.stop()
+            return
+        self.close()
+
+    def close(self) -> None:
+        """Release the store and the metrics endpoint (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+        if self._store is not None:
+            self._final_totals = self._store.totals()
+            if self._owns_store:
+                self._store.close()
+        log.info("stopped")
+
+    def store_totals(self) -> Totals | None:
+        """Won/lost counts, rewards and gas from the store (also after :meth:`close`)."""
+        if self._store is not None and not self._closed:
+            return self._store.totals()
+        return self._final_totals
+
+    def run(self, max_ticks: int | None = None, *, max_blocks: int | None = None,
+            install_signals: bool = True) -> RunResult:
+        """The loop: start, one :meth:`tick` per new head, stop on SIGTERM/SIGINT, ``max_ticks``
+        polls, ``max_blocks`` processed heads, or ``max_failed_ticks`` consecutive failures."""
+        life = Lifecycle(
+            self._next_head,
+            poll_interval_s=self.config.poll_interval_s,
+            max_failed_ticks=self.config.max_failed_ticks,
+            expected_errors=TICK_ERRORS,
+            watchdog=self.watcher,
+            clock=self._clock,
+        )
+        self._lifecycle = life
+        self._max_blocks = max_blocks
+        life.on_startup(self.start)
+        life.on_block(self._on_block)
+        life.on_stale(lambda: log.warning("stale head: no new block for %.0fs; is the node syncing?",
+                                          self.watcher.seconds_since_new_head()))
+        life.every(60.0, self._heartbeat, name="heartbeat")
+        life.on_shutdown(self.close)
+        return life.run(max_ticks=max_ticks, install_signals=install_signals)
+
+    def _next_head(self) -> Head | None:
+        """A new head; or the current one again when it was never processed since the start, or
+        its processing failed half-way; else None."""
+        self._poll_started = (self._clock(), self._rpc.stats())
+        head = self.watcher.poll()
+        if head is None and (self._dirty or not self._processed_once):
+            return self.watcher.latest
+        return head
+
+    def _on_block(self, head: Head) -> None:
+        t0, before = self._poll_started if self._poll_started is not None else (self._clock(), self._rpc.stats())
+        report = self._process(head, t0, before)
+        log.debug("%s", report.summary())
+        self._blocks += 1
+        if self._max_blocks is not None and self._blocks >= self._max_blocks and self._lifecycle is not None:
+            self._lifecycle.stop("max_blocks")
+
+    def _heartbeat(self) -> None:
+        totals = self.store.totals()
+        log.info("alive at block %s: %d account(s), %d at risk, won %d, lost %d, %d RPC call(s)",
+                 self._last_head, len(self.state.accounts), len(self._at_risk), totals.won, totals.lost,
+                 self._rpc.total)
+
+    # ------------------------------------------------------------------ one tick
+
+    def tick(self) -> TickReport:
+        """Process everything up to the current head once (see the module docstring)."""
+        if not self._started:
+            self.start()
+        head = self._next_head()
+        t0, before = self._poll_started
+        if head is None:
+            return TickReport(head=self._last_head or 0, idle=True, rpc_calls=(self._rpc.stats() - before).by_method,
+                              tick_seconds=self._clock() - t0)
+        return self._process(head, t0, before)
+
+    def _process(self, head: Head, t0: float, before: Any) -> TickReport:
+        mirror, sender = self.mirror, self.sender
+        if mirror is None or sender is None:  # dev: set by start()
+            raise ChainError("the bot is not started")
+        self._dirty = True
+        report = TickReport(head=head.number)
+        self._report = report
+        sync = mirror.sync(head)
+        report.events = sync.events
+        report.reorg_at = sync.reorg_at
+        report.new_accounts = list(sync.new_accounts)
+        if sync.reorg_at is not None:
+            sender.restore()   # transactions mined in the dropped blocks are in flight again
+        self._log_sync(sync)
+        if not sync.skipped:
+            self._refresh_risk(sync.changed)
+
+        report.outcomes = sender.check_pending(head.number, head.base_fee_wei)
+        for outcome in report.outcomes:
+            self._settle(outcome, head)
+
+        report.liquidatable = self.book.liquidatable()
+        if report.liquidatable:
+            self._liquidate(head, report)
+
+        self._last_head = head.number
+        self.metrics.set_accounts(len(self.state.accounts), len(self._at_risk | set(report.liquidatable)))
+        self.metrics.last_block.set(head.number)
+        report.rpc_calls = (self._rpc.stats() - before).by_method
+        report.tick_seconds = self._clock() - t0
+        self._dirty = False
+        self._processed_once = True
+        return report
+
+    def _log_sync(self, sync: SyncResult) -> None:
+        for address in sync.new_accounts:
+            log.info("new account %s", address)
+        if sync.price_moves:
+            count = len(self.book.liquidatable())
+            for move in sync.price_moves:
+                log.info("price %s %s -> %s (%d liquidatable)", move.asset, fmt_wad(move.old_wad),
+                         fmt_wad(move.new_wad), count)
+        for ev in sync.liquidations:
+            if ev.args.get("liquidator") != self.address:
+                log.info("rival %s liquidated %s (%s) in block %d", ev.args.get("liquidator"), ev.args.get("account"),
+                         self._target_name(ev.args.get("market", ev.args.get("token"))), ev.block)
+
+    # ------------------------------------------------------------------ deciding and sending
+
+    def _liquidate(self, head: Head, report: TickReport) -> None:
+        sender, store, state, book = self.sender, self.store, self.state, self.book
+        if sender is None or self.eth_feed is None:  # dev
+            raise ChainError("the bot is not started")
+        backoffs = store.backoffs(head.number)
+        self._suppressed = {k: v for k, v in self._suppressed.items() if v >= head.number}
+        base_fee = head.base_fee_wei or 0
+        eth_price = book.price(self.eth_feed)
+        budget: int | None = None
+        chains: list[list[Candidate]] = []
+        for address in report.liquidatable:
+            if address in backoffs:
+                report.backed_off.append(address)
+                continue
+            if sender.pending_for(address):
+                continue   # wait for the outcome of what is in flight for this account
+            quote_budget = 0
+            if self.planner.needs_quote(state, address):
+                if budget is None:
+                    budget = self._quote_balance()
+                quote_budget = budget
+            plan = self.planner.plan(state, address, base_fee_wei=base_fee, eth_price_wad=eth_price,
+                                     quote_budget=quote_budget)
+            report.candidates.extend(plan.evaluated)
+            # A step the chain refused lately ends the account's sequence: later steps build on it.
+            chosen = list(takewhile(lambda c: (c.account, str(c.target)) not in self._suppressed, plan.chosen))
+            if plan.skipped and not plan.chosen:
+                log.debug("not liquidating %s: %s", address, plan.skipped)
+            if chosen:
+                chains.append(chosen)
+                if budget is not None:
+                    budget -= sum(c.repay_native for c in chosen)
+        report.chosen = merge_by_profit(chains)
+        failed: set[str] = set()
+        for cand in report.chosen:
+            if cand.account in failed:
+                continue
+            result = self._send(cand, head)
+            report.sends.append(result)
+            if result.status in ("sent", "dry_run"):
+                latency = max(0.0, self._clock() - head.seen_at)
+                report.detection_latency_s = latency
+                self.metrics.observe_latency(latency)
+                continue
+            failed.add(cand.account)
+            if result.status == "preflight_failed" and cand.step > 0:
+                # The preflight runs on the latest block, without our own earlier step of this
+                # account (still pending): e.g. a collateral liquidation needs the negative cash our
+                # close leaves behind. Not a lost race: it is planned again once that step is mined.
+                log.debug("step %d for %s %s waits for its previous step (%s)", cand.step, cand.account,
+                          cand.target_name, result.preflight.reason)
+            elif result.status == "preflight_failed":
+                self._preflight_failed(cand, result, head)
+            elif result.status == "rejected":
+                log.warning("node refused the liquidation of %s %s: %s", cand.account, cand.target_name, result.error)
+                if self._rpc.breaker.state != "closed":
+                    raise CircuitOpen(f"not sending more liquidations: {result.error}",
+                                      retry_in_s=self._rpc.breaker.retry_in_s())
+            else:
+                log.warning("not sending the liquidation of %s %s: %s", cand.account, cand.target_name,
+                            result.error or result.status)
+
+    def _send(self, cand: Candidate, head: Head) -> SendResult:
+        sender = self.sender
+        if sender is None:  # dev
+            raise ChainError("the bot is not started")
+        if cand.kind == LIQUIDATE:
+            fn = self.engine.functions.liquidate(cand.account, int(cand.target), cand.amount)
+        else:
+            fn = self.engine.functions.liquidate_collateral(cand.account, str(cand.target), cand.amount)
+        result = sender.send_call(
+            fn, kind=cand.kind, account=cand.account, target=cand.target,
+            expected_profit_wei=cand.expected_profit_wei, expected_profit_usd_wad=cand.profit_usd_wad,
+            gas=self.config.liquidation_gas_estimate, base_fee_wei=head.base_fee_wei or 0, head_block=head.number,
+        )
+        if result.status in ("sent", "dry_run"):
+            verb = "would liquidate" if result.status == "dry_run" else "liquidating"
+            tx = f" tx {result.tx.hash} nonce {result.tx.nonce}" if result.tx is not None else ""
+            log.info("%s %s %s %s expected reward %s USD gas %s USD profit %s USD%s block %d", verb, cand.account,
+                     cand.target_name, self._amount_text(cand), fmt_wad(cand.reward_usd_wad),
+                     fmt_wad(cand.gas.cost_usd_wad if cand.gas else 0), fmt_wad(cand.profit_usd_wad), tx, head.number)
+        return result
+
+    def _preflight_failed(self, cand: Candidate, result: SendResult, head: Head) -> None:
+        reason = result.preflight.reason or "no reason"
+        if result.preflight.lost_race:
+            self._lost(cand.account, cand.target, cand.kind, head.number, None, 0, reason)
+            return
+        # The model said yes, the chain says no for another reason: do not retry it every block.
+        until = head.number + max(1, self.config.lost_race_backoff_blocks)
+        self._suppressed[(cand.account, str(cand.target))] = until
+        log.warning("preflight of %s %s reverted (%s): skipped until block %d", cand.account, cand.target_name,
+                    reason, until)
+
+    def _lost(self, account: str, target: int | str, kind: str, block: int, tx_hash: str | None, gas_cost_wei: int,
+              reason: str) -> None:
+        store = self.store
+        blocks = self.config.lost_race_backoff_blocks
+        store.back_off(account, block + blocks, reason=f"lost race ({reason})")
+        store.record_liquidation(LiquidationRecord(account=account, target=target, kind=kind, outcome="lost",
+                                                   block=block, tx_hash=tx_hash, gas_cost_wei=gas_cost_wei,
+                                                   reason=reason))
+        self.metrics.lost(gas_cost_wei)
+        if self._report is not None:
+            self._report.lost.append((account, str(target)))
+        log.info("lost race %s %s (%s) backing off %d blocks", account, self._target_name(target), reason, blocks)
+
+    def _quote_balance(self) -> int:
+        if self._account is None:
+            return 0
+        return int(self.quote.functions.balanceOf(self.address).call({"from": self.address}))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _settle(self, outcome: TxOutcome, head: Head) -> None:
+        tx = outcome.tx
+        if tx.kind not in ("liquidate", "liquidate_collateral"):
+            self.metrics.add_gas(outcome.gas_cost_wei)
+            log.info("%s %s %s in block %s", tx.kind, tx.hash, outcome.status, tx.mined_block)
+            return
+        if outcome.status == "mined":
+            self._won(outcome)
+        elif outcome.status == "reverted":
+            if outcome.lost_race:
+                self._lost(tx.account, tx.target, tx.kind, tx.mined_block or head.number, tx.hash,
+                           outcome.gas_cost_wei, outcome.revert_reason or "")
+            else:
+                self.metrics.add_gas(outcome.gas_cost_wei)
+                self._suppressed[(tx.account, tx.target)] = head.number + max(1, self.config.lost_race_backoff_blocks)
+                log.warning("liquidation of %s %s reverted in block %s: %s (tx %s)", tx.account,
+                            self._target_name(tx.target), tx.mined_block, outcome.revert_reason, tx.hash)
+        else:
+            log.warning("liquidation of %s %s dropped: its nonce was used by another transaction", tx.account,
+                        self._target_name(tx.target))
+
+    def _won(self, outcome: TxOutcome) -> None:
+        tx = outcome.tx
+        state = self.state
+        reward_native = reward_usd = 0
+        text = ""
+        for entry in (outcome.receipt or {}).get("logs", []):
+            if to_checksum_address(entry["address"]) != self.engine.address:
+                continue
+            ev = decode_log(entry, ENGINE)
+            if ev is None or ev.args.get("liquidator") != self.address:
+                continue
+            a = ev.args
+            if ev.name == "Liquidation":
+                reward_native += int(a["keeper_reward"])
+                reward_usd += int(a["keeper_reward"]) * state.params.quote_scale
+                text = (f"{self._target_name(a['market'])} {fmt_wad(abs(int(a['size_delta'])), 4)} @ "
+                        f"{fmt_wad(int(a['price']))} reward "
+                        f"{fmt_units(int(a['keeper_reward']), self.deployment.quote_decimals, 2)} "
+                        f"{self.deployment.quote_symbol}")
+            elif ev.name == "CollateralLiquidation":
+                col = state.collateral_by_token(a["token"])
+                unit = col.unit if col is not None else 1
+                gain = int(a["seized"]) * int(a["price"]) // unit - int(a["repay"]) * state.params.quote_scale
+                reward_native += int(a["seized"])
+                reward_usd += gain
+                text = (f"{self._target_name(a['token'])} repaid "
+                        f"{fmt_units(int(a['repay']), self.deployment.quote_decimals, 2)} "
+                        f"{self.deployment.quote_symbol} for {fmt_units(int(a['seized']), col.decimals if col else 18)} "
+                        f"@ {fmt_wad(int(a['price']))} gain {fmt_wad(gain)} USD")
+        recorded = self.store.record_liquidation(LiquidationRecord(
+            account=tx.account, target=tx.target, kind=tx.kind, outcome="won", block=tx.mined_block or 0,
+            tx_hash=tx.hash, reward_native=reward_native, reward_usd_wad=reward_usd,
+            gas_cost_wei=outcome.gas_cost_wei,
+        ))
+        if recorded:
+            self.metrics.won(reward_usd, outcome.gas_cost_wei)
+        gas_usd = outcome.gas_cost_wei * self.book.price(self.eth_feed) // WAD if self.eth_feed else 0
+        log.info("liquidated %s %s gas %s USD tx %s block %s", tx.account, text or self._target_name(tx.target),
+                 fmt_wad(gas_usd), tx.hash, tx.mined_block)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refresh_risk(self, changed: set[str]) -> None:
+        """Keep the set of accounts that are not healthy (report.status) current for ``changed``."""
+        state, book = self.state, self.book
+        slack = _risk_slack(state)
+        for address in changed:
+            acc = state.accounts.get(address)
+            if acc is None:
+                self._at_risk.discard(address)
+                continue
+            try:
+                eq, ih, mh = book.health(address)
+            except Revert:
+                self._at_risk.add(address)
+                continue
+            if eq >= 0 and mh >= 0 and ih >= 0 and slack is not None and slack[0] * mh > slack[1] * (mh - ih) + slack[2]:
+                self._at_risk.discard(address)      # far from the at-risk ratio: no breakdown needed
+                continue
+            if status(eq, ih, mh, margin_ratio(state, acc)) == HEALTHY:
+                self._at_risk.discard(address)
+            else:
+                self._at_risk.add(address)
+
+    def _target_name(self, target: Any) -> str:
+        if target is None:
+            return "?"
+        state = self.state
+        text = str(target)
+        if text.isdigit():
+            m = int(text)
+            return state.markets[m].name if m < len(state.markets) and state.markets[m].name else f"market {m}"
+        col = state.collateral_by_token(to_checksum_address(text)) if Web3.is_address(text) else None
+        return col.symbol if col is not None and col.symbol else text
+
+    def _amount_text(self, cand: Candidate) -> str:
+        if cand.kind == LIQUIDATE:
+            return f"{fmt_wad(cand.amount, 4)} @ {fmt_wad(cand.price_wad)}"
+        return f"repay {fmt_units(cand.amount, self.deployment.quote_decimals, 2)} {self.deployment.quote_symbol}"
+
+    def pending(self) -> list[SentTx]:
+        """The transactions in flight (newest of each nonce)."""
+        return self.sender.in_flight if self.sender is not None else []
+
+
+def _risk_slack(state: ProtocolState) -> tuple[int, int, int] | None:
+    """Coefficients ``(a, b, c)`` of a cheap test that an account is far from "at risk".
+
+    With ``ratio = req_maint / (maint_health + req_maint)``, "at risk" needs ``ratio >= 0.8``, i.e.
+    ``maint_health <= req_maint / 4``. Since ``req_init - req_maint >= k * req_maint`` with
+    ``k = min (imf - mmf) / mmf`` over the markets, and ``maint_health - init_health >=
+    req_init - req_maint``, an account with ``4 * k * maint_health > maint_health - init_health``
+    (plus rounding slack) cannot be at risk. Returns ``(4 * num, den, slack * den)`` with
+    ``k = num / den``, or None without markets.
+    """
+    best: tuple[int, int] | None = None
+    for m in state.markets:
+        if m.mmf <= 0:
+            return None
+        num, den = m.imf - m.mmf, m.mmf
+        if best is None or num * best[1] < best[0] * den:
+            best = (num, den)
+    if best is None:
+        return None
+    num, den = best
+    # Each mul_up of a requirement rounds by less than one wei: at most 16 markets x (k + 1) wei.
+    return 4 * num, den, 2 * 16 * (num + den)
+
+
+__all__ = ["Liquidator", "TickReport", "TICK_ERRORS"]

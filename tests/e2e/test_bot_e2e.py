@@ -1,0 +1,672 @@
+"""The liquidation bot end to end, against a real JSON-RPC node over HTTP.
+
+One in-process :class:`~bot.devnode.DevNode` per module with a one-hour block time, so blocks are
+mined only when a test calls ``mine()``: every liquidation the bots send in a block's tick waits
+in the node's fee-priority mempool and lands in the next block, exactly as on a live chain. The
+bots talk to it through plain ``Web3(HTTPProvider(url))``, so nothing here depends on eth-tester.
+
+The module deploys the protocol and seeds 50 traders once, plus a second deployment with 10 traders
+(the steady-state comparison); each test starts from a snapshot and reverts to it (always backwards:
+jumping forward to a snapshot after reverting behind it leaves py-evm's block-number index stale).
+Prices are re-published at the start of each scenario, since block timestamps follow the wall clock.
+
+Oracles are independent of the bot: the engine's own ``health`` view (through the Lens), and the
+``Liquidation`` / ``CollateralLiquidation`` events on chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from eth_account import Account
+from web3 import HTTPProvider, Web3
+from web3.middleware import Web3Middleware
+
+from bot.cli import cli
+from bot.config import BotConfig
+from bot.devnode import DevNode
+from bot.errors import RpcError
+from bot.keys import write_keystore
+from bot.liquidator import Liquidator, TickReport
+from bot.seeding import seed_accounts
+from bot.store import Store
+from protocol_model.chain import Sender
+from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
+from protocol_model.loader import load_accounts, load_protocol
+from protocol_model.logs import decode_logs, engine_topic
+
+WAD = 10**18
+GWEI = 10**9
+MAX_UINT = 2**256 - 1
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIRST_SEED, FIRST_N = 101, 10
+FULL_SEED, FULL_N = 11, 40            # the full population: 10 + 40 traders
+SMALL_SEED, SMALL_N = 202, 10         # a second deployment with few traders (steady-state comparison)
+CRASH_PCT = 88                        # ETH and BTC both fall 12%: liquidatable traders, none bankrupt
+BOT_FUNDS = 200_000                   # whole USDC each bot key holds for collateral liquidations
+# A reward that certainly covers the bots' minimum profit (1 USD) plus their gas (500k gas at ~2 gwei).
+PAYS = 5 * WAD
+
+
+# ---------------------------------------------------------------------- the chain
+
+
+@dataclass
+class Chain:
+    node: DevNode
+    w3: Web3                     # the test's own connection (not the bots')
+    dep: Deployment
+    owner: str
+    traders: list[str]
+    small_dep: Deployment        # another deployment on the same chain, with few traders
+    small_traders: list[str]
+    liquidator_key: str
+    rival_key: str
+
+    def mine(self) -> int:
+        """Mine one block from the mempool; its number."""
+        self.node.mine_block()
+        return int(self.w3.eth.block_number)
+
+    def owner_tx(self, fn: Any) -> None:
+        """Send a transaction from the owner without waiting (it lands in the next mined block)."""
+        fn.transact({"from": self.owner, "gas": 300_000, "maxFeePerGas": 100 * GWEI, "maxPriorityFeePerGas": GWEI})
+
+    def set_prices(self, pct: int, dep: Deployment | None = None) -> None:
+        """Publish ETH and BTC at ``pct`` % of their seeded prices (re-publishing refreshes their age)."""
+        for asset, base in (("ETH", 2_000), ("BTC", 60_000)):
+            feed = (dep or self.dep).feed_contract(asset)
+            self.owner_tx(feed.functions.set_answer(base * 10**8 * pct // 100))
+
+    def healths(self, block: int, addresses: list[str] | None = None) -> dict[str, tuple[int, int, int]]:
+        """The engine's own health view of every trader at ``block`` (via the Lens)."""
+        state = load_protocol(self.w3, self.dep, block)
+        out = load_accounts(self.w3, self.dep, state, addresses or self.traders, block_identifier=block)
+        return {a: tuple(h) for a, h in out.items() if a != self.dep.engine}
+
+    def engine_state(self, block: int) -> Any:
+        """The protocol and every trader as the Lens reads them at ``block``."""
+        state = load_protocol(self.w3, self.dep, block)
+        load_accounts(self.w3, self.dep, state, self.traders, block_identifier=block)
+        return state
+
+    def positions(self, block: int, addresses: list[str] | None = None) -> dict[str, int]:
+        """Open positions per trader at ``block``."""
+        state = load_protocol(self.w3, self.dep, block)
+        load_accounts(self.w3, self.dep, state, addresses or self.traders, block_identifier=block)
+        return {a: len(acc.positions) for a, acc in state.accounts.items()}
+
+    def best_reward_usd(self, block: int, accounts: set[str]) -> dict[str, int]:
+        """The largest keeper reward (USD WAD) of closing any one open position of each account, as the
+        engine's own ``preview_liquidate`` view says at ``block``."""
+        engine = self.dep.engine_contract
+        scale = 10 ** (18 - self.dep.quote_decimals)
+        out: dict[str, int] = {}
+        for a in accounts:
+            best = 0
+            for name, market in self.dep.markets.items():
+                size, _quote = engine.functions.position(a, market["id"]).call(block_identifier=block)
+                if size:
+                    plan = engine.functions.preview_liquidate(a, market["id"], MAX_UINT).call(block_identifier=block)
+                    best = max(best, plan[4] * scale)   # LiquidationPlan.keeper_reward
+            out[a] = best
+        return out
+
+    def payable(self, block: int) -> tuple[set[str], set[str]]:
+        """(liquidatable traders, those among them a position liquidation pays at least PAYS for)."""
+        liquidatable = {a for a, h in self.healths(block).items() if h[2] < 0}
+        rewards = self.best_reward_usd(block, liquidatable)
+        return liquidatable, {a for a in liquidatable if rewards[a] >= PAYS}
+
+    def liquidation_events(self, from_block: int, to_block: int) -> list[Any]:
+        topics = [[engine_topic("Liquidation"), engine_topic("CollateralLiquidation")]]
+        logs = self.w3.eth.get_logs({"fromBlock": from_block, "toBlock": to_block, "address": self.dep.engine,
+                                     "topics": topics})
+        return decode_logs(logs, self.dep.engine)
+
+
+@contextmanager
+def mining(node: DevNode, every_s: float = 0.05) -> Iterator[None]:
+    """Mine whatever waits in the mempool every ``every_s`` seconds (for setup that waits for receipts)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            if len(node.chain.pool):
+                node.mine_block()
+
+    thread = threading.Thread(target=loop, name="test-miner", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def block_ticker(node: DevNode, every_s: float) -> Iterator[None]:
+    """A block every ``every_s`` seconds, empty or not: a chain that moves on by itself."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            node.mine_block()
+
+    thread = threading.Thread(target=loop, name="test-blocks", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def clear_mempool(node: DevNode) -> None:
+    def clear() -> None:
+        for ptx in list(node.chain.pool):
+            node.chain.pool.remove(ptx.hash)
+
+    node.chain.run_locked(clear)
+
+
+@pytest.fixture(scope="module")
+def module_chain() -> Iterator[Chain]:
+    compile_contracts()
+    node = DevNode(block_time=3600, port=0)
+    node.start()
+    try:
+        w3 = Web3(HTTPProvider(node.url))
+        liquidator_key, rival_key = node.accounts[5][1], node.accounts[6][1]
+        with mining(node):
+            owner = Sender.unlocked(w3, 0)
+            dep = deploy_protocol(w3, owner, DeployConfig())
+            usdc = dep.quote_contract
+            for key in (liquidator_key, rival_key):
+                owner.send(usdc.functions.mint(Account.from_key(key).address, BOT_FUNDS * 10**6))
+            first = seed_accounts(w3, dep, owner, FIRST_N, FIRST_SEED)
+            full = seed_accounts(w3, dep, owner, FULL_N, FULL_SEED)
+            small_dep = deploy_protocol(w3, owner, DeployConfig())
+            small = seed_accounts(w3, small_dep, owner, SMALL_N, SMALL_SEED)
+        traders = [p.address for p in first] + [p.address for p in full]
+        yield Chain(node, w3, dep, owner.address, traders, small_dep, [p.address for p in small],
+                    liquidator_key, rival_key)
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def chain(module_chain: Chain) -> Iterator[Chain]:
+    """The full population, restored after the test."""
+    node = module_chain.node
+    clear_mempool(node)
+    snap = node.chain.snapshot()
+    try:
+        yield module_chain
+    finally:
+        node.chain.revert(snap)
+        clear_mempool(node)
+
+
+def bot_config(tmp_path: Path, name: str, **overrides: Any) -> BotConfig:
+    settings: dict[str, Any] = {
+        "db_path": str(tmp_path / f"{name}.sqlite3"),
+        "min_profit_usd_wad": WAD,           # 1 USD
+        "rpc_backoff_s": 0.0,
+        "rpc_backoff_max_s": 0.0,
+        "lookback_blocks": 4,
+        "lost_race_backoff_blocks": 5,
+        "poll_interval_s": 0.05,
+    }
+    settings.update(overrides)
+    return BotConfig.from_env(environ={}, **settings)
+
+
+def make_bot(chain: Chain, tmp_path: Path, name: str = "bot", key: str | None = None,
+             deployment: Deployment | None = None, **overrides: Any) -> Liquidator:
+    """A bot on its own HTTP connection, as a separate process would have."""
+    w3 = Web3(HTTPProvider(chain.node.url))
+    account = Account.from_key(key or chain.liquidator_key)
+    return Liquidator(w3, deployment or chain.dep, account, bot_config(tmp_path, name, **overrides))
+
+
+def warm_up(chain: Chain, *bots: Liquidator) -> int:
+    """Fresh prices at 100%, one block, every bot started and caught up."""
+    for b in bots:
+        b.start()
+    chain.set_prices(100)
+    block = chain.mine()
+    for b in bots:
+        b.tick()
+    return block
+
+
+def crash(chain: Chain, *bots: Liquidator) -> tuple[int, list[TickReport]]:
+    chain.set_prices(CRASH_PCT)
+    block = chain.mine()
+    return block, [b.tick() for b in bots]
+
+
+class GetLogsRecorder(Web3Middleware):
+    """Records the block ranges of every eth_getLogs request (outermost layer: before formatting)."""
+
+    ranges: list[tuple[int, int]] = []
+
+    def wrap_make_request(self, make_request: Any) -> Any:
+        def middleware(method: Any, params: Any) -> Any:
+            if method == "eth_getLogs":
+                p = params[0]
+                GetLogsRecorder.ranges.append((_as_int(p["fromBlock"]), _as_int(p["toBlock"])))
+            return make_request(method, params)
+        return middleware
+
+
+def _as_int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+# ---------------------------------------------------------------------- scenarios
+
+
+def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Chain, tmp_path: Path) -> None:
+    port = _free_port()
+    bot = make_bot(chain, tmp_path, metrics_port=port)
+    try:
+        warm_up(chain, bot)
+        quiet = chain.healths(chain.w3.eth.block_number)
+        assert not [a for a, h in quiet.items() if h[2] < 0], "some trader is liquidatable before the crash"
+
+        crash_block, (first,) = crash(chain, bot)
+        liquidatable, payable = chain.payable(crash_block)
+        assert len(payable) >= 5, "the crash is too mild for this test"
+        # The mirror agrees with the engine, account for account, and the bot acts in the crash block
+        # on every account whose liquidation pays (a bankrupt trader's penalty, capped at its equity,
+        # pays nothing).
+        assert set(first.liquidatable) == liquidatable
+        assert payable <= {s.tx.account for s in first.sends if s.sent}
+        assert first.detection_latency_s is not None and 0 < first.detection_latency_s <= first.tick_seconds
+
+        reports = []
+        for _ in range(2):
+            chain.mine()
+            reports.append(bot.tick())
+        end = chain.w3.eth.block_number
+        assert end == crash_block + 2
+
+        events = chain.liquidation_events(crash_block, end)
+        touched = {ev.args["account"] for ev in events}
+        assert payable <= {ev.args["account"] for ev in events if ev.name == "Liquidation"}
+        assert touched <= liquidatable, "a healthy trader was liquidated"
+        assert all(crash_block < ev.block <= crash_block + 2 for ev in events)
+        assert {ev.args["liquidator"] for ev in events} == {bot.address}
+
+        # Nobody is left liquidatable with an open position whose liquidation would pay; what remains
+        # needs a collateral liquidation or a bad-debt settlement.
+        after = chain.healths(end)
+        open_positions = chain.positions(end)
+        stuck = {a for a in after if after[a][2] < 0 and open_positions[a] > 0}
+        assert all(r < PAYS for r in chain.best_reward_usd(end, stuck).values())
+        assert stuck <= liquidatable - payable
+        # The mirror, kept from logs only (re-reading a lookback window every block), equals the engine,
+        # down to the house and the insurance fund, which events change by deltas.
+        assert {a: tuple(bot.book.health(a)) for a in after} == after
+        engine = chain.engine_state(end)
+        assert bot.state.accounts == engine.accounts
+        assert bot.state.house == engine.house
+        assert bot.state.insurance_fund == engine.insurance_fund
+
+        # The store, the metrics and the chain tell the same story.
+        totals = bot.store.totals()
+        assert totals.won == len(events) and totals.lost == 0
+        keeper = sum(ev.args["keeper_reward"] for ev in events if ev.name == "Liquidation")
+        assert sum(r.reward_native for r in bot.store.liquidations() if r.kind == "liquidate") == keeper
+        assert bot.metrics.value("xmargin_liquidations_won_total") == totals.won
+        assert bot.metrics.value("xmargin_accounts_tracked") == len(chain.traders)
+        assert sum(len(r.outcomes) for r in reports) == totals.won
+
+        # The Prometheus endpoint serves the named metrics.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for name in ("xmargin_liquidations_won_total", "xmargin_liquidations_lost_total", "xmargin_profit_usd_total",
+                     "xmargin_gas_spent_wei_total", "xmargin_accounts_tracked", "xmargin_accounts_at_risk",
+                     'xmargin_rpc_calls_total{method="eth_getLogs"}', "xmargin_detection_latency_seconds_count"):
+            assert name in text, name
+        assert f"xmargin_liquidations_won_total {float(totals.won)}" in text
+    finally:
+        bot.stop()
+
+    # `xmargin bot status --json` reads the same history from the database.
+    result = CliRunner().invoke(cli, ["bot", "status", "--db", bot.config.db_path, "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert status["totals"]["won"] == totals.won
+    assert int(status["totals"]["reward_usd_wad"]) == totals.reward_usd_wad > 0
+    assert int(status["totals"]["gas_cost_wei"]) == totals.gas_cost_wei > 0
+    assert {row["tx"] for row in status["liquidations"]} == {ev.tx_hash for ev in events}
+    human = CliRunner().invoke(cli, ["bot", "status", "--db", bot.config.db_path])
+    assert human.exit_code == 0, human.output
+    assert f"won {totals.won}, lost 0" in human.stdout
+
+
+def test_two_bots_race_for_the_same_accounts(chain: Chain, tmp_path: Path) -> None:
+    # The first bot bids a share of each prize, the rival a flat tip: each wins where it pays more.
+    first = make_bot(chain, tmp_path, "first", gas_strategy="profit_share", profit_share_wad=WAD // 10)
+    rival = make_bot(chain, tmp_path, "rival", key=chain.rival_key, fixed_tip_wei=20 * GWEI)
+    try:
+        warm_up(chain, first, rival)
+        crash_block, reports = crash(chain, first, rival)
+        liquidatable, payable = chain.payable(crash_block)
+        positions = chain.positions(crash_block)
+        for report in reports:
+            assert set(report.liquidatable) == liquidatable
+            assert report.sent, "each bot goes for the crash"
+        for _ in range(3):
+            chain.mine()
+            reports += [first.tick(), rival.tick()]
+        end = chain.w3.eth.block_number
+
+        events = chain.liquidation_events(crash_block, end)
+        closes = [ev for ev in events if ev.name == "Liquidation"]
+        assert payable <= {ev.args["account"] for ev in closes}
+        assert {ev.args["account"] for ev in events} <= liquidatable
+        # Never liquidated beyond need: one close restores the margin unless the position is too small,
+        # so no trader sees more closes than it had positions.
+        per_account = Counter(ev.args["account"] for ev in closes)
+        assert all(per_account[a] <= positions[a] for a in per_account), per_account
+
+        # The loser's transactions reverted as lost races, were counted and backed off.
+        outcomes = [o for r in reports for o in r.outcomes]
+        reverted = [o for o in outcomes if o.status == "reverted"]
+        assert reverted, "both bots sent for the same targets in the same block: someone must lose"
+        assert all(o.lost_race for o in reverted), [o.revert_reason for o in reverted]
+        for bot in (first, rival):
+            lost = [r for r in bot.store.liquidations() if r.outcome == "lost"]
+            assert bot.metrics.value("xmargin_liquidations_lost_total") == len(lost)
+            for record in lost:
+                assert (bot.store.backed_off_until(record.account) or 0) >= record.block + 5
+            # Its rewards are exactly what the chain paid it.
+            mine = [ev for ev in closes if ev.args["liquidator"] == bot.address]
+            won = [r for r in bot.store.liquidations() if r.outcome == "won" and r.kind == "liquidate"]
+            assert len(won) == len(mine)
+            assert sum(r.reward_native for r in won) == sum(ev.args["keeper_reward"] for ev in mine)
+        assert first.store.totals().won + rival.store.totals().won == len(events)
+        lost_in_reports = [x for r in reports for x in r.lost]
+        assert first.store.totals().lost + rival.store.totals().lost == len(lost_in_reports) >= len(reverted)
+    finally:
+        first.stop()
+        rival.stop()
+
+
+def test_restart_resumes_without_rescanning_or_resending(chain: Chain, tmp_path: Path) -> None:
+    before = make_bot(chain, tmp_path, "bot")
+    warm_up(chain, before)
+    crash_block, (report,) = crash(chain, before)
+    sent = {(s.tx.account, s.tx.target) for s in report.sends if s.sent}
+    assert sent
+    before.stop()                              # stopped with every liquidation still in the mempool
+    stored_last = _last_block(before.config.db_path, chain.dep)
+    assert stored_last == crash_block
+
+    chain.mine()                               # the liquidations land while no bot runs
+    chain.mine()
+    w3 = Web3(HTTPProvider(chain.node.url))
+    GetLogsRecorder.ranges = []
+    w3.middleware_onion.add(GetLogsRecorder, name="get_logs_recorder")
+    after = Liquidator(w3, chain.dep, Account.from_key(chain.liquidator_key), before.config)
+    try:
+        after.start()
+        assert after.pending() and {(t.account, t.target) for t in after.pending()} == sent
+        report = after.tick()
+        # It read logs from where the last run stopped (minus the lookback), never from the deployment.
+        assert GetLogsRecorder.ranges
+        assert min(lo for lo, _ in GetLogsRecorder.ranges) >= stored_last - after.config.lookback_blocks
+        assert min(lo for lo, _ in GetLogsRecorder.ranges) > chain.dep.block
+        # It settled what the first run sent and sent nothing for those targets again.
+        assert {(o.tx.account, o.tx.target) for o in report.outcomes} == sent
+        assert all(o.status == "mined" for o in report.outcomes)
+        chain.mine()
+        report2 = after.tick()
+        again = {(s.tx.account, s.tx.target) for r in (report, report2) for s in r.sends if s.tx is not None}
+        assert not again & sent
+        events = chain.liquidation_events(crash_block, chain.w3.eth.block_number)
+        per_target = Counter((ev.args["account"], str(ev.args.get("market", ev.args.get("token")))) for ev in events)
+        assert max(per_target.values()) == 1, per_target
+        assert after.store.totals().won == len(events)
+        assert after.rpc.count("eth_sendRawTransaction") == len(again)
+    finally:
+        after.stop()
+
+
+def test_injected_rpc_failures_are_survived(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path, rpc_retries=3)
+    try:
+        warm_up(chain, bot)
+        sent_before = bot.rpc.count("eth_sendRawTransaction")       # the quote approval at start
+        chain.set_prices(CRASH_PCT)
+        crash_block = chain.mine()
+        # More consecutive failures than retries: the tick fails as a whole and nothing moves.
+        bot.rpc.inject_faults(4, methods=["eth_getLogs"])
+        with pytest.raises(RpcError):
+            bot.tick()
+        assert bot.store.last_block == crash_block - 1
+        assert bot.rpc.count("eth_sendRawTransaction") == sent_before
+        # Transient failures on every kind of request: retried, and the same head is processed again.
+        bot.rpc.inject_faults(2, methods=["eth_getLogs"])
+        bot.rpc.inject_faults(1, methods=["eth_call"])
+        bot.rpc.inject_faults(1, methods=["eth_sendRawTransaction"])
+        report = bot.tick()
+        assert report.head == crash_block and report.sent
+        assert bot.rpc.pending_faults == 0
+        assert bot.rpc.stats().failures >= 8
+        assert bot.rpc.breaker.state == "closed"
+        bot.rpc.inject_faults(2, methods=["eth_getTransactionReceipt", "eth_getBlockByNumber"])
+        for _ in range(2):
+            chain.mine()
+            bot.tick()
+        _, payable = chain.payable(crash_block)
+        events = chain.liquidation_events(crash_block, chain.w3.eth.block_number)
+        assert payable and payable <= {ev.args["account"] for ev in events}
+        assert bot.store.totals().won == len(events)
+        assert bot.metrics.value("xmargin_rpc_failures_total", {"method": "eth_getLogs"}) == 6
+    finally:
+        bot.stop()
+
+
+def test_dry_run_decides_but_sends_nothing(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path, dry_run=True)
+    try:
+        warm_up(chain, bot)
+        crash_block, (report,) = crash(chain, bot)
+        assert report.liquidatable and report.candidates and report.chosen
+        # Each account's first step passes its preflight and stops there; a later step would need the
+        # first one mined (its preflight on the latest block fails), so it is not sent either.
+        statuses = Counter(s.status for s in report.sends)
+        assert statuses["dry_run"] >= len(chain.payable(crash_block)[1]) and statuses["sent"] == 0
+        chain.mine()
+        again = bot.tick()
+        assert [s.status for s in again.sends] == [s.status for s in report.sends]
+        assert bot.rpc.count("eth_sendRawTransaction") == 0
+        assert chain.liquidation_events(crash_block, chain.w3.eth.block_number) == []
+        assert bot.store.txs() == [] and bot.store.totals().won == 0
+    finally:
+        bot.stop()
+
+
+def test_steady_state_rpc_calls_do_not_grow_with_accounts(chain: Chain, tmp_path: Path) -> None:
+    def steady_calls(dep: Deployment, expected_accounts: int) -> list[dict[str, int]]:
+        bot = make_bot(chain, tmp_path, f"bot-{dep.engine}", deployment=dep)
+        try:
+            bot.start()
+            assert len(bot.state.accounts) == expected_accounts
+            chain.mine()
+            bot.tick()                               # settles the quote approval sent at start
+            calls = []
+            for _ in range(3):
+                chain.mine()
+                report = bot.tick()
+                assert report.events == 0 and not report.sends
+                calls.append(report.rpc_calls)
+            # Logs already applied come back while they are inside the lookback window: they cost nothing.
+            chain.set_prices(100, dep)
+            usdc, engine = dep.quote_contract, dep.engine_contract
+            chain.owner_tx(usdc.functions.mint(chain.owner, 10**6))
+            chain.owner_tx(usdc.functions.approve(engine.address, 10**6))
+            chain.owner_tx(engine.functions.deposit(usdc.address, 10**6))
+            chain.mine()
+            report = bot.tick()
+            assert report.events == 3 and report.new_accounts == [chain.owner]
+            assert set(report.rpc_calls) == {"eth_getBlockByNumber", "eth_getLogs"}
+            for _ in range(bot.config.lookback_blocks):
+                chain.mine()
+                report = bot.tick()
+                assert report.events == 0
+                calls.append(report.rpc_calls)
+            idle = bot.tick()                        # no new block: one head read
+            assert idle.idle and idle.rpc_calls == {"eth_getBlockByNumber": 1}
+            return calls
+        finally:
+            bot.stop()
+
+    full = steady_calls(chain.dep, len(chain.traders))
+    small = steady_calls(chain.small_dep, len(chain.small_traders))
+    assert len(chain.traders) >= 4 * len(chain.small_traders)
+    assert full == small
+    # A header read and one eth_getLogs per block, whatever the number of accounts.
+    assert all(c == {"eth_getBlockByNumber": 1, "eth_getLogs": 1} for c in full), full
+
+
+def test_reorg_rewinds_and_rereads_the_touched_accounts(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path)
+    try:
+        fork_block = warm_up(chain, bot)
+        snap = chain.node.chain.snapshot()
+        chain.set_prices(CRASH_PCT)                  # a branch where prices crash ...
+        chain.mine()
+        branch = bot.tick()
+        assert branch.liquidatable and branch.sent
+        clear_mempool(chain.node)
+        chain.node.chain.revert(snap)                 # ... replaced by a longer one where they do not
+        chain.set_prices(100)
+        chain.mine()
+        head = chain.mine()
+        report = bot.tick()
+        assert report.reorg_at == fork_block
+        assert report.liquidatable == []
+        engine = chain.healths(head)
+        assert {a: tuple(bot.book.health(a)) for a in engine} == engine
+        assert bot.store.last_block == head
+    finally:
+        bot.stop()
+
+
+# ---------------------------------------------------------------------- the command line
+
+
+def test_cli_bad_keystore_password_is_one_line(chain: Chain, tmp_path: Path) -> None:
+    key = chain.liquidator_key
+    keystore = tmp_path / "liquidator.json"
+    write_keystore(keystore, key, "correct horse battery", iterations=2**10)
+    wrong = tmp_path / "password.txt"
+    wrong.write_text("Tr0ub4dor&3\n")
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    result = CliRunner().invoke(cli, [
+        "bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--keystore", str(keystore),
+        "--password-file", str(wrong), "--db", str(tmp_path / "bot.sqlite3"),
+    ])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "password" in lines[0], result.stderr
+    for secret in (key, key[2:], key[2:].upper(), "Tr0ub4dor&3", "correct horse battery"):
+        assert secret not in result.output
+    assert not (tmp_path / "bot.sqlite3").exists()
+
+
+def test_cli_dry_run_for_a_few_blocks(chain: Chain, tmp_path: Path) -> None:
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    db = tmp_path / "bot.sqlite3"
+    chain.set_prices(CRASH_PCT)
+    chain.mine()
+    with block_ticker(chain.node, every_s=0.3):
+        result = CliRunner(env={"XMARGIN_POLL_INTERVAL_S": "0.05"}).invoke(cli, [
+            "bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--dry-run",
+            "--db", str(db), "--max-blocks", "3", "--min-profit", "0.5", "--json",
+        ])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["reason"] == "max_blocks" and out["blocks"] == 3 and out["dry_run"] is True
+    assert out["rpc_calls"].get("eth_sendRawTransaction", 0) == 0
+    assert out["rpc_calls"].get("eth_call", 0) > 2        # the Lens, then preflights of its decisions
+    status = CliRunner().invoke(cli, ["bot", "status", "--db", str(db), "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["accounts"] == len(chain.traders)
+
+
+def test_cli_bot_stops_cleanly_on_sigterm(chain: Chain, tmp_path: Path) -> None:
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    env = dict(os.environ, XMARGIN_PRIVATE_KEY=chain.liquidator_key, XMARGIN_POLL_INTERVAL_S="0.05",
+               PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from bot.cli import main; main()", "bot", "run", "--rpc", chain.node.url,
+         "--deployment", str(deployment), "--db", str(tmp_path / "bot.sqlite3")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline() if proc.stderr else ""
+            if not line:
+                break
+            lines.append(line)
+            if "started at block" in line:
+                break
+        assert any("started at block" in line for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log_text = "".join(lines) + err
+    assert proc.returncode == 0, log_text
+    assert "received SIGTERM" in log_text and "stopped" in log_text
+    assert "bot stopped (signal)" in out
+    key = chain.liquidator_key
+    assert key[2:] not in log_text and key[2:] not in out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _last_block(db_path: str, dep: Deployment) -> int:
+    with Store(db_path, dep.chain_id, dep.engine, dep.block) as store:
+        return store.last_block
+
+
+logging.getLogger("bot.devnode").setLevel(logging.WARNING)
