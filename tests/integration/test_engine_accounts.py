@@ -1,0 +1,488 @@
+"""MarginEngine deposit and withdraw: balances, events, caps, margin and every revert reason.
+
+Expected values are computed by hand with the integer helpers below (Python's ``//`` floors,
+which is what the spec's floor means; ceil is ``-((-a) // b)``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from web3.logs import DISCARD
+
+from protocol_model.deploy import deploy_contract
+from protocol_model.errors import Revert
+
+WAD = 10**18
+MAX_AMOUNT = 2**128
+MAX_PRICE = 2**100
+
+
+# ---------------------------------------------------------------- exact integer helpers
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def mul_down(a: int, b: int) -> int:
+    return (a * b) // WAD
+
+
+def mul_up(a: int, b: int) -> int:
+    return ceil_div(a * b, WAD)
+
+
+def value_of(amount: int, price: int, decimals: int) -> int:
+    """USD WAD value of ``amount`` native units at ``price`` (WAD), rounded down."""
+    return amount * price // 10**decimals
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def events(p, receipt, name: str) -> list:
+    """The engine's ``name`` events in ``receipt`` (other contracts' logs are skipped)."""
+    return list(getattr(p.engine.events, name)().process_receipt(receipt, errors=DISCARD))
+
+
+def quote_scale(p) -> int:
+    return 10 ** (18 - p.dep.quote_decimals)
+
+
+def weights(p, symbol: str) -> tuple[int, int]:
+    cfg = p.engine.functions.collateral_config(p.token(symbol).address).call()
+    return cfg[4], cfg[5]
+
+
+def set_next_timestamp(tester, ts: int) -> None:
+    """Make the next transaction's block carry timestamp ``ts``."""
+    tester.time_travel(ts)
+    assert tester.get_block_by_number("pending")["timestamp"] == ts
+
+
+def updated_at(p, asset: str) -> int:
+    return p.feed(asset).functions.latestRoundData().call()[3]
+
+
+def list_extra_collateral(p, *, feed_answer: int, feed_max: int, decimals: int = 18):
+    """A new token priced by a new 8-decimal feed, listed with weights 0.5/0.6 and 5% discount."""
+    token = deploy_contract(p.w3, p.owner, "Token", "Extra", "XTR", decimals)
+    feed = deploy_contract(p.w3, p.owner, "PriceFeed", 8, "XTR / USD", feed_answer, 1, feed_max)
+    p.owner.send(p.engine.functions.list_collateral(token.address, feed.address, 5 * 10**17, 6 * 10**17, 5 * 10**16, 0))
+    return token, feed
+
+
+def fund_token(p, actor, token, amount: int) -> None:
+    p.owner.send(token.functions.mint(actor.address, amount))
+    actor.send(token.functions.approve(p.engine.address, 2**256 - 1))
+
+
+# ---------------------------------------------------------------- deposit
+
+
+def test_deposit_quote_credits_cash_and_emits_event(any_protocol, actors):
+    p, trader = any_protocol, actors.trader
+    amount = p.units("USDC", "1234.567891")
+    engine_before = p.quote.functions.balanceOf(p.engine.address).call()
+
+    receipt = p.deposit(trader, "USDC", amount)
+
+    expected_cash = amount * quote_scale(p)
+    assert p.cash(trader.address) == expected_cash
+    assert p.quote.functions.balanceOf(trader.address).call() == 0
+    assert p.quote.functions.balanceOf(p.engine.address).call() == engine_before + amount
+    [ev] = events(p, receipt, "Deposit")
+    assert ev.args.account == trader.address
+    assert ev.args.token == p.quote.address
+    assert ev.args.amount == amount
+    assert ev.args.cash == expected_cash
+    assert ev.args.collateral == 0
+    assert p.health(trader.address) == (expected_cash, expected_cash, expected_cash)
+
+
+def test_deposit_quote_twice_accumulates(protocol, actors):
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "USDC", 7)
+    receipt = p.deposit(trader, "USDC", 5)
+    assert p.cash(trader.address) == 12 * 10**12
+    assert events(p, receipt, "Deposit")[0].args.cash == 12 * 10**12
+
+
+@pytest.mark.parametrize("symbol", ["WETH", "WBTC"])
+def test_deposit_collateral_credits_balance_and_values_it_rounded_down(any_protocol, actors, symbol):
+    p, trader = any_protocol, actors.trader
+    dec = p.decimals(symbol)
+    # 1.5 tokens plus one native unit: the extra unit's value is fractional for low-decimals tokens.
+    amount = 3 * 10**dec // 2 + 1
+    token = p.token(symbol)
+    idx = p.dep.collateral(symbol)["index"]
+
+    receipt = p.deposit(trader, symbol, amount)
+
+    assert p.engine.functions.collateral(trader.address, token.address).call() == amount
+    assert p.engine.functions.total_collateral(token.address).call() == amount
+    assert p.engine.functions.held_collaterals(trader.address).call() == 1 << idx
+    assert p.cash(trader.address) == 0
+    assert token.functions.balanceOf(p.engine.address).call() == amount
+    [ev] = events(p, receipt, "Deposit")
+    assert (ev.args.account, ev.args.token, ev.args.amount, ev.args.cash, ev.args.collateral) == (
+        trader.address, token.address, amount, 0, amount,
+    )
+    price = p.price("ETH" if symbol == "WETH" else "BTC")
+    value = value_of(amount, price, dec)
+    iw, mw = weights(p, symbol)
+    assert p.health(trader.address) == (value, mul_down(value, iw), mul_down(value, mw))
+
+
+def test_deposit_collateral_from_two_accounts_counts_towards_total(protocol, actors):
+    p = protocol
+    weth = p.token("WETH")
+    p.deposit(actors.trader, "WETH", 3 * 10**18)
+    p.deposit(actors.trader2, "WETH", 2 * 10**18)
+    assert p.engine.functions.total_collateral(weth.address).call() == 5 * 10**18
+    assert p.engine.functions.collateral(actors.trader2.address, weth.address).call() == 2 * 10**18
+
+
+def test_deposit_cap_allows_up_to_cap_then_reverts(protocol, actors):
+    p = protocol
+    weth = p.token("WETH")
+    iw, mw = weights(p, "WETH")
+    cap = 5 * 10**18
+    p.owner.send(p.engine.functions.set_collateral_params(weth.address, iw, mw, 5 * 10**16, cap))
+    p.deposit(actors.trader, "WETH", 3 * 10**18)
+    p.deposit(actors.trader2, "WETH", 2 * 10**18)  # exactly the cap, across two accounts
+    p.fund(actors.trader, "WETH", 1)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(weth.address, 1))
+    assert exc.value.reason == "deposit cap"
+    # Withdrawing frees room under the cap.
+    actors.trader2.send(p.engine.functions.withdraw(weth.address, 1))
+    actors.trader.send(p.engine.functions.deposit(weth.address, 1))
+    assert p.engine.functions.total_collateral(weth.address).call() == cap
+
+
+def test_deposit_zero_amount_reverts(protocol, actors):
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(protocol.engine.functions.deposit(protocol.quote.address, 0))
+    assert exc.value.reason == "zero amount"
+
+
+def test_deposit_amount_too_large_reverts(protocol, actors):
+    p = protocol
+    p.fund(actors.trader, "USDC", MAX_AMOUNT + 1)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT + 1))
+    assert exc.value.reason == "amount too large"
+    # The bound itself is accepted.
+    actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT))
+    assert p.cash(actors.trader.address) == MAX_AMOUNT * quote_scale(p)
+
+
+def test_deposit_unlisted_token_reverts(protocol, actors):
+    p = protocol
+    token = deploy_contract(p.w3, p.owner, "Token", "Unlisted", "UNL", 18)
+    fund_token(p, actors.trader, token, 10**18)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(token.address, 10**18))
+    assert exc.value.reason == "not listed"
+
+
+def test_deposit_without_allowance_or_balance_reverts_with_token_reason(protocol, actors):
+    p = protocol
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(p.quote.address, 10))
+    assert exc.value.reason == "insufficient allowance"
+    p.fund(actors.trader, "USDC", 9)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(p.quote.address, 10))
+    assert exc.value.reason == "insufficient balance"
+    assert p.cash(actors.trader.address) == 0
+
+
+def test_deposit_allowed_while_paused(protocol, actors):
+    p = protocol
+    p.owner.send(p.engine.functions.pause())
+    p.deposit(actors.trader, "USDC", 10**6)
+    p.deposit(actors.trader, "WETH", 10**18)
+    assert p.cash(actors.trader.address) == WAD
+    assert p.engine.functions.collateral(actors.trader.address, p.token("WETH").address).call() == 10**18
+
+
+# ---------------------------------------------------------------- withdraw: quote
+
+
+def test_withdraw_quote_partial_and_full(any_protocol, actors):
+    p, trader = any_protocol, actors.trader
+    qs = quote_scale(p)
+    amount = p.units("USDC", 500)
+    p.deposit(trader, "USDC", amount)
+    part = p.units("USDC", "123.45")
+
+    receipt = trader.send(p.engine.functions.withdraw(p.quote.address, part))
+
+    assert p.cash(trader.address) == (amount - part) * qs
+    assert p.quote.functions.balanceOf(trader.address).call() == part
+    [ev] = events(p, receipt, "Withdraw")
+    assert (ev.args.account, ev.args.token, ev.args.amount, ev.args.cash, ev.args.collateral) == (
+        trader.address, p.quote.address, part, (amount - part) * qs, 0,
+    )
+    trader.send(p.engine.functions.withdraw(p.quote.address, amount - part))
+    assert p.cash(trader.address) == 0
+    assert p.quote.functions.balanceOf(trader.address).call() == amount
+
+
+def test_withdraw_quote_more_than_cash_reverts(any_protocol, actors):
+    p, trader = any_protocol, actors.trader
+    amount = p.units("USDC", 100)
+    p.deposit(trader, "USDC", amount)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.quote.address, amount + 1))
+    assert exc.value.reason == "insufficient cash"
+    assert p.cash(trader.address) == amount * quote_scale(p)
+
+
+def test_withdraw_quote_cannot_borrow_against_collateral(protocol, actors):
+    """Cash may not go below zero even when collateral would cover it: no borrowing."""
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "WETH", 10 * 10**18)
+    p.deposit(trader, "USDC", 10**6)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.quote.address, 10**6 + 1))
+    assert exc.value.reason == "insufficient cash"
+
+
+def test_withdraw_quote_limited_by_margin_exact_boundary(protocol, actors):
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "USDC", 1000 * 10**6)
+    p.trade(trader, "ETH-PERP", WAD)  # 1 ETH at 2000: fee 1 USD, initial requirement 200 USD
+    price = p.price("ETH")
+    fee = mul_up(mul_up(WAD, price), 5 * 10**14)
+    cash = 1000 * WAD - fee
+    quote = -mul_up(WAD, price)
+    init = cash + mul_down(WAD, price) + quote - mul_up(mul_up(WAD, price), 10**17)
+    assert p.health(trader.address)[1] == init == 799 * WAD
+    max_units = init // 10**12
+
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.quote.address, max_units + 1))
+    assert exc.value.reason == "insufficient margin"
+    trader.send(p.engine.functions.withdraw(p.quote.address, max_units))
+    assert p.health(trader.address)[1] == 0
+
+
+# ---------------------------------------------------------------- withdraw: collateral
+
+
+@pytest.mark.parametrize("symbol", ["WETH", "WBTC"])
+def test_withdraw_collateral_partial_then_all_clears_bit(any_protocol, actors, symbol):
+    p, trader = any_protocol, actors.trader
+    token = p.token(symbol)
+    dec = p.decimals(symbol)
+    amount = 2 * 10**dec
+    p.deposit(trader, symbol, amount)
+    part = 10**dec // 4
+
+    receipt = trader.send(p.engine.functions.withdraw(token.address, part))
+
+    [ev] = events(p, receipt, "Withdraw")
+    assert (ev.args.account, ev.args.token, ev.args.amount, ev.args.cash, ev.args.collateral) == (
+        trader.address, token.address, part, 0, amount - part,
+    )
+    assert p.engine.functions.total_collateral(token.address).call() == amount - part
+    assert token.functions.balanceOf(trader.address).call() == part
+
+    receipt = trader.send(p.engine.functions.withdraw(token.address, amount - part))
+    assert events(p, receipt, "Withdraw")[0].args.collateral == 0
+    assert p.engine.functions.collateral(trader.address, token.address).call() == 0
+    assert p.engine.functions.held_collaterals(trader.address).call() == 0
+    assert p.engine.functions.total_collateral(token.address).call() == 0
+    assert token.functions.balanceOf(trader.address).call() == amount
+    assert p.health(trader.address) == (0, 0, 0)
+
+
+def test_withdraw_collateral_more_than_balance_reverts(protocol, actors):
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "WBTC", 10**8)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.token("WBTC").address, 10**8 + 1))
+    assert exc.value.reason == "insufficient collateral"
+
+
+def test_withdraw_collateral_never_deposited_reverts(protocol, actors):
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(protocol.engine.functions.withdraw(protocol.token("WETH").address, 1))
+    assert exc.value.reason == "insufficient collateral"
+
+
+def test_withdraw_collateral_limited_by_margin_exact_boundary(protocol, actors):
+    """The largest withdrawal leaving init_health >= 0 goes through; one more wei does not."""
+    p, trader = protocol, actors.trader
+    weth = p.token("WETH")
+    balance = 10**18
+    p.deposit(trader, "WETH", balance)
+    size = 5 * WAD
+    p.trade(trader, "ETH-PERP", size)  # notional 10_000 USD against 1 WETH
+    price = p.price("ETH")
+    iw, _ = weights(p, "WETH")
+    cash = -mul_up(mul_up(size, price), 5 * 10**14)
+    perp = mul_down(size, price) - mul_up(size, price) - mul_up(mul_up(size, price), 10**17)
+
+    def init_after(withdrawn: int) -> int:
+        return mul_down(value_of(balance - withdrawn, price, 18), iw) + cash + perp
+
+    assert p.health(trader.address)[1] == init_after(0)
+    lo, hi = 0, balance  # init_after(lo) >= 0 > init_after(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if init_after(mid) >= 0:
+            lo = mid
+        else:
+            hi = mid
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(weth.address, lo + 1))
+    assert exc.value.reason == "insufficient margin"
+    trader.send(p.engine.functions.withdraw(weth.address, lo))
+    assert p.health(trader.address)[1] == init_after(lo) >= 0
+
+
+# ---------------------------------------------------------------- withdraw: guards
+
+
+def test_withdraw_while_paused_reverts_then_works_after_unpause(protocol, actors):
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "USDC", 10**6)
+    p.deposit(trader, "WETH", 10**18)
+    p.owner.send(p.engine.functions.pause())
+    for token in (p.quote.address, p.token("WETH").address):
+        with pytest.raises(Revert) as exc:
+            trader.send(p.engine.functions.withdraw(token, 1))
+        assert exc.value.reason == "paused"
+    p.owner.send(p.engine.functions.unpause())
+    trader.send(p.engine.functions.withdraw(p.quote.address, 1))
+    assert p.cash(trader.address) == WAD - 10**12
+
+
+def test_withdraw_zero_amount_reverts(protocol, actors):
+    p = protocol
+    p.deposit(actors.trader, "USDC", 10**6)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.withdraw(p.quote.address, 0))
+    assert exc.value.reason == "zero amount"
+
+
+def test_withdraw_amount_too_large_reverts(protocol, actors):
+    p = protocol
+    p.deposit(actors.trader, "USDC", 10**6)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT + 1))
+    assert exc.value.reason == "amount too large"
+    # At the bound the next check speaks instead.
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT))
+    assert exc.value.reason == "insufficient cash"
+
+
+def test_withdraw_unlisted_token_reverts(protocol, actors):
+    p = protocol
+    token = deploy_contract(p.w3, p.owner, "Token", "Unlisted", "UNL", 18)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.withdraw(token.address, 1))
+    assert exc.value.reason == "not listed"
+
+
+# ---------------------------------------------------------------- withdraw: prices
+
+
+def test_withdraw_stale_price_of_held_collateral_reverts_at_age_limit_plus_one(protocol, actors, tester):
+    p, trader = protocol, actors.trader
+    weth = p.token("WETH")
+    p.deposit(trader, "USDC", 10**6)
+    p.deposit(trader, "WETH", 10**18)
+    p.set_price("ETH", 2000)
+    max_age = p.engine.functions.max_price_age().call()
+    assert max_age == 3600
+    t0 = updated_at(p, "ETH")
+
+    set_next_timestamp(tester, t0 + max_age)  # exactly max_price_age old: usable
+    trader.send(p.engine.functions.withdraw(weth.address, 1))
+
+    set_next_timestamp(tester, t0 + max_age + 1)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(weth.address, 1))
+    assert exc.value.reason == "stale price"
+    # A quote withdrawal checks the same held feed.
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.quote.address, 1))
+    assert exc.value.reason == "stale price"
+    # A fresh answer makes it usable again.
+    p.set_price("ETH", 2000)
+    trader.send(p.engine.functions.withdraw(weth.address, 1))
+    assert p.engine.functions.collateral(trader.address, weth.address).call() == 10**18 - 2
+
+
+def test_withdraw_stale_price_with_short_max_age(protocol, actors, tester):
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "WBTC", 10**8)
+    p.set_price("BTC", 60_000)
+    receipt = p.owner.send(p.engine.functions.set_params(WAD // 2, 5, 10 * WAD))
+    assert events(p, receipt, "ParamsSet")[0].args.max_price_age == 5
+    set_next_timestamp(tester, updated_at(p, "BTC") + 6)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.token("WBTC").address, 1))
+    assert exc.value.reason == "stale price"
+    # Views read stale prices without reverting.
+    value = value_of(10**8, p.price("BTC"), 8)
+    assert p.health(trader.address)[0] == value
+
+
+def test_withdraw_without_priced_holdings_ignores_stale_feeds(protocol, actors, tester):
+    """An account holding only quote cash reads no feed, so stale feeds do not block it."""
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "USDC", 10**6)
+    set_next_timestamp(tester, max(updated_at(p, "ETH"), updated_at(p, "BTC")) + 10 * 3600)
+    trader.send(p.engine.functions.withdraw(p.quote.address, 10**6))
+    assert p.cash(trader.address) == 0
+
+
+def test_withdraw_all_of_a_stale_collateral_needs_no_price(protocol, actors, tester):
+    """Withdrawing a collateral balance in full drops the asset before the health check."""
+    p, trader = protocol, actors.trader
+    p.deposit(trader, "WETH", 10**18)
+    set_next_timestamp(tester, updated_at(p, "ETH") + 3601)
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(p.token("WETH").address, 10**18 - 1))
+    assert exc.value.reason == "stale price"
+    trader.send(p.engine.functions.withdraw(p.token("WETH").address, 10**18))
+    assert p.engine.functions.held_collaterals(trader.address).call() == 0
+
+
+def test_withdraw_bad_price_zero_answer_reverts(protocol, actors):
+    """A listed collateral whose feed has no answer yet (answer 0) is unusable."""
+    p, trader = protocol, actors.trader
+    token, feed = list_extra_collateral(p, feed_answer=0, feed_max=10**20)
+    fund_token(p, trader, token, 10**18)
+    trader.send(p.engine.functions.deposit(token.address, 10**18))
+    assert feed.functions.latestRoundData().call()[1] == 0
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(token.address, 1))
+    assert exc.value.reason == "bad price"
+    # Views read it as worth 0.
+    assert p.health(trader.address) == (0, 0, 0)
+
+
+def test_withdraw_bad_price_above_max_price_reverts(protocol, actors):
+    """An answer above MAX_PRICE (after normalising to WAD) is unusable; views clamp it."""
+    p, trader = protocol, actors.trader
+    scale = 10**10  # 8-decimal feed
+    token, feed = list_extra_collateral(p, feed_answer=10**8, feed_max=2**120)
+    fund_token(p, trader, token, 10**18)
+    trader.send(p.engine.functions.deposit(token.address, 10**18))
+    p.owner.send(feed.functions.set_answer(MAX_PRICE // scale))  # the largest usable answer
+    trader.send(p.engine.functions.withdraw(token.address, 1))
+    p.owner.send(feed.functions.set_answer(MAX_PRICE // scale + 1))
+    with pytest.raises(Revert) as exc:
+        trader.send(p.engine.functions.withdraw(token.address, 1))
+    assert exc.value.reason == "bad price"
+    balance = 10**18 - 1
+    value = value_of(balance, MAX_PRICE, 18)
+    assert p.health(trader.address) == (value, mul_down(value, 5 * 10**17), mul_down(value, 6 * 10**17))
