@@ -1,0 +1,411 @@
+"""Competing liquidators: strategies, agent definitions and the rules both simulation modes share.
+
+An **agent** is one liquidation bot with its own key, a tip strategy and a detection latency:
+
+* ``fixed[:TIP]`` - the same priority fee on every liquidation (:class:`bot.txs.FixedTip`; default
+  1 gwei);
+* ``profit-share[:SHARE]`` - a share of the expected profit as the priority fee over the gas
+  estimate (:class:`bot.txs.ProfitShareTip`; default 10 %, like the bot);
+* ``rebid[:TIP]`` - a fixed opening tip (default 1 gwei), then **reactive re-bidding**: when a
+  rival's pending transaction liquidates the same account and market with a higher effective tip,
+  the agent replaces its own (same nonce) with a tip at least 12.5 % above the rival's
+  (:func:`bot.txs.bump`), as long as that tip stays within its profit limit (see
+  :func:`rebid_fees`);
+* an ``@L`` suffix gives any of them a detection latency of ``L`` blocks (see :func:`ticks_at`).
+
+Strategy lists are comma separated and cycled over the bots: ``fixed:2gwei,profit-share:50%,rebid@1``
+with ``--bots 5`` gives bot1 ``fixed:2gwei``, bot2 ``profit-share:50%``, bot3 ``rebid:1gwei@1``,
+bot4 ``fixed:2gwei``, bot5 ``profit-share:50%``.
+
+Rules shared by the on-chain and the off-chain mode (``onchain.py`` and ``offchain.py`` must agree
+on them exactly, and a test checks that they do):
+
+* **Schedule.** The price shock is published in block ``S``. Then, for each of ``B`` rounds, with
+  ``h = S, S + 1, ..., S + B - 1`` the head: every agent that ticks at ``h`` runs one tick of the
+  liquidation bot, in agent order (bot1 first); then the re-bidding rounds (below); then one block
+  is mined. The run ends with block ``S + B``.
+* **Latency.** An agent with latency ``L`` ticks at the heads ``h >= S`` with
+  ``(h - S) mod (L + 1) == L``: it polls the node every ``L + 1`` blocks, and learns of the shock
+  ``L`` blocks late (``L = 0``: every block, starting with the shock's). A tick processes
+  everything up to the head it sees.
+* **Arrival order** at the node is the order in which transactions are sent: agents tick one after
+  the other in agent order, each sends its liquidations in the bot's own order (most profitable
+  first), and re-bids come after every tick of the round, in re-bidding order. A replacement
+  arrives when it is sent. Blocks are built by effective priority fee, then arrival (the dev node's
+  rule), with each sender's nonces in order.
+* **Re-bidding rounds.** After the ticks at head ``h``, every ``rebid`` agent that ticked at ``h``
+  looks at the pending pool in agent order and re-bids where it is outbid; the round repeats until
+  no agent re-bids (at most :data:`MAX_REBID_ROUNDS` rounds): a priority gas auction within one
+  block interval. A tip never exceeds the agent's profit limit, so the auction ends.
+* **Base fee.** Before the shock the chain's base fee is brought to EIP-1559's floor for empty
+  blocks (7 wei: ``7 - 7 // 8 == 7``), so that every run starts from the same base fee however
+  busy its setup was, and the race is fought in tips.
+
+Everything on a money path is an integer: wei, WAD fractions, quote native units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from protocol_model.deploy import DeployConfig
+from protocol_model.errors import ConfigError
+from protocol_model.wad import WAD
+
+from ..config import BotConfig
+from ..txs import DEFAULT_MAX_FEE_CAP_WEI, MIN_BUMP_WAD, Fees, bump
+
+GWEI = 10**9
+Kind = Literal["fixed", "profit-share", "rebid"]
+KINDS: tuple[Kind, ...] = ("fixed", "profit-share", "rebid")
+_ALIASES: dict[str, Kind] = {
+    "fixed": "fixed", "fixed-tip": "fixed",
+    "profit-share": "profit-share", "profit_share": "profit-share", "share": "profit-share",
+    "rebid": "rebid", "reactive": "rebid",
+}
+DEFAULT_FIXED_TIP_WEI = GWEI
+DEFAULT_PROFIT_SHARE_WAD = WAD // 10
+MAX_REBID_ROUNDS = 32
+MAX_LATENCY = 1_000
+BASE_FEE_FLOOR_WEI = 7          # EIP-1559: an empty block keeps a base fee of 7 wei (7 * 1 // 8 == 0)
+AGENT_FUNDS_WEI = 1_000 * 10**18  # gas money each agent key receives on the local chain
+# Liquidations are planned and paid only for positions: the agents hold no quote tokens, so they
+# never liquidate collateral (which needs the liquidator to repay debt).
+COLLATERAL_LIQUIDATION = False
+LIQUIDATE_SIGNATURE = "liquidate(address,uint256,uint256)"
+LIQUIDATE_SELECTOR = keccak(text=LIQUIDATE_SIGNATURE)[:4]
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """What every agent of a run shares: the bot settings that are not the strategy.
+
+    ``gas_estimate`` is the gas limit of every liquidation and the ``gas`` of the bot's profit and
+    tip arithmetic (``liquidation_gas_estimate``); ``backoff_blocks`` is how long an agent leaves an
+    account alone after losing a race for it.
+    """
+
+    min_profit_usd_wad: int = WAD                   # 1 USD, the bot's default
+    gas_estimate: int = 500_000
+    backoff_blocks: int = 20
+    max_fee_cap_wei: int = DEFAULT_MAX_FEE_CAP_WEI
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def __post_init__(self) -> None:
+        if self.gas_estimate < 21_000 + 100 * 16:
+            raise ConfigError("gas_estimate must cover at least a liquidation's intrinsic gas")
+        if self.min_profit_usd_wad < 0 or self.backoff_blocks < 0 or self.max_fee_cap_wei < 1:
+            raise ConfigError("invalid simulation settings: min profit and backoff must be >= 0, the fee cap >= 1")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One competition: ``accounts`` seeded traders (:func:`bot.seeding.plan_traders` with ``seed``),
+    the price ``shocks`` (asset -> signed WAD fraction, ``-2 * 10**17`` = -20 %), ``blocks`` mined
+    after the shock."""
+
+    accounts: int
+    seed: int
+    shocks: tuple[tuple[str, int], ...]
+    blocks: int = 10
+
+    def __post_init__(self) -> None:
+        if self.accounts < 1:
+            raise ConfigError(f"--accounts must be at least 1, got {self.accounts}")
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
+        if self.blocks < 1:
+            raise ConfigError(f"--blocks must be at least 1, got {self.blocks}")
+        if not self.shocks:
+            raise ConfigError("give at least one --shock, e.g. --shock ETH=-20%")
+        seen: set[str] = set()
+        for asset, fraction in self.shocks:
+            if asset in seen:
+                raise ConfigError(f"two shocks for {asset}: give one")
+            seen.add(asset)
+            if fraction <= -WAD:
+                raise ConfigError(f"shock {asset}: a price cannot fall by 100% or more")
+
+    def shock_map(self) -> dict[str, int]:
+        return dict(self.shocks)
+
+
+# ---------------------------------------------------------------------- agents
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One competitor. ``tip_wei`` is the fixed (or opening) tip, ``share_wad`` the profit share."""
+
+    index: int                 # 0-based; the agent order of the schedule
+    kind: Kind
+    tip_wei: int = DEFAULT_FIXED_TIP_WEI
+    share_wad: int = DEFAULT_PROFIT_SHARE_WAD
+    latency: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"bot{self.index + 1}"
+
+    @property
+    def strategy(self) -> str:
+        """The canonical strategy text, e.g. ``profit-share:50%@2`` (the same for equal strategies)."""
+        if self.kind == "profit-share":
+            text = f"profit-share:{_fmt_share(self.share_wad)}"
+        else:
+            text = f"{self.kind}:{_fmt_gwei(self.tip_wei)}"
+        return text + (f"@{self.latency}" if self.latency else "")
+
+    @property
+    def rebids(self) -> bool:
+        return self.kind == "rebid"
+
+    def account(self) -> LocalAccount:
+        return agent_account(self.index)
+
+    @property
+    def address(self) -> str:
+        return str(self.account().address)
+
+    def bot_config(self, settings: SimSettings) -> BotConfig:
+        """The bot's configuration for this agent (never read from the environment)."""
+        strategy = {"gas_strategy": "profit_share", "profit_share_wad": self.share_wad} if self.kind == "profit-share" \
+            else {"gas_strategy": "fixed", "fixed_tip_wei": self.tip_wei}
+        return BotConfig(
+            rpc_url="memory",
+            db_path=":memory:",
+            min_profit_usd_wad=settings.min_profit_usd_wad,
+            lost_race_backoff_blocks=settings.backoff_blocks,
+            liquidation_gas_estimate=settings.gas_estimate,
+            max_fee_cap_wei=settings.max_fee_cap_wei,
+            # The simulator decides every replacement itself (re-bids); the bot's own replacement of
+            # transactions stuck for some blocks stays off, so that both modes replace alike.
+            stuck_after_blocks=1_000_000_000,
+            rpc_backoff_s=0.0,
+            rpc_backoff_max_s=0.0,
+            **strategy,
+        )
+
+
+def agent_account(index: int) -> LocalAccount:
+    """The deterministic key of agent ``index`` (local simulation chains only: it is public)."""
+    return Account.from_key(keccak(b"xmargin-sim-agent" + index.to_bytes(8, "big")))
+
+
+def ticks_at(latency: int, head: int, shock_block: int) -> bool:
+    """Whether an agent with ``latency`` ticks when the head is ``head`` (see the module docstring)."""
+    offset = head - shock_block
+    return offset >= 0 and offset % (latency + 1) == latency
+
+
+def parse_strategies(text: str, bots: int) -> list[AgentSpec]:
+    """``--strategy`` cycled over ``bots`` agents; raises :class:`ConfigError` naming the bad item."""
+    if bots < 1:
+        raise ConfigError(f"--bots must be at least 1, got {bots}")
+    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not items:
+        raise ConfigError("--strategy is empty: give e.g. fixed,profit-share:50%,rebid@1")
+    parsed = [_parse_one(item) for item in items]
+    return [AgentSpec(i, *parsed[i % len(parsed)]) for i in range(bots)]
+
+
+def _parse_one(item: str) -> tuple[Kind, int, int, int]:
+    body, _, lat = item.partition("@")
+    latency = 0
+    if _:
+        try:
+            latency = int(lat)
+        except ValueError:
+            raise ConfigError(f"strategy {item!r}: the latency after '@' must be a whole number of blocks") from None
+        if not 0 <= latency <= MAX_LATENCY:
+            raise ConfigError(f"strategy {item!r}: the latency must be 0..{MAX_LATENCY} blocks")
+    name, _, param = body.partition(":")
+    kind = _ALIASES.get(name.strip().lower())
+    if kind is None:
+        raise ConfigError(f"unknown strategy {name!r} in {item!r}: choose from {', '.join(KINDS)}")
+    tip, share = DEFAULT_FIXED_TIP_WEI, DEFAULT_PROFIT_SHARE_WAD
+    param = param.strip()
+    if kind == "profit-share":
+        if param:
+            share = parse_share(param, item)
+    elif param:
+        tip = parse_wei(param, item)
+    return kind, tip, share, latency
+
+
+def parse_share(text: str, what: str = "share") -> int:
+    """``'0.5'`` or ``'50%'`` -> WAD fraction, exactly."""
+    t = text.strip()
+    try:
+        d = Decimal(t[:-1]) / 100 if t.endswith("%") else Decimal(t)
+    except InvalidOperation:
+        raise ConfigError(f"{what}: {text!r} is not a share such as 0.5 or 50%") from None
+    value = d * WAD
+    if not d.is_finite() or value != value.to_integral_value() or not 0 <= d <= 1:
+        raise ConfigError(f"{what}: the profit share {text!r} must lie between 0 and 1 (0% and 100%)")
+    return int(value)
+
+
+_WEI_UNITS = (("gwei", GWEI), ("ether", 10**18), ("eth", 10**18), ("wei", 1))
+
+
+def parse_wei(text: str, what: str = "tip") -> int:
+    """``'2gwei'``, ``'1.5gwei'``, ``'1000'`` (wei) -> wei, exactly."""
+    t = text.strip().lower().replace("_", "")
+    scale = 1
+    for unit, factor in _WEI_UNITS:
+        if t.endswith(unit):
+            t, scale = t[: -len(unit)], factor
+            break
+    try:
+        d = Decimal(t) * scale
+    except InvalidOperation:
+        raise ConfigError(f"{what}: {text!r} is not an amount such as 2gwei or 1500000000") from None
+    if not d.is_finite() or d != d.to_integral_value() or d < 0:
+        raise ConfigError(f"{what}: the tip {text!r} must be a whole, non-negative number of wei")
+    return int(d)
+
+
+def _fmt_gwei(wei: int) -> str:
+    d = (Decimal(wei) / GWEI).normalize()
+    return f"{d:f}gwei"
+
+
+def _fmt_share(wad: int) -> str:
+    d = (Decimal(wad) * 100 / WAD).normalize()
+    return f"{d:f}%"
+
+
+# ---------------------------------------------------------------------- re-bidding
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """A pending liquidation as any agent can see it in the node's pool."""
+
+    sender: str
+    nonce: int
+    account: str
+    market: int
+    tip_wei: int               # maxPriorityFeePerGas
+    max_fee_wei: int           # maxFeePerGas
+
+    def effective_tip(self, base_fee_wei: int) -> int:
+        """What the block producer earns per gas at ``base_fee_wei`` (0 when the cap is below it)."""
+        return max(0, min(self.tip_wei, self.max_fee_wei - base_fee_wei))
+
+
+def by_target(entries: list[PoolEntry], exclude: str) -> dict[tuple[str, int], list[PoolEntry]]:
+    """The pending liquidations of senders other than ``exclude``, by (account, market)."""
+    out: dict[tuple[str, int], list[PoolEntry]] = {}
+    for e in entries:
+        if e.sender != exclude:
+            out.setdefault((e.account, e.market), []).append(e)
+    return out
+
+
+def rebid_fees(own: PoolEntry, rivals: list[PoolEntry], *, next_base_fee_wei: int, head_base_fee_wei: int,
+               expected_profit_wei: int, settings: SimSettings) -> Fees | None:
+    """The fees of a re-bid of ``own``, or None when it is not outbid or cannot afford to answer.
+
+    ``own`` is outbid when a rival's pending liquidation of the same account and market pays a
+    higher effective tip at the next block's base fee. The answer's tip is the best rival's plus
+    12.5 % (rounded up; :func:`bot.txs.bump`); its max fee is ``2 * head base fee + tip``, and at
+    least the old max fee bumped by 12.5 %, so that the node accepts the replacement. The profit
+    limit: the tip may not exceed ``expected_profit_wei / gas_estimate`` (the tip at which the
+    bot's expected profit, net of the base fee, reaches zero), nor the max fee the fee cap.
+    """
+    best = max((r.effective_tip(next_base_fee_wei) for r in rivals
+                if r.sender != own.sender and r.account == own.account and r.market == own.market), default=None)
+    if best is None or best <= own.effective_tip(next_base_fee_wei):
+        return None
+    tip = bump(best, MIN_BUMP_WAD)
+    limit = max(expected_profit_wei, 0) // settings.gas_estimate
+    max_fee = max(2 * head_base_fee_wei + tip, bump(own.max_fee_wei, MIN_BUMP_WAD))
+    if tip > limit or max_fee > settings.max_fee_cap_wei:
+        return None
+    return Fees(max_fee, tip)
+
+
+def resolve_asset(config: DeployConfig, key: str) -> str:
+    """The feed asset (``ETH``) named by an asset, a market (``ETH-PERP``) or a collateral (``WETH``)."""
+    k = key.strip().upper()
+    for f in config.feeds:
+        if f.asset.upper() == k:
+            return f.asset
+    for m in config.markets:
+        if m.name.upper() == k:
+            return m.asset
+    for c in config.collaterals:
+        if c.symbol.upper() == k:
+            return c.asset
+    known = [f.asset for f in config.feeds] + [m.name for m in config.markets] + [c.symbol for c in config.collaterals]
+    raise ConfigError(f"unknown asset {key!r} in --shock: choose from {', '.join(known)}")
+
+
+def liquidate_calldata(account: str, market: int, max_size: int) -> bytes:
+    """The engine's ``liquidate(account, market, max_size)`` call data."""
+    from eth_abi import encode
+
+    return LIQUIDATE_SELECTOR + encode(["address", "uint256", "uint256"], [account, market, max_size])
+
+
+def decode_liquidate(data: bytes) -> tuple[str, int, int] | None:
+    """``(account, market, max_size)`` of ``liquidate`` call data, else None."""
+    from eth_abi import decode
+    from eth_utils import to_checksum_address
+
+    if len(data) != 4 + 96 or data[:4] != LIQUIDATE_SELECTOR:
+        return None
+    account, market, size = decode(["address", "uint256", "uint256"], data[4:])
+    return to_checksum_address(account), int(market), int(size)
+
+
+def next_base_fee(base_fee_wei: int, gas_used: int, gas_limit: int) -> int:
+    """EIP-1559's base fee of the block after one with ``base_fee_wei``, ``gas_used`` and ``gas_limit``
+    (py-evm's London rule, elasticity 2, max change 1/8)."""
+    target = gas_limit // 2
+    if gas_used == target:
+        return base_fee_wei
+    if gas_used > target:
+        return base_fee_wei + max(base_fee_wei * (gas_used - target) // target // 8, 1)
+    return max(base_fee_wei - base_fee_wei * (target - gas_used) // target // 8, 0)
+
+
+def intrinsic_gas(data: bytes) -> int:
+    """A call's intrinsic gas: 21,000 plus 4 per zero and 16 per non-zero byte of call data."""
+    return 21_000 + sum(4 if b == 0 else 16 for b in data)
+
+
+__all__ = [
+    "AGENT_FUNDS_WEI",
+    "AgentSpec",
+    "BASE_FEE_FLOOR_WEI",
+    "COLLATERAL_LIQUIDATION",
+    "KINDS",
+    "MAX_REBID_ROUNDS",
+    "PoolEntry",
+    "Scenario",
+    "SimSettings",
+    "agent_account",
+    "by_target",
+    "decode_liquidate",
+    "intrinsic_gas",
+    "liquidate_calldata",
+    "next_base_fee",
+    "parse_share",
+    "parse_strategies",
+    "parse_wei",
+    "rebid_fees",
+    "resolve_asset",
+    "ticks_at",
+]

@@ -1,0 +1,836 @@
+"""The off-chain mode: the same agents, node and ordering on :mod:`protocol_model`, no EVM.
+
+What runs here is a transcription of the on-chain mode, step for step:
+
+* **The state.** :func:`build_initial_state` lists the default deployment (:class:`DeployConfig`) in
+  a :class:`ProtocolState` and seeds the same traders as :func:`bot.seeding.seed_accounts` (the same
+  :func:`bot.seeding.plan_traders`, deposits and trades applied with :mod:`protocol_model.actions`),
+  so the state equals what the Lens reads after on-chain seeding. The shock publishes every feed
+  in block ``S`` (the shocked ones moved by :func:`protocol_model.scenarios.moved_answer`).
+* **The node** (:class:`ModelChain`): a pool keyed by sender and nonce with the dev node's
+  replacement rule (both fees at least 10 % higher), and blocks built like
+  :class:`bot.devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
+  priority fee first, ties by arrival; a transaction whose gas limit does not fit what is left of
+  the block waits (its sender's later nonces too). Each liquidation executes with
+  :func:`protocol_model.actions.liquidate` on the block's state, so rewards and revert reasons are
+  exact. The base fee follows EIP-1559 from the gas used; the block gas limit is eth-tester's
+  constant one.
+* **The bots** (:class:`ModelAgent`): what :class:`bot.liquidator.Liquidator` does in one tick,
+  with its own parts: settle the in-flight transactions mined since the last tick (a lost race
+  backs the account off for ``lost_race_backoff_blocks`` after the block it was lost in, any other
+  revert suppresses that account and market as long), then for each liquidatable account not backed
+  off and without a transaction in flight, :class:`bot.strategy.Planner` (the same object the bot
+  uses, so the same previews, gas pricing and minimum profit), :func:`bot.strategy.merge_by_profit`,
+  a preflight on the head state (the bot's ``eth_call``), and the fees of
+  :func:`bot.txs.strategy_from_config`. Accounts are visited in address order (the bot's order only
+  matters between candidates of exactly equal profit).
+* **Gas** (:class:`GasTable`): a transaction uses its intrinsic gas (21,000 plus its call data,
+  computed exactly) plus the execution gas of the path it takes through the engine, keyed by what
+  decides the engine's gas: success or revert reason, the market, the account's active markets and
+  held collaterals (the loops of ``_health``, cold or warm feeds), and for a success how each
+  written storage slot changes (zero / non-zero / unchanged, priced by EIP-2200 and EIP-2929, with
+  the refund of cleared slots). An on-chain run measures ``gas used - intrinsic`` for every key it
+  meets (``report.gas_table``); keys it did not meet use :data:`DEFAULT_PATH_GAS` and
+  :data:`DEFAULT_REVERT_GAS`, measured on the contracts. The engine's rounding helpers branch on
+  their operands, so two transactions with one key can differ by some tens of gas (a few hundred at
+  most): off-chain gas matches on-chain gas to a fraction of a percent, not to the unit, while
+  winners, rewards, reverts, bad debt and timing match exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import keccak, to_checksum_address
+
+from protocol_model.actions import LiquidationPlan, deposit, liquidate, seed_house, seed_insurance, set_answer, trade
+from protocol_model.deploy import MAX_PRICE, DeployConfig, Deployment
+from protocol_model.errors import ConfigError, Revert
+from protocol_model.health import health, price
+from protocol_model.scenarios import moved_answer
+from protocol_model.state import Collateral, Feed, Market, Params, Position, ProtocolState
+from protocol_model.wad import UINT256_MAX
+
+from ..seeding import TraderPlan, plan_traders
+from ..strategy import Candidate, GasModel, Planner, merge_by_profit, scratch_state
+from ..txs import Fees, classify_revert, strategy_from_config
+from .agents import (
+    BASE_FEE_FLOOR_WEI,
+    COLLATERAL_LIQUIDATION,
+    MAX_REBID_ROUNDS,
+    AgentSpec,
+    PoolEntry,
+    Scenario,
+    SimSettings,
+    intrinsic_gas,
+    liquidate_calldata,
+    next_base_fee,
+    by_target,
+    parse_strategies,
+    rebid_fees,
+    resolve_asset,
+    ticks_at,
+)
+from .report import BotResult, CompetitionReport, Liquidated, SweepPoint
+
+log = logging.getLogger(__name__)
+
+BLOCK_GAS_LIMIT = 30_029_122          # eth-tester's block gas limit (constant from block to block)
+SET_ANSWER_GAS = 45_000               # about one feed update: only decides the shock block's base fee change
+START_TIMESTAMP = 1_700_000_000
+SHOCK_BLOCK = 1                       # off-chain block numbers: setup is block 0
+MAX_UINT = UINT256_MAX
+
+# Execution gas measured on contracts/ with the default listing (DeployConfig: ETH-PERP, BTC-PERP;
+# WETH, WBTC), from on-chain competitions (seeds 1-12, 60-100 traders): a success's path gas
+# (``ok|m<market>|a<active markets>|c<held collaterals>|r<reward paid>``, before its storage writes),
+# and a revert's whole execution gas. See GasTable.
+DEFAULT_PATH_GAS: dict[str, int] = {
+    "ok|m0|a1|c0|r1": 84387,
+    "ok|m0|a1|c1|r1": 104866,
+    "ok|m0|a1|c2|r1": 113446,
+    "ok|m0|a1|c3|r1": 131815,
+    "ok|m0|a3|c1|r1": 130742,
+    "ok|m0|a3|c2|r1": 131200,
+    "ok|m0|a3|c3|r1": 149354,
+    "ok|m1|a2|c1|r1": 113446,
+    "ok|m1|a2|c2|r1": 105086,
+    "ok|m1|a2|c3|r1": 131925,
+    "ok|m1|a3|c0|r1": 110396,
+    "ok|m1|a3|c1|r1": 130742,
+    "ok|m1|a3|c2|r1": 130852,
+    "ok|m1|a3|c3|r1": 149221,
+}
+DEFAULT_REVERT_GAS: dict[str, int] = {
+    "revert|healthy|m0|a0|c0": 9803,
+    "revert|healthy|m0|a0|c1": 40782,
+    "revert|healthy|m0|a0|c2": 40892,
+    "revert|healthy|m0|a0|c3": 67761,
+    "revert|healthy|m0|a1|c0": 37679,
+    "revert|healthy|m0|a1|c1": 58158,
+    "revert|healthy|m0|a1|c2": 66768,
+    "revert|healthy|m0|a1|c3": 85137,
+    "revert|healthy|m0|a2|c1": 66768,
+    "revert|healthy|m1|a0|c1": 40782,
+    "revert|healthy|m1|a0|c3": 67761,
+    "revert|healthy|m1|a1|c0": 37812,
+    "revert|healthy|m1|a1|c1": 58291,
+    "revert|healthy|m1|a1|c2": 66768,
+    "revert|healthy|m1|a1|c3": 85137,
+    "revert|healthy|m1|a2|c1": 66768,
+    "revert|healthy|m1|a2|c3": 85247,
+    "revert|no position|m0|a0|c1": 45167,
+    "revert|no position|m0|a0|c2": 45277,
+    "revert|no position|m0|a0|c3": 72146,
+    "revert|no position|m0|a2|c1": 71153,
+    "revert|no position|m0|a2|c2": 62763,
+    "revert|no position|m0|a2|c3": 89765,
+    "revert|no position|m1|a0|c1": 45167,
+    "revert|no position|m1|a0|c2": 45277,
+    "revert|no position|m1|a0|c3": 72146,
+    "revert|no position|m1|a1|c0": 42064,
+    "revert|no position|m1|a1|c1": 62543,
+}
+FALLBACK_OK_PATH_GAS = 115_000
+FALLBACK_REVERT_GAS = 55_000
+
+
+# ---------------------------------------------------------------------- initial state
+
+
+def _address(label: str) -> str:
+    return to_checksum_address(keccak(text=f"xmargin-sim:{label}")[-20:])
+
+
+def synthetic_deployment(config: DeployConfig) -> Deployment:
+    """A deployment with made-up addresses for the model-only run (no chain)."""
+    feeds = {f.asset: _address(f"feed:{f.asset}") for f in config.feeds}
+    return Deployment(
+        chain_id=0, block=0, owner=_address("owner"), engine=_address("engine"), lens=_address("lens"),
+        quote=_address(f"token:{config.quote_symbol}"), quote_symbol=config.quote_symbol,
+        quote_decimals=config.quote_decimals, feeds=feeds,
+        collaterals={c.symbol: {"token": _address(f"token:{c.symbol}"), "feed": feeds[c.asset], "decimals": c.decimals,
+                                "index": i, "asset": c.asset} for i, c in enumerate(config.collaterals)},
+        markets={m.name: {"id": i, "feed": feeds[m.asset], "asset": m.asset} for i, m in enumerate(config.markets)},
+    )
+
+
+def listed_state(config: DeployConfig, dep: Deployment, timestamp: int = START_TIMESTAMP) -> ProtocolState:
+    """The protocol right after :func:`protocol_model.deploy.deploy_protocol`: listings, house and
+    insurance seeded, prices published at ``timestamp``."""
+    feeds: dict[str, Feed] = {}
+    for f in config.feeds:
+        address = dep.feeds[f.asset]
+        feeds[address] = Feed(address, f.decimals, f.price, timestamp, round_id=1, min_answer=1,
+                              max_answer=MAX_PRICE // 10 ** (18 - f.decimals))
+    markets = [
+        Market(i, dep.feeds[m.asset], 10 ** (18 - feeds[dep.feeds[m.asset]].decimals), m.imf, m.mmf, m.liquidation_fee,
+               m.taker_fee, m.oi_cap, m.name)
+        for i, m in enumerate(config.markets)
+    ]
+    collaterals = [
+        Collateral(dep.collaterals[c.symbol]["token"], dep.feeds[c.asset],
+                   10 ** (18 - feeds[dep.feeds[c.asset]].decimals), c.decimals, 10**c.decimals, c.init_weight, c.maint_weight, c.liquidation_discount, c.deposit_cap, i,
+                   c.symbol)
+        for i, c in enumerate(config.collaterals)
+    ]
+    params = Params(dep.quote, 10 ** (18 - config.quote_decimals), config.keeper_share, config.max_price_age,
+                    config.dust_notional, owner=dep.owner)
+    state = ProtocolState(engine=dep.engine, params=params, markets=markets, collaterals=collaterals, feeds=feeds,
+                          timestamp=timestamp)
+    unit = 10**config.quote_decimals
+    if config.house_seed:
+        seed_house(state, dep.owner, config.house_seed * unit)
+    if config.insurance_seed:
+        seed_insurance(state, dep.owner, config.insurance_seed * unit)
+    return state
+
+
+def build_initial_state(accounts: int, seed: int, config: DeployConfig | None = None,
+                        dep: Deployment | None = None) -> tuple[ProtocolState, list[TraderPlan]]:
+    """The default deployment seeded with ``accounts`` traders as :func:`bot.seeding.seed_accounts`
+    does on chain (``dep`` gives real addresses; by default made-up ones)."""
+    config = config or DeployConfig()
+    dep = dep or synthetic_deployment(config)
+    state = listed_state(config, dep)
+    prices = {a: price(state, dep.feeds[a], False) for a in ("ETH", "BTC")}
+    plans = plan_traders(dep, accounts, seed, prices)
+    tokens = (dep.quote, dep.collaterals["WETH"]["token"], dep.collaterals["WBTC"]["token"])
+    try:
+        for p in plans:
+            for token, amount in zip(tokens, (p.usdc, p.weth, p.wbtc)):
+                if amount:
+                    deposit(state, p.address, token, amount)
+        for p in plans:
+            for market, size in ((0, p.eth_size), (1, p.btc_size)):
+                if size:
+                    trade(state, p.address, market, size, MAX_UINT if size > 0 else 0)
+    except Revert as exc:  # dev: the plans are built to pass
+        raise ConfigError(f"seeding the model failed: {exc.reason}") from exc
+    state.block = 0
+    return state, plans
+
+
+def shocked_answers(state: ProtocolState, dep_feeds: dict[str, str], scenario: Scenario) -> dict[str, int]:
+    """Every feed's answer in the shock block: moved for the shocked assets, re-published as it is
+    for the others (so that every price is fresh). Raises :class:`ConfigError` for a move out of the
+    feed's range."""
+    shocks = scenario.shock_map()
+    out: dict[str, int] = {}
+    for asset, address in dep_feeds.items():
+        feed = state.feeds[address]
+        answer = feed.answer
+        if asset in shocks:
+            answer = moved_answer(answer, shocks[asset])
+            if not max(1, feed.min_answer) <= answer <= min(feed.max_answer, MAX_PRICE // feed.price_scale):
+                raise ConfigError(f"shock {asset}: the price leaves the feed's range")
+        out[address] = answer
+    unknown = set(shocks) - set(dep_feeds)
+    if unknown:
+        raise ConfigError(f"unknown asset {sorted(unknown)[0]!r}: known assets are {', '.join(dep_feeds)}")
+    return out
+
+
+# ---------------------------------------------------------------------- gas
+
+
+def _slot(old: int, new: int) -> str:
+    if old == new:
+        return "="
+    return ("Z" if old == 0 else "N") + ("z" if new == 0 else "n")
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """The storage slots a liquidation writes, read from the model state (and the keeper's balance)."""
+
+    values: tuple[int, ...]
+
+    @classmethod
+    def read(cls, state: ProtocolState, account: str, market: int, keeper_balance: int,
+             engine_balance: int) -> "_Slots":
+        acc = state.accounts.get(account)
+        pos = acc.positions.get(market, Position()) if acc is not None else Position()
+        house = state.house
+        assert house is not None
+        hpos = house.positions.get(market, Position())
+        return cls((
+            int(pos.size), int(pos.quote), int(acc.cash) if acc else 0, acc.active_markets if acc else 0,
+            int(hpos.size), int(hpos.quote), int(house.cash), house.active_markets,
+            int(state.insurance_fund), keeper_balance, engine_balance,
+        ))
+
+
+def _masks(state: ProtocolState, account: str) -> tuple[int, int]:
+    acc = state.accounts.get(account)
+    if acc is None:
+        return 0, 0
+    return acc.active_markets, state.held_mask(acc)
+
+
+def success_key(market: int, masks: tuple[int, int], before: _Slots, after: _Slots, reward: int) -> str:
+    slots = "".join(_slot(o, n) + "," for o, n in zip(before.values, after.values))
+    return f"ok|m{market}|a{masks[0]}|c{masks[1]}|r{int(reward > 0)}|{slots.rstrip(',')}"
+
+
+def revert_key(reason: str, market: int, masks: tuple[int, int]) -> str:
+    return f"revert|{reason}|m{market}|a{masks[0]}|c{masks[1]}"
+
+
+def coarse_key(key: str) -> str:
+    """The class of a full key: outcome (and reason), number of active markets and of collaterals."""
+    parts = key.split("|")
+    if parts[0] == "ok":
+        a, c = int(parts[2][1:]), int(parts[3][1:])
+        return f"ok|{a.bit_count()}|{c.bit_count()}"
+    a, c = int(parts[3][1:]), int(parts[4][1:])
+    return f"revert|{parts[1]}|{a.bit_count()}|{c.bit_count()}"
+
+
+# EIP-2200 / EIP-2929 price of a write to a slot the call already read (warm), by slot class, and
+# the refund of clearing one.
+SSTORE_GAS = {"=": 100, "Nn": 2_900, "Nz": 2_900, "Zn": 20_000, "Zz": 100}
+CLEAR_REFUND = 4_800
+
+
+def _split_ok(key: str) -> tuple[str, list[str]]:
+    parts = key.split("|")
+    return "|".join(parts[:5]), parts[5].split(",")
+
+
+def _slot_terms(slots: list[str]) -> tuple[int, int]:
+    """(gas of the writes, refund) of a success's slot classes."""
+    return sum(SSTORE_GAS[s] for s in slots), CLEAR_REFUND * sum(s == "Nz" for s in slots)
+
+
+@dataclass
+class GasTable:
+    """Execution gas (gas used - intrinsic gas) by path key; see the module docstring.
+
+    ``measured`` comes from an on-chain run (``report.gas_table``). A success's execution gas is
+    the gas of its path (market, active markets, held collaterals, reward paid or not) plus the
+    price of its storage writes by class (:data:`SSTORE_GAS`) minus the refunds of cleared slots
+    (capped at a fifth of the gas, as the EVM does); a key not measured takes the path's gas from
+    any measured key of the same path, else :data:`DEFAULT_PATH_GAS`, else the median of its
+    class. A revert's gas is the measured value of its key, else :data:`DEFAULT_REVERT_GAS`, else
+    its class's. ``misses`` counts the lookups that were not exact. Exact to the gas for measured
+    keys, up to the engine's rounding branches (tens of gas) for the rest.
+    """
+
+    measured: dict[str, int] = field(default_factory=dict)
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        self._paths: dict[str, int] = dict(DEFAULT_PATH_GAS)
+        self._reverts: dict[str, int] = dict(DEFAULT_REVERT_GAS)
+        for key, gas in self.measured.items():
+            if key.startswith("ok|"):
+                path, slots = _split_ok(key)
+                cost, refund = _slot_terms(slots)
+                self._paths[path] = gas - cost + refund
+            else:
+                self._reverts[key] = gas
+        self._classes: dict[str, list[int]] = {}
+        for path, gas in self._paths.items():
+            self._classes.setdefault(coarse_key(path + "|"), []).append(gas)
+        for key, gas in self._reverts.items():
+            self._classes.setdefault(coarse_key(key), []).append(gas)
+
+    def _class(self, key: str, fallback: int) -> int:
+        seen = self._classes.get(coarse_key(key))
+        return sorted(seen)[len(seen) // 2] if seen else fallback
+
+    def exec_gas(self, key: str, intrinsic: int = 21_000) -> int:
+        gas = self.measured.get(key)
+        if gas is not None:
+            return gas
+        self.misses += 1
+        if not key.startswith("ok|"):
+            return self._reverts.get(key) or self._class(key, FALLBACK_REVERT_GAS)
+        path, slots = _split_ok(key)
+        base = self._paths.get(path) or self._class(path + "|", FALLBACK_OK_PATH_GAS)
+        cost, refund = _slot_terms(slots)
+        before = intrinsic + base + cost
+        return base + cost - min(refund, before // 5)
+
+
+# ---------------------------------------------------------------------- the node
+
+
+@dataclass
+class PoolTx:
+    """A liquidation in the model node's pool."""
+
+    hash: str
+    sender: str
+    nonce: int
+    account: str
+    market: int
+    max_size: int
+    data: bytes
+    gas_limit: int
+    max_fee_wei: int
+    tip_wei: int
+    seq: int
+    expected_profit_wei: int = 0
+
+    def entry(self) -> PoolEntry:
+        return PoolEntry(self.sender, self.nonce, self.account, self.market, self.tip_wei, self.max_fee_wei)
+
+    def effective_tip(self, base_fee: int) -> int | None:
+        if self.max_fee_wei < base_fee:
+            return None
+        return min(self.tip_wei, self.max_fee_wei - base_fee)
+
+
+@dataclass
+class Receipt:
+    tx: PoolTx
+    block: int
+    index: int
+    ok: bool
+    reason: str | None
+    gas_used: int
+    base_fee: int
+    tip: int                               # effective priority fee per gas
+    plan: LiquidationPlan | None = None
+    key: str = ""
+
+    @property
+    def cost_wei(self) -> int:
+        return self.gas_used * (self.base_fee + self.tip)
+
+    @property
+    def tips_wei(self) -> int:
+        return self.gas_used * self.tip
+
+
+class ModelChain:
+    """The dev node's pool and block builder over a :class:`ProtocolState` (see the module docstring)."""
+
+    def __init__(self, state: ProtocolState, gas: GasTable, *, head: int, timestamp: int,
+                 base_fee_wei: int = BASE_FEE_FLOOR_WEI, head_gas_used: int = 0,
+                 gas_limit: int = BLOCK_GAS_LIMIT) -> None:
+        self.state = state
+        self.gas = gas
+        self.head = head
+        self.timestamp = timestamp
+        self.base_fee = base_fee_wei            # of the head block
+        self.head_gas_used = head_gas_used
+        self.gas_limit = gas_limit
+        self.pool: dict[tuple[str, int], PoolTx] = {}
+        self.nonces: dict[str, int] = {}        # mined transaction count per sender
+        self.receipts: dict[str, Receipt] = {}
+        self.blocks: dict[int, list[Receipt]] = {}
+        self.rewards: dict[str, int] = {}       # quote native units paid to each liquidator
+        self.engine_balance = 10**30            # never zero: only its zero-ness matters for gas
+        self._seq = itertools.count()
+        self._versions: dict[str, int] = {}     # account -> changes so far (for the caches)
+        self._health_cache: dict[str, tuple[int, int, int, int]] = {}   # account -> (version, equity, ih, mh)
+        self._order: list[str] = []
+        self._liquidatable: tuple[int, list[str]] | None = None
+
+    # views -----------------------------------------------------------------------
+    @property
+    def next_base_fee(self) -> int:
+        return next_base_fee(self.base_fee, self.head_gas_used, self.gas_limit)
+
+    def version(self, account: str) -> int:
+        return self._versions.get(account, 0)
+
+    def health_of(self, account: str) -> tuple[int, int, int]:
+        """(equity, init_health, maint_health) at the head, loose (the bot's HealthBook reads)."""
+        v = self.version(account)
+        cached = self._health_cache.get(account)
+        if cached is not None and cached[0] == v:
+            return cached[1], cached[2], cached[3]
+        h = health(self.state, self.state.accounts[account])
+        self._health_cache[account] = (v, h.equity, h.init_health, h.maint_health)
+        return h.equity, h.init_health, h.maint_health
+
+    def liquidatable(self) -> list[str]:
+        """Accounts with ``maint_health < 0`` at the head, in address order."""
+        if self._liquidatable is None or self._liquidatable[0] != self.head:
+            if len(self._order) != len(self.state.accounts):
+                self._order = sorted(self.state.accounts)
+            self._liquidatable = (self.head, [a for a in self._order if self.health_of(a)[2] < 0])
+        return self._liquidatable[1]
+
+    def pending_entries(self) -> list[PoolEntry]:
+        return [tx.entry() for tx in sorted(self.pool.values(), key=lambda t: t.seq)]
+
+    # submission --------------------------------------------------------------------
+    def submit(self, sender: str, nonce: int, account: str, market: int, max_size: int, fees: Fees,
+               gas_limit: int, expected_profit_wei: int) -> PoolTx:
+        """Add a transaction (or replace the sender's one with this nonce, by the dev node's rule)."""
+        old = self.pool.get((sender, nonce))
+        if old is not None:
+            fee_ok = fees.max_fee_per_gas > old.max_fee_wei and fees.max_fee_per_gas >= old.max_fee_wei * 110 // 100
+            tip_ok = (fees.max_priority_fee_per_gas > old.tip_wei
+                      and fees.max_priority_fee_per_gas >= old.tip_wei * 110 // 100)
+            if not (fee_ok and tip_ok):
+                raise ConfigError("replacement transaction underpriced")  # dev: re-bids bump by 12.5 %
+        seq = next(self._seq)
+        tx = PoolTx(f"{sender}:{nonce}:{seq}", sender, nonce, account, market, max_size,
+                    liquidate_calldata(account, market, max_size), gas_limit, fees.max_fee_per_gas,
+                    fees.max_priority_fee_per_gas, seq, expected_profit_wei)
+        self.pool[(sender, nonce)] = tx
+        return tx
+
+    # blocks ------------------------------------------------------------------------
+    def mine(self) -> list[Receipt]:
+        """Build and mine the next block from the pool (the dev node's BlockSelector order)."""
+        base = self.next_base_fee
+        number = self.head + 1
+        self.timestamp += 1
+        self.state.timestamp = self.timestamp
+        heap: list[tuple[int, int, tuple[str, int]]] = []
+
+        def push(tx: PoolTx | None) -> None:
+            if tx is None:
+                return
+            tip = tx.effective_tip(base)
+            if tip is not None:
+                heapq.heappush(heap, (-tip, tx.seq, (tx.sender, tx.nonce)))
+
+        for sender in {s for s, _ in self.pool}:
+            push(self.pool.get((sender, self.nonces.get(sender, 0))))
+        used = 0
+        receipts: list[Receipt] = []
+        while heap:
+            neg_tip, _seq, key = heapq.heappop(heap)
+            tx = self.pool[key]
+            if tx.gas_limit > self.gas_limit - used:
+                continue      # does not fit: this sender waits for a later block
+            r = self.execute(tx, number, len(receipts), base, -neg_tip)
+            used += r.gas_used
+            receipts.append(r)
+            del self.pool[key]
+            self.nonces[tx.sender] = tx.nonce + 1
+            push(self.pool.get((tx.sender, tx.nonce + 1)))
+        self.head = number
+        self.base_fee = base
+        self.head_gas_used = used
+        self.blocks[number] = receipts
+        for r in receipts:
+            self.receipts[r.tx.hash] = r
+        self.state.block = number
+        return receipts
+
+    def execute(self, tx: PoolTx, number: int, index: int, base: int, tip: int) -> Receipt:
+        """Apply one transaction to the state as block ``number`` would (no pool bookkeeping)."""
+        state = self.state
+        masks = _masks(state, tx.account)
+        keeper = self.rewards.get(tx.sender, 0)
+        before = _Slots.read(state, tx.account, tx.market, keeper, self.engine_balance)
+        try:
+            plan = liquidate(state, tx.sender, tx.account, tx.market, tx.max_size)
+        except Revert as exc:
+            key = revert_key(exc.reason or "", tx.market, masks)
+            intrinsic = intrinsic_gas(tx.data)
+            gas = intrinsic + self.gas.exec_gas(key, intrinsic)
+            return Receipt(tx, number, index, False, exc.reason or "", min(gas, tx.gas_limit), base, tip, key=key)
+        reward = int(plan.keeper_reward)
+        self.rewards[tx.sender] = keeper + reward
+        self.engine_balance -= reward
+        self._versions[tx.account] = self.version(tx.account) + 1
+        after = _Slots.read(state, tx.account, tx.market, keeper + reward, self.engine_balance)
+        key = success_key(tx.market, masks, before, after, reward)
+        intrinsic = intrinsic_gas(tx.data)
+        gas = intrinsic + self.gas.exec_gas(key, intrinsic)
+        return Receipt(tx, number, index, True, None, min(gas, tx.gas_limit), base, tip, plan, key)
+
+
+# ---------------------------------------------------------------------- the bots
+
+
+class ModelAgent:
+    """One :class:`bot.liquidator.Liquidator`, tick for tick, against a :class:`ModelChain`."""
+
+    def __init__(self, spec: AgentSpec, settings: SimSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.address = spec.address
+        config = spec.bot_config(settings)
+        self.config = config
+        self.strategy = strategy_from_config(config)
+        self.planner = Planner(GasModel(self.strategy, config.liquidation_gas_estimate), config.min_profit_usd_wad,
+                               liquidator=self.address, collateral_liquidation=COLLATERAL_LIQUIDATION)
+        self.backoffs: dict[str, int] = {}                    # account -> until block (inclusive)
+        self.suppressed: dict[tuple[str, str], int] = {}      # (account, target) -> until block
+        self.in_flight: dict[int, PoolTx] = {}                # nonce -> newest transaction
+        self.next_nonce = 0
+        self.rebids = 0
+        self._plans: dict[str, tuple[tuple[int, int, int, bool], list[Candidate]]] = {}
+
+    # one tick ------------------------------------------------------------------------
+    def tick(self, chain: ModelChain, eth_feed: str) -> None:
+        head = chain.head
+        self._settle(chain, head)
+        liquidatable = chain.liquidatable()
+        if liquidatable:
+            self._liquidate(chain, head, liquidatable, eth_feed)
+
+    def _settle(self, chain: ModelChain, head: int) -> None:
+        blocks = self.config.lost_race_backoff_blocks
+        for nonce in sorted(self.in_flight):
+            tx = self.in_flight[nonce]
+            r = chain.receipts.get(tx.hash)
+            if r is None:
+                continue
+            del self.in_flight[nonce]
+            if r.ok:
+                continue
+            if classify_revert(r.reason) == "lost_race":
+                self._back_off(tx.account, r.block + blocks)
+            else:
+                self.suppressed[(tx.account, str(tx.market))] = head + max(1, blocks)
+
+    def _back_off(self, account: str, until: int) -> None:
+        self.backoffs[account] = max(self.backoffs.get(account, until), until)
+
+    def _plan(self, chain: ModelChain, address: str, base_fee: int, eth_price: int) -> list[Candidate]:
+        age = chain.state.params.max_price_age
+        fresh = all(f.updated_at >= chain.timestamp or chain.timestamp - f.updated_at <= age
+                    for f in chain.state.feeds.values())
+        key = (chain.version(address), base_fee, eth_price, fresh)
+        cached = self._plans.get(address)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = self.planner.plan(chain.state, address, base_fee_wei=base_fee, eth_price_wad=eth_price, quote_budget=0)
+        self._plans[address] = (key, plan.chosen)
+        return plan.chosen
+
+    def _liquidate(self, chain: ModelChain, head: int, liquidatable: list[str], eth_feed: str) -> None:
+        state = chain.state
+        # store.backoffs(head): expired entries go; the rest are skipped
+        self.backoffs = {a: u for a, u in self.backoffs.items() if u >= head}
+        self.suppressed = {k: v for k, v in self.suppressed.items() if v >= head}
+        base_fee = chain.base_fee
+        eth_price = price(state, eth_feed, False)
+        chains: list[list[Candidate]] = []
+        in_flight = {tx.account for tx in self.in_flight.values()}      # the sender's pending_for()
+        for address in liquidatable:
+            if address in self.backoffs or address in in_flight:
+                continue
+            chosen = [c for c in self._plan(chain, address, base_fee, eth_price)
+                      if (c.account, str(c.target)) not in self.suppressed]
+            if chosen:
+                chains.append(chosen)
+        failed: set[str] = set()
+        blocks = self.config.lost_race_backoff_blocks
+        for cand in merge_by_profit(chains):
+            if cand.account in failed:
+                continue
+            reason = self._preflight(state, cand)
+            if reason is None:
+                fees = self.strategy.fees(base_fee, cand.expected_profit_wei)
+                if fees.max_fee_per_gas < base_fee:
+                    failed.add(cand.account)
+                    continue
+                nonce = self.next_nonce
+                self.next_nonce += 1
+                self.in_flight[nonce] = chain.submit(self.address, nonce, cand.account, int(cand.target), cand.amount,
+                                                     fees, self.config.liquidation_gas_estimate,
+                                                     cand.expected_profit_wei)
+                continue
+            failed.add(cand.account)
+            if cand.step > 0:
+                continue
+            if classify_revert(reason) == "lost_race":
+                self._back_off(cand.account, head + blocks)
+            else:
+                self.suppressed[(cand.account, str(cand.target))] = head + max(1, blocks)
+
+    def _preflight(self, state: ProtocolState, cand: Candidate) -> str | None:
+        """The bot's ``eth_call`` at the head: None when it passes, else the revert reason."""
+        try:
+            liquidate(scratch_state(state, cand.account), self.address, cand.account, int(cand.target), cand.amount)
+        except Revert as exc:
+            return exc.reason or ""
+        return None
+
+    # re-bidding -------------------------------------------------------------------------
+    def rebid(self, chain: ModelChain) -> bool:
+        """Outbid rivals on this agent's pending liquidations (see :func:`~bot.sim.agents.rebid_fees`)."""
+        changed = False
+        # This agent's replacements do not change its rivals' entries: one view serves the call.
+        rivals = by_target(chain.pending_entries(), self.address)
+        for nonce in sorted(self.in_flight):
+            own = self.in_flight[nonce]
+            if chain.pool.get((self.address, nonce)) is not own:
+                continue
+            fees = rebid_fees(own.entry(), rivals.get((own.account, own.market), []),
+                              next_base_fee_wei=chain.next_base_fee, head_base_fee_wei=chain.base_fee,
+                              expected_profit_wei=own.expected_profit_wei, settings=self.settings)
+            if fees is None:
+                continue
+            self.in_flight[nonce] = chain.submit(self.address, nonce, own.account, own.market, own.max_size, fees,
+                                                 own.gas_limit, own.expected_profit_wei)
+            self.rebids += 1
+            changed = True
+        return changed
+
+
+# ---------------------------------------------------------------------- the run
+
+
+@dataclass
+class Initial:
+    """A seeded state to run scenarios from (copied for each run) and the feeds by asset."""
+
+    state: ProtocolState
+    feeds: dict[str, str]               # asset -> feed address
+    traders: list[str]
+    quote_symbol: str = "USDC"
+    quote_decimals: int = 6
+
+    @classmethod
+    def build(cls, accounts: int, seed: int, config: DeployConfig | None = None,
+              dep: Deployment | None = None) -> "Initial":
+        config = config or DeployConfig()
+        dep = dep or synthetic_deployment(config)
+        state, plans = build_initial_state(accounts, seed, config, dep)
+        return cls(state, dict(dep.feeds), [p.address for p in plans], config.quote_symbol, config.quote_decimals)
+
+
+def run_offchain(scenario: Scenario, agents: list[AgentSpec], settings: SimSettings | None = None, *,
+                 gas_table: GasTable | dict[str, int] | None = None,
+                 initial: Initial | None = None) -> CompetitionReport:
+    """Run the competition on the model; see the module docstring."""
+    t0 = time.monotonic()
+    settings = settings or SimSettings()
+    gas = gas_table if isinstance(gas_table, GasTable) else GasTable(dict(gas_table or {}))
+    scenario = _resolved(scenario, settings.deploy)
+    if initial is None:
+        initial = Initial.build(scenario.accounts, scenario.seed, settings.deploy)
+    elif len(initial.traders) != scenario.accounts:
+        raise ConfigError(f"the initial state has {len(initial.traders)} traders, the scenario {scenario.accounts}")
+    state = copy.deepcopy(initial.state)
+    timestamp = state.timestamp + 1
+    state.timestamp = timestamp
+    for address, answer in shocked_answers(state, initial.feeds, scenario).items():
+        set_answer(state, address, answer, timestamp)
+    state.block = SHOCK_BLOCK
+    chain = ModelChain(state, gas, head=SHOCK_BLOCK, timestamp=timestamp,
+                       head_gas_used=SET_ANSWER_GAS * len(initial.feeds))
+    eth_feed = initial.feeds["ETH"]
+    eth_price = price(state, eth_feed, False)
+    bots = [ModelAgent(spec, settings) for spec in agents]
+    for r in range(scenario.blocks):
+        h = SHOCK_BLOCK + r
+        ticked = [b for b in bots if ticks_at(b.spec.latency, h, SHOCK_BLOCK)]
+        for b in ticked:
+            b.tick(chain, eth_feed)
+        rebidders = [b for b in ticked if b.spec.rebids]
+        for _ in range(MAX_REBID_ROUNDS):
+            if not any([b.rebid(chain) for b in rebidders]):
+                break
+        chain.mine()
+    report = _report(scenario, agents, bots, chain, initial, eth_price, "offchain")
+    report.elapsed_s = time.monotonic() - t0
+    if gas.misses:
+        log.debug("%d gas lookup(s) fell back to a class value", gas.misses)
+    return report
+
+
+def _resolved(scenario: Scenario, config: DeployConfig) -> Scenario:
+    shocks = tuple((resolve_asset(config, a), f) for a, f in scenario.shocks)
+    return Scenario(scenario.accounts, scenario.seed, shocks, scenario.blocks)
+
+
+def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], chain: ModelChain,
+            initial: Initial, eth_price: int, mode: str) -> CompetitionReport:
+    state = chain.state
+    results = {b.address: BotResult(s.name, s.strategy, s.kind, s.latency, b.address, rebids=b.rebids)
+               for s, b in zip(specs, bots)}
+    names = {b.address: s.name for s, b in zip(specs, bots)}
+    liquidations: list[Liquidated] = []
+    for number in sorted(chain.blocks):
+        for r in chain.blocks[number]:
+            res = results[r.tx.sender]
+            res.mined += 1
+            res.gas_used += r.gas_used
+            res.tips_wei += r.tips_wei
+            if r.ok:
+                assert r.plan is not None
+                res.won += 1
+                res.gas_success_wei += r.cost_wei
+                res.rewards_native += int(r.plan.keeper_reward)
+                liquidations.append(Liquidated(number - SHOCK_BLOCK, r.tx.account, r.tx.market, names[r.tx.sender],
+                                               int(r.plan.size_delta), int(r.plan.keeper_reward)))
+            else:
+                res.reverted += 1
+                res.gas_reverted_wei += r.cost_wei
+    for tx in chain.pool.values():
+        results[tx.sender].pending_at_end += 1
+    bad_debt, bankrupt, liquidatable = final_health(state, initial.traders)
+    report = CompetitionReport(
+        mode=mode, seed=scenario.seed, accounts=scenario.accounts, shocks=scenario.shock_map(), blocks=scenario.blocks,
+        quote_symbol=initial.quote_symbol, quote_decimals=initial.quote_decimals,
+        eth_price_wad=eth_price, base_fee_wei=BASE_FEE_FLOOR_WEI, bots=list(results.values()),
+        liquidations=liquidations, bad_debt_usd_wad=bad_debt, bankrupt_accounts=bankrupt,
+        liquidatable_at_end=liquidatable,
+    )
+    return report.finish()
+
+
+def final_health(state: ProtocolState, traders: Iterable[str]) -> tuple[int, int, int]:
+    """(bad debt USD WAD, bankrupt accounts, liquidatable accounts) over ``traders`` (loose reads)."""
+    bad = bankrupt = liquidatable = 0
+    for address in traders:
+        acc = state.accounts.get(address)
+        if acc is None:
+            continue
+        h = health(state, acc)
+        if h.equity < 0:
+            bad += -h.equity
+            bankrupt += 1
+        if h.maint_health < 0:
+            liquidatable += 1
+    return bad, bankrupt, liquidatable
+
+
+def sweep(scenario: Scenario, strategy: str, counts: Iterable[int] = range(1, 9), settings: SimSettings | None = None,
+          *, gas_table: GasTable | dict[str, int] | None = None, initial: Initial | None = None,
+          progress: Callable[[int], Any] | None = None) -> list[SweepPoint]:
+    """The tip share of the scenario with ``strategy`` cycled over 1, 2, ... bots (off-chain runs)."""
+    settings = settings or SimSettings()
+    if initial is None:
+        initial = Initial.build(scenario.accounts, scenario.seed, settings.deploy)
+    table = gas_table if isinstance(gas_table, GasTable) else GasTable(dict(gas_table or {}))
+    out: list[SweepPoint] = []
+    for k in counts:
+        r = run_offchain(scenario, parse_strategies(strategy, k), settings, gas_table=table, initial=initial)
+        out.append(SweepPoint(k, r.tip_share_wad, r.tips_usd_wad, r.rewards_usd_wad, len(r.liquidations)))
+        if progress is not None:
+            progress(k)
+    return out
+
+
+__all__ = [
+    "BLOCK_GAS_LIMIT",
+    "DEFAULT_PATH_GAS",
+    "DEFAULT_REVERT_GAS",
+    "GasTable",
+    "Initial",
+    "ModelAgent",
+    "ModelChain",
+    "build_initial_state",
+    "coarse_key",
+    "final_health",
+    "listed_state",
+    "revert_key",
+    "run_offchain",
+    "shocked_answers",
+    "success_key",
+    "sweep",
+    "synthetic_deployment",
+]
