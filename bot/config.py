@@ -110,6 +110,11 @@ class BotConfig:
 
     # modes and observability ---------------------------------------------
     dry_run: bool = _setting(False, _BOOL, "decide and log liquidations but never sign or send them")
+    backstop: bool = _setting(
+        False, _BOOL,
+        "the protocol operator's keeper: also closes positions of bankrupt accounts at a gas-only loss "
+        "and settles bad debt",
+    )
     metrics_port: int | None = _setting(None, _OPT_PORT, "TCP port of the Prometheus endpoint (unset or 'off' = no endpoint)")
     metrics_addr: str = _setting("127.0.0.1", _STR, "address the Prometheus endpoint listens on")
 

@@ -20,7 +20,16 @@ The parts, each replaceable on its own (auction-keeper's split of ``main``/``str
 
 One tick, for a new head: sync the mirror (one ``eth_getLogs``), settle our in-flight
 transactions, then for each liquidatable account that is neither backed off after a lost race nor
-already targeted by a pending transaction, plan and send its liquidations, most profitable first.
+already targeted by a pending transaction, plan its liquidations; then preflight every chosen
+transaction of the tick in one JSON-RPC batch of ``eth_call`` (one by one when the provider cannot
+batch), sign those that passed, and send them (batched too), most profitable first, with every
+store write of the tick in one SQLite transaction.
+
+Backstop mode (``backstop``, ``--backstop``): the protocol operator's keeper. A bankrupt account
+(equity < 0) pays no penalty, so no profit-seeking keeper closes it and its bad debt can never be
+settled; in backstop mode the bot also closes the positions of bankrupt accounts at a gas-only
+loss (most profitable first, after the profitable ones), and sends ``settle_bad_debt`` for every
+account left with no position, no collateral and negative cash (history kind ``"settle"``).
 The key is never printed nor logged; log lines are one per event, e.g.::
 
     liquidated 0x5B38…ddC4 ETH-PERP 12.5 @ 1,700.00 reward 212.50 USDC gas 0.42 USD tx 0x… block 123
@@ -37,9 +46,10 @@ from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import Any
 
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
@@ -59,12 +69,26 @@ from .mirror import ChainMirror, SyncResult
 from .rpc import CountingRpc
 from .scanner import Head, HeadWatcher
 from .store import LiquidationRecord, SentTx, Store, Totals
-from .strategy import LIQUIDATE, Candidate, GasModel, Planner, fmt_units, fmt_wad, merge_by_profit
-from .txs import SendResult, TxOutcome, TxSender, strategy_from_config
+from .strategy import (
+    LIQUIDATE,
+    SETTLE,
+    Candidate,
+    GasModel,
+    Planner,
+    can_settle,
+    fmt_units,
+    fmt_wad,
+    merge_by_profit,
+)
+from .txs import Preflight, SendResult, TxOutcome, TxRequest, TxSender, strategy_from_config
 
 log = logging.getLogger(__name__)
 
 APPROVE_GAS = 100_000
+SETTLE_GAS = 150_000
+_LIQUIDATE_SELECTOR = keccak(text="liquidate(address,uint256,uint256)")[:4]
+_LIQUIDATE_COLLATERAL_SELECTOR = keccak(text="liquidate_collateral(address,address,uint256)")[:4]
+_SETTLE_SELECTOR = keccak(text="settle_bad_debt(address)")[:4]
 # What a tick may fail with and be retried on the next poll; anything else is a bug and stops the loop.
 TICK_ERRORS: tuple[type[BaseException], ...] = (*DEFAULT_EXPECTED_ERRORS, ChainError, Web3RPCError, ContractLogicError)
 
@@ -151,6 +175,7 @@ class Liquidator:
             config.min_profit_usd_wad,
             liquidator=self.address,
             collateral_liquidation=collateral_liquidation and account is not None,
+            backstop=config.backstop,
         )
         self.mirror: ChainMirror | None = None
         self.sender: TxSender | None = None
@@ -405,6 +430,8 @@ class Liquidator:
         budget: int | None = None
         chains: list[list[Candidate]] = []
         for address in report.liquidatable:
+            if self.config.backstop and can_settle(state, address):
+                continue   # nothing to liquidate: settled below
             if address in backoffs:
                 report.backed_off.append(address)
                 continue
@@ -427,58 +454,122 @@ class Liquidator:
                 if budget is not None:
                     budget -= sum(c.repay_native for c in chosen)
         report.chosen = merge_by_profit(chains)
-        failed: set[str] = set()
-        for cand in report.chosen:
-            if cand.account in failed:
-                continue
-            result = self._send(cand, head)
-            report.sends.append(result)
-            if result.status in ("sent", "dry_run"):
-                latency = max(0.0, self._clock() - head.seen_at)
-                report.detection_latency_s = latency
-                self.metrics.observe_latency(latency)
-                continue
-            failed.add(cand.account)
-            if result.status == "preflight_failed" and cand.step > 0:
-                # The preflight runs on the latest block, without our own earlier step of this
-                # account (still pending): e.g. a collateral liquidation needs the negative cash our
-                # close leaves behind. Not a lost race: it is planned again once that step is mined.
-                log.debug("step %d for %s %s waits for its previous step (%s)", cand.step, cand.account,
-                          cand.target_name, result.preflight.reason)
-            elif result.status == "preflight_failed":
-                self._preflight_failed(cand, result, head)
-            elif result.status == "rejected":
-                log.warning("node refused the liquidation of %s %s: %s", cand.account, cand.target_name, result.error)
-                if self._rpc.breaker.state != "closed":
-                    raise CircuitOpen(f"not sending more liquidations: {result.error}",
-                                      retry_in_s=self._rpc.breaker.retry_in_s())
-            else:
-                log.warning("not sending the liquidation of %s %s: %s", cand.account, cand.target_name,
-                            result.error or result.status)
+        if self.config.backstop:
+            report.chosen.extend(self._settlements(report, backoffs))
+        if report.chosen:
+            self._send_chosen(report, head)
 
-    def _send(self, cand: Candidate, head: Head) -> SendResult:
-        sender = self.sender
+    def _settlements(self, report: TickReport, backoffs: dict[str, int]) -> list[Candidate]:
+        """Backstop mode: ``settle_bad_debt`` for every account left with nothing but negative cash."""
+        sender, state = self.sender, self.state
+        out: list[Candidate] = []
+        for address in report.liquidatable:
+            if address in backoffs or (address, address) in self._suppressed or not can_settle(state, address):
+                continue
+            if sender is not None and sender.pending_for(address):
+                continue
+            out.append(Candidate(address, SETTLE, address, "bad debt", 0, 0, 0, 0, None, 0))
+        return out
+
+    def _send_chosen(self, report: TickReport, head: Head) -> None:
+        """Preflight every chosen transaction in one batch, then sign and send those that passed
+        (raw transactions batched too), in the chosen order; all store writes in one transaction."""
+        sender, store = self.sender, self.store
         if sender is None:  # dev
             raise ChainError("the bot is not started")
-        if cand.kind == LIQUIDATE:
-            fn = self.engine.functions.liquidate(cand.account, int(cand.target), cand.amount)
+        chosen = report.chosen
+        requests = [self._request(c) for c in chosen]
+        flights = sender.preflight_many([(r.to, r.data, 0) for r in requests])
+        failed: set[str] = set()
+        to_send: list[tuple[TxRequest, Preflight]] = []
+        sent_cands: list[Candidate] = []
+        failures: list[tuple[Candidate, Preflight]] = []
+        for cand, req, flight in zip(chosen, requests, flights):
+            if cand.account in failed:
+                continue   # a later step of an account whose earlier step does not go out
+            if not flight.ok:
+                failed.add(cand.account)
+                failures.append((cand, flight))
+                continue
+            to_send.append((req, flight))
+            sent_cands.append(cand)
+        with store.transaction():
+            for cand, flight in failures:
+                result = SendResult("preflight_failed", flight)
+                report.sends.append(result)
+                self._not_sent(cand, result, head)
+            results = sender.send_many(to_send, base_fee_wei=head.base_fee_wei or 0,
+                                       head_block=head.number) if to_send else []
+            breaker: CircuitOpen | None = None
+            for cand, result in zip(sent_cands, results):
+                report.sends.append(result)
+                if result.status in ("sent", "dry_run"):
+                    self._log_send(cand, result, head)
+                    continue
+                try:
+                    self._not_sent(cand, result, head)
+                except CircuitOpen as exc:   # raised after the commit: what was sent stays recorded
+                    breaker = breaker or exc
+        if breaker is not None:
+            raise breaker
+        if any(r.status in ("sent", "dry_run") for r in results):
+            latency = max(0.0, self._clock() - head.seen_at)
+            report.detection_latency_s = latency
+            self.metrics.observe_latency(latency)
+
+    def _not_sent(self, cand: Candidate, result: SendResult, head: Head) -> None:
+        if result.status == "preflight_failed" and cand.step > 0:
+            # The preflight runs on the latest block, without our own earlier step of this
+            # account (still pending): e.g. a collateral liquidation needs the negative cash our
+            # close leaves behind. Not a lost race: it is planned again once that step is mined.
+            log.debug("step %d for %s %s waits for its previous step (%s)", cand.step, cand.account,
+                      cand.target_name, result.preflight.reason)
+        elif result.status == "preflight_failed":
+            self._preflight_failed(cand, result, head)
+        elif result.status == "rejected":
+            log.warning("node refused the %s of %s %s: %s", cand.kind, cand.account, cand.target_name, result.error)
+            if self._rpc.breaker.state != "closed":
+                raise CircuitOpen(f"not sending more liquidations: {result.error}",
+                                  retry_in_s=self._rpc.breaker.retry_in_s())
         else:
-            fn = self.engine.functions.liquidate_collateral(cand.account, str(cand.target), cand.amount)
-        result = sender.send_call(
-            fn, kind=cand.kind, account=cand.account, target=cand.target,
-            expected_profit_wei=cand.expected_profit_wei, expected_profit_usd_wad=cand.profit_usd_wad,
-            gas=self.config.liquidation_gas_estimate, base_fee_wei=head.base_fee_wei or 0, head_block=head.number,
-        )
-        if result.status in ("sent", "dry_run"):
-            verb = "would liquidate" if result.status == "dry_run" else "liquidating"
-            tx = f" tx {result.tx.hash} nonce {result.tx.nonce}" if result.tx is not None else ""
-            log.info("%s %s %s %s expected reward %s USD gas %s USD profit %s USD%s block %d", verb, cand.account,
-                     cand.target_name, self._amount_text(cand), fmt_wad(cand.reward_usd_wad),
-                     fmt_wad(cand.gas.cost_usd_wad if cand.gas else 0), fmt_wad(cand.profit_usd_wad), tx, head.number)
-        return result
+            log.warning("not sending the %s of %s %s: %s", cand.kind, cand.account, cand.target_name,
+                        result.error or result.status)
+
+    def _request(self, cand: Candidate) -> TxRequest:
+        """The transaction of a candidate, its calldata encoded directly (no web3 contract round)."""
+        if cand.kind == LIQUIDATE:
+            data = _LIQUIDATE_SELECTOR + abi_encode(["address", "uint256", "uint256"],
+                                                    [cand.account, int(cand.target), cand.amount])
+        elif cand.kind == SETTLE:
+            data = _SETTLE_SELECTOR + abi_encode(["address"], [cand.account])
+        else:
+            data = _LIQUIDATE_COLLATERAL_SELECTOR + abi_encode(["address", "address", "uint256"],
+                                                               [cand.account, str(cand.target), cand.amount])
+        gas = SETTLE_GAS if cand.kind == SETTLE else self.config.liquidation_gas_estimate
+        return TxRequest(self.engine.address, "0x" + data.hex(), cand.kind, cand.account, cand.target, gas,
+                         cand.expected_profit_wei, cand.profit_usd_wad)
+
+    def _log_send(self, cand: Candidate, result: SendResult, head: Head) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        tx = f" tx {result.tx.hash} nonce {result.tx.nonce}" if result.tx is not None else ""
+        if cand.kind == SETTLE:
+            verb = "would settle" if result.status == "dry_run" else "settling"
+            log.info("%s the bad debt of %s (cash %s USD)%s block %d", verb, cand.account,
+                     fmt_wad(self.state.accounts[cand.account].cash), tx, head.number)
+            return
+        verb = "would liquidate" if result.status == "dry_run" else "liquidating"
+        log.info("%s %s %s %s expected reward %s USD gas %s USD profit %s USD%s block %d", verb, cand.account,
+                 cand.target_name, self._amount_text(cand), fmt_wad(cand.reward_usd_wad),
+                 fmt_wad(cand.gas.cost_usd_wad if cand.gas else 0), fmt_wad(cand.profit_usd_wad), tx, head.number)
 
     def _preflight_failed(self, cand: Candidate, result: SendResult, head: Head) -> None:
         reason = result.preflight.reason or "no reason"
+        if cand.kind == SETTLE and _settle_skip(reason):
+            # A rival settled it, or the account changed since the mirror saw it: look again later.
+            self._suppressed[(cand.account, str(cand.target))] = head.number + 1
+            log.info("not settling %s: %s", cand.account, reason)
+            return
         if result.preflight.lost_race:
             self._lost(cand.account, cand.target, cand.kind, head.number, None, 0, reason)
             return
@@ -510,14 +601,21 @@ class Liquidator:
 
     def _settle(self, outcome: TxOutcome, head: Head) -> None:
         tx = outcome.tx
-        if tx.kind not in ("liquidate", "liquidate_collateral"):
+        if tx.kind not in ("liquidate", "liquidate_collateral", SETTLE):
             self.metrics.add_gas(outcome.gas_cost_wei)
             log.info("%s %s %s in block %s", tx.kind, tx.hash, outcome.status, tx.mined_block)
             return
         if outcome.status == "mined":
             self._won(outcome)
         elif outcome.status == "reverted":
-            if outcome.lost_race:
+            if tx.kind == SETTLE and _settle_skip(outcome.revert_reason):
+                self.metrics.add_gas(outcome.gas_cost_wei)
+                self.store.record_liquidation(LiquidationRecord(
+                    account=tx.account, target=tx.target, kind=SETTLE, outcome="lost",
+                    block=tx.mined_block or head.number, tx_hash=tx.hash, gas_cost_wei=outcome.gas_cost_wei,
+                    reason=outcome.revert_reason or ""))
+                log.info("settlement of %s not needed any more (%s)", tx.account, outcome.revert_reason)
+            elif outcome.lost_race:
                 self._lost(tx.account, tx.target, tx.kind, tx.mined_block or head.number, tx.hash,
                            outcome.gas_cost_wei, outcome.revert_reason or "")
             else:
@@ -538,9 +636,15 @@ class Liquidator:
             if to_checksum_address(entry["address"]) != self.engine.address:
                 continue
             ev = decode_log(entry, ENGINE)
-            if ev is None or ev.args.get("liquidator") != self.address:
+            if ev is None:
                 continue
             a = ev.args
+            if ev.name == "BadDebtSettled" and tx.kind == SETTLE:
+                text = (f"bad debt settled: deficit {fmt_wad(int(a['deficit']))} USD, insurance "
+                        f"{fmt_wad(int(a['covered']))}, socialised {fmt_wad(int(a['socialised']))}")
+                continue
+            if a.get("liquidator") != self.address:
+                continue
             if ev.name == "Liquidation":
                 reward_native += int(a["keeper_reward"])
                 reward_usd += int(a["keeper_reward"]) * state.params.quote_scale
@@ -612,6 +716,14 @@ class Liquidator:
     def pending(self) -> list[SentTx]:
         """The transactions in flight (newest of each nonce)."""
         return self.sender.in_flight if self.sender is not None else []
+
+
+def _settle_skip(reason: str | None) -> bool:
+    """A ``settle_bad_debt`` revert that means someone else acted first, not an error."""
+    text = (reason or "").strip().lower()
+    if text.startswith("execution reverted"):
+        text = text[len("execution reverted"):].lstrip(": ").strip()
+    return text in ("no bad debt", "open positions", "has collateral")
 
 
 def _risk_slack(state: ProtocolState) -> tuple[int, int, int] | None:

@@ -23,6 +23,7 @@ forward on open. A lock file next to the database keeps a second bot process off
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -187,7 +188,9 @@ def _from_db(name: str, value: Any, money: set[str]) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=65_536)
 def _addr(address: str) -> str:
+    """The checksummed address (memoised: the same few addresses recur on every write)."""
     return Web3.to_checksum_address(address)
 
 

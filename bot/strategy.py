@@ -9,7 +9,9 @@ liquidatable account, the gas price of the head and the USD price of ETH, :meth:
 2. prices each one: the reward (the keeper's share of the penalty, or the collateral discount),
    minus the gas at the head's base fee plus the fee strategy's tip, converted to USD with the ETH
    feed (:class:`GasModel`);
-3. keeps the most profitable one whose profit reaches ``min_profit_usd_wad``, applies it to a scratch
+3. keeps the most profitable one whose profit reaches ``min_profit_usd_wad`` (in backstop mode, for a
+   bankrupt account - equity < 0, which pays no penalty - the most profitable one whatever its
+   profit: the operator's keeper closes it at a gas-only loss), applies it to a scratch
    copy of the account with the model's own ``liquidate`` / ``liquidate_collateral`` (strict
    prices, as the engine will execute it), and starts again on the result, until the account is
    healthy or nothing profitable is left. So the second action of an account is planned on the
@@ -23,7 +25,6 @@ All amounts are exact integers: USD in WAD, quote and collateral in native units
 
 from __future__ import annotations
 
-import copy
 import heapq
 import logging
 from collections.abc import Iterable, Sequence
@@ -41,16 +42,17 @@ from protocol_model.actions import (
 )
 from protocol_model.errors import Revert
 from protocol_model.health import health
-from protocol_model.state import ProtocolState
+from protocol_model.state import Account, ProtocolState
 from protocol_model.wad import UINT256_MAX, WAD
 
 from .txs import FeeStrategy
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["liquidate", "liquidate_collateral"]
+Kind = Literal["liquidate", "liquidate_collateral", "settle"]
 LIQUIDATE: Kind = "liquidate"
 LIQUIDATE_COLLATERAL: Kind = "liquidate_collateral"
+SETTLE: Kind = "settle"          # settle_bad_debt(account): backstop mode only
 
 
 # ---------------------------------------------------------------------- gas
@@ -146,6 +148,8 @@ def scratch_state(state: ProtocolState, address: str) -> ProtocolState:
 
     Configuration, feeds and every other account are shared, not copied: the liquidation actions
     only write the liquidated account, the house, the insurance fund and ``total_collateral``.
+    The two accounts are copied one level deep: the model replaces positions (never mutates a
+    :class:`Position`) and writes collateral through the account's own dict.
     """
     account = state.accounts[address]
     return ProtocolState(
@@ -154,13 +158,26 @@ def scratch_state(state: ProtocolState, address: str) -> ProtocolState:
         markets=state.markets,
         collaterals=state.collaterals,
         feeds=state.feeds,
-        accounts={address: copy.deepcopy(account)},
-        house=copy.deepcopy(state.house),
+        accounts={address: _account_copy(account)},
+        house=_account_copy(state.house) if state.house is not None else None,
         insurance_fund=state.insurance_fund,
         total_collateral=dict(state.total_collateral),
         timestamp=state.timestamp,
         block=state.block,
     )
+
+
+def _account_copy(acc: Account) -> Account:
+    return Account(acc.address, acc.cash, dict(acc.collateral), dict(acc.positions))
+
+
+def can_settle(state: ProtocolState, address: str) -> bool:
+    """``settle_bad_debt(address)`` would succeed: no positions, no collateral, negative cash."""
+    acc = state.accounts.get(address)
+    if acc is None or address == state.engine:
+        return False
+    return (acc.cash < 0 and not any(p.size != 0 for p in acc.positions.values())
+            and not any(v > 0 for v in acc.collateral.values()))
 
 
 class Planner:
@@ -173,8 +190,10 @@ class Planner:
         *,
         liquidator: str,
         collateral_liquidation: bool = True,
+        backstop: bool = False,
     ) -> None:
         self.gas = gas
+        self.backstop = backstop
         self.min_profit_usd_wad = min_profit_usd_wad
         self.liquidator = liquidator
         self.collateral_liquidation = collateral_liquidation
@@ -202,14 +221,18 @@ class Planner:
         for step in range(max_steps):
             acc = sim.accounts[address]
             try:
-                if health(sim, acc).maint_health >= 0:
-                    break
+                h = health(sim, acc)
             except Revert:
                 out.skipped = "health overflows"
                 break
+            if h.maint_health >= 0:
+                break
             cands = self._candidates(sim, address, step, budget, base_fee_wei, eth_price_wad)
             out.evaluated.extend(cands)
-            good = [c for c in cands if c.gas is not None and c.profit_usd_wad >= self.min_profit_usd_wad]
+            # Backstop: a bankrupt account pays no penalty, so nobody profits from closing it; the
+            # operator's keeper closes it anyway (best first), so its bad debt can be settled.
+            floor = None if (self.backstop and h.equity < 0) else self.min_profit_usd_wad
+            good = [c for c in cands if c.gas is not None and (floor is None or c.profit_usd_wad >= floor)]
             if not good:
                 if not out.chosen:
                     out.skipped = "no candidate reaches the minimum profit" if cands else "nothing to liquidate"
@@ -328,5 +351,7 @@ __all__ = [
     "fmt_units",
     "fmt_wad",
     "merge_by_profit",
+    "SETTLE",
+    "can_settle",
     "scratch_state",
 ]

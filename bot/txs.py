@@ -14,6 +14,10 @@ The parts, apart from each other as in auction-keeper's ``gas.py``:
   (:meth:`TxSender.check_pending`) looks for receipts, replaces a transaction stuck for
   ``stuck_after_blocks`` with the same nonce and bumped fees (or, when the liquidation is no
   longer possible, with a cheap self-transfer that frees the nonce), and reports outcomes;
+  :meth:`TxSender.preflight_many` / :meth:`TxSender.send_many` do the same for many transactions
+  at once: one JSON-RPC batch of ``eth_call`` preflights, then local signing (libsecp256k1 through
+  coincurve when available), then one batch of raw transactions; providers that cannot batch
+  (eth-tester) get the requests one by one;
 * :func:`classify_revert` tells a lost race (a rival liquidated first: ``"healthy"``,
   ``"no position"``, ``"no debt"``, ``"no collateral"``, ``"no bad debt"``) from an error.
 
@@ -29,11 +33,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+import rlp
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3._utils.error_formatters_utils import raise_contract_logic_error_on_revert
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError, Web3TypeError
 
 from protocol_model.chain import revert_reason
 
@@ -45,6 +51,11 @@ if TYPE_CHECKING:
     from web3.types import TxReceipt
 
     from .config import BotConfig
+
+try:
+    from coincurve import PrivateKey as _CoincurveKey
+except ImportError:  # eth_account signs (slower)
+    _CoincurveKey = None
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +263,21 @@ class Preflight:
         return self.classification == "lost_race"
 
 
+@dataclass(frozen=True)
+class TxRequest:
+    """One transaction for :meth:`TxSender.send_many`: where, what, and what it is for the store."""
+
+    to: str
+    data: str | bytes
+    kind: str
+    account: str
+    target: str | int
+    gas: int
+    expected_profit_wei: int = 0
+    expected_profit_usd_wad: int = 0
+    value: int = 0
+
+
 SendStatus = Literal["sent", "dry_run", "preflight_failed", "fee_too_low", "rejected"]
 
 
@@ -320,6 +346,9 @@ def _tester_errors(*names: str) -> tuple[type[BaseException], ...]:
 
 # What a node's refusal of a raw transaction looks like: a JSON-RPC error (any node), or
 # eth-tester / py-evm validation errors raised in-process.
+# web3's default middleware (RequestManager.get_default_middleware): left out of raw batches.
+_WEB3_DEFAULT_LAYERS = frozenset({"gas_price_strategy", "ens_name_to_address", "attrdict", "validation", "gas_estimate"})
+
 _SEND_ERRORS: tuple[type[BaseException], ...] = (
     Web3RPCError, EthUtilsValidationError, ValueError, *_tester_errors("ValidationError", "TransactionFailed"),
 )
@@ -393,6 +422,9 @@ class TxSender:
         self.stats = SenderStats()
         self._lock = threading.RLock()
         self._groups: dict[int, _Group] = {}
+        self._can_batch: bool | None = None
+        self._batch_cache: tuple[tuple[Any, ...], Any] | None = None
+        self._fast_key = _fast_signer(account)
 
     def __repr__(self) -> str:
         return f"TxSender(address={self.address}, dry_run={self.dry_run}, in_flight={len(self._groups)})"
@@ -457,7 +489,166 @@ class TxSender:
             return Preflight(False, reason, classify_revert(reason))
         return Preflight(True, gas_estimate=gas)
 
+    def preflight_many(self, calls: list[tuple[str, str | bytes, int]], block: int | str = "latest") -> list[Preflight]:
+        """:meth:`preflight` of every ``(to, data, value)``: one JSON-RPC batch of ``eth_call``
+        when the provider can batch (an HTTP node), else one call after another (eth-tester)."""
+        if len(calls) <= 1 or not self._batching:
+            return [self.preflight(to, data, value, block) for to, data, value in calls]
+        params = [("eth_call", [{"from": self.address, "to": to, "data": _hexdata(data),
+                                 "value": hex(value)}, block if isinstance(block, str) else hex(block)])
+                  for to, data, value in calls]
+        responses = self._batch(params)
+        if responses is None:
+            return [self.preflight(to, data, value, block) for to, data, value in calls]
+        out: list[Preflight] = []
+        for (to, data, value), resp in zip(calls, responses):
+            error = resp.get("error") if isinstance(resp, Mapping) else None
+            if error is None and isinstance(resp, Mapping) and "result" in resp:
+                out.append(Preflight(True))
+                continue
+            reason = _batched_revert_reason(resp)
+            if reason is None:   # not a revert (or a malformed answer): ask again on its own
+                out.append(self.preflight(to, data, value, block))
+            else:
+                out.append(Preflight(False, reason, classify_revert(reason)))
+        return out
+
+    @property
+    def _batching(self) -> bool:
+        if self._can_batch is None:
+            provider = self.w3.provider
+            self._can_batch = callable(getattr(provider, "make_batch_request", None))
+        return self._can_batch
+
+    def _batch(self, requests: list[tuple[str, list[Any]]]) -> list[Any] | None:
+        """Raw JSON-RPC responses of one batch, in request order, through the middleware (the
+        request counter); None when the provider cannot batch (then never tried again)."""
+        try:
+            responses = self._batch_fn()(requests)
+        except (NotImplementedError, Web3TypeError, AttributeError) as exc:
+            log.info("the provider cannot batch requests (%s): sending them one by one", _one_line(exc))
+            self._can_batch = False
+            return None
+        if not isinstance(responses, list) or len(responses) != len(requests):
+            # A node that refuses batches answers with one error object.
+            log.info("the node refused a batch of %d requests: sending them one by one", len(requests))
+            self._can_batch = False
+            return None
+        return responses
+
+    def _batch_fn(self) -> Any:
+        """The provider's batch function wrapped in the Web3's middleware, web3's own defaults
+        (validation, formatting, ENS names, attrdict, gas) left out: the batch members are already
+        raw JSON-RPC (hex quantities, checksummed addresses) and their answers are read raw, so
+        those layers would only cost time per member. Every other layer, the request counter
+        (:class:`~bot.rpc.CountingRpc`) included, sees the batch."""
+        layers = tuple(mw for mw, name in self.w3.middleware_onion.middleware if name not in _WEB3_DEFAULT_LAYERS)
+        if self._batch_cache is None or self._batch_cache[0] != layers:
+            fn = self.w3.provider.make_batch_request  # type: ignore[attr-defined]
+            for mw in reversed(layers):
+                fn = mw(self.w3).wrap_make_batch_request(fn)
+            self._batch_cache = (layers, fn)
+        return self._batch_cache[1]
+
     # sending -------------------------------------------------------------------
+    def send_many(self, items: list[tuple["TxRequest", Preflight]], *, base_fee_wei: int,
+                  head_block: int) -> list[SendResult]:
+        """Price, sign and send transactions that passed their :meth:`preflight_many`, in order,
+        with consecutive nonces; the raw transactions go out in one batch when the provider can
+        batch. Returns one result per item. The store records them in one transaction."""
+        results: list[SendResult | None] = [None] * len(items)
+        signed: list[tuple[int, SentTx, bytes, Fees, Preflight]] = []
+        for i, (req, flight) in enumerate(items):
+            if not flight.ok:
+                self.stats.preflight_failed += 1
+                log.info("preflight of %s %s/%s reverted: %s (%s)", req.kind, req.account, req.target,
+                         flight.reason, flight.classification)
+                results[i] = SendResult("preflight_failed", flight)
+                continue
+            fees = self.strategy.fees(base_fee_wei, req.expected_profit_wei)
+            if fees.max_fee_per_gas < base_fee_wei:
+                log.warning("not sending %s %s/%s: the fee cap %d wei is below the base fee %d wei",
+                            req.kind, req.account, req.target, fees.max_fee_per_gas, base_fee_wei)
+                results[i] = SendResult("fee_too_low", flight, fees=fees, error="max fee cap below base fee")
+                continue
+            if self.dry_run:
+                self.stats.dry_run += 1
+                log.info("dry run: would send %s of %s/%s, gas %d, max fee %d, tip %d, expected profit %d wei",
+                         req.kind, req.account, req.target, req.gas, fees.max_fee_per_gas,
+                         fees.max_priority_fee_per_gas, req.expected_profit_wei)
+                results[i] = SendResult("dry_run", flight, fees=fees)
+                continue
+            record = SentTx(
+                hash="0x", nonce=self.nonces.next(), sender=self.address, kind=req.kind, account=req.account,
+                target=normalize_target(req.target), to_address=req.to, data=_hexdata(req.data),
+                gas_limit=req.gas, max_fee_wei=fees.max_fee_per_gas, tip_wei=fees.max_priority_fee_per_gas,
+                sent_block=head_block, value_wei=req.value, expected_profit_usd_wad=req.expected_profit_usd_wad,
+                expected_profit_wei=req.expected_profit_wei,
+            )
+            raw = self._sign(record)
+            signed.append((i, replace(record, hash="0x" + keccak(raw).hex()), raw, fees, flight))
+        if not signed:
+            return [r for r in results if r is not None]
+
+        # One answer per raw transaction: None (accepted), or the exception the node answered with.
+        answers: list[BaseException | None]
+        responses: list[Any] | None = None
+        if len(signed) > 1 and self._batching:
+            try:
+                responses = self._batch([("eth_sendRawTransaction", ["0x" + raw.hex()]) for _, _, raw, _, _ in signed])
+            except CircuitOpen as exc:
+                responses = [{"error": {"message": f"circuit open: {exc}"}}] * len(signed)
+            except RpcError as exc:
+                # The node may or may not have them: track them as pending (see _send_raw).
+                log.warning("sending a batch of %d transactions is uncertain (%s): tracking them as pending",
+                            len(signed), exc)
+                responses = [{"result": tx.hash} for _, tx, _, _, _ in signed]
+        if responses is not None:
+            answers = [_batched_send_error(r) for r in responses]
+        else:
+            answers = []
+            for _, tx, raw, _, _ in signed:
+                try:
+                    self._send_raw(tx, raw)
+                    answers.append(None)
+                except TxError as exc:
+                    answers.append(exc)
+
+        stored: list[tuple[int, SentTx, Fees, Preflight]] = []
+        retry: list[int] = []
+        for k, ((i, tx, _raw, fees, flight), err) in enumerate(zip(signed, answers)):
+            if err is not None:
+                kind_ = err.kind if isinstance(err, TxError) else _send_error_kind(err)
+                if kind_ == "known":
+                    log.info("node already knows %s: treated as sent", tx.hash)
+                elif kind_ == "nonce_low":
+                    retry.append(k)
+                    continue
+                else:
+                    self.nonces.release(tx.nonce)
+                    results[i] = SendResult("rejected", flight, fees=fees, error=str(err))
+                    continue
+            stored.append((i, tx, fees, flight))
+        if self.store is not None:
+            with self.store.transaction():
+                stored = [(i, self.store.record_tx(tx), fees, flight) for i, tx, fees, flight in stored]
+        for i, tx, fees, flight in stored:
+            self._track(tx)
+            self.stats.sent += 1
+            log.info("sent %s of %s/%s: %s nonce %d max fee %d tip %d", tx.kind, tx.account, tx.target, tx.hash,
+                     tx.nonce, fees.max_fee_per_gas, fees.max_priority_fee_per_gas)
+            results[i] = SendResult("sent", flight, tx=tx, fees=fees)
+        if retry:   # "nonce too low": another process used our nonces; resync and send these one by one
+            self.nonces.resync()
+            for k in retry:
+                i, tx, _raw, fees, flight = signed[k]
+                req = items[i][0]
+                results[i] = self.send(req.to, req.data, kind=req.kind, account=req.account, target=req.target,
+                                       expected_profit_wei=req.expected_profit_wei,
+                                       expected_profit_usd_wad=req.expected_profit_usd_wad, gas=req.gas,
+                                       base_fee_wei=base_fee_wei, head_block=head_block, value=req.value)
+        return [r for r in results if r is not None]
+
     def send_call(self, fn: "ContractFunction", **kwargs: Any) -> SendResult:
         """:meth:`send` for a prepared contract call, e.g. ``engine.functions.liquidate(a, m, q)``."""
         # build_transaction with every field given makes no RPC call; it only encodes.
@@ -539,6 +730,17 @@ class TxSender:
         return SendResult("rejected", flight, fees=fees, error="nonce too low twice")  # dev: loop always returns
 
     def _sign_and_send(self, tx: SentTx) -> SentTx:
+        raw = self._sign(tx)
+        tx_hash = "0x" + keccak(raw).hex()
+        self._send_raw(tx, raw)
+        sent = replace(tx, hash=tx_hash)
+        if self.store is not None:
+            sent = self.store.record_tx(sent)
+        return sent
+
+    def _sign(self, tx: SentTx) -> bytes:
+        if self._fast_key is not None:
+            return _sign_eip1559(self._fast_key, self.chain_id, tx)
         params = {
             "type": 2,
             "chainId": self.chain_id,
@@ -551,7 +753,10 @@ class TxSender:
             "maxPriorityFeePerGas": tx.tip_wei,
         }
         signed = self._account.sign_transaction(params)
-        raw = bytes(signed.raw_transaction)
+        return bytes(signed.raw_transaction)
+
+    def _send_raw(self, tx: SentTx, raw: bytes) -> None:
+        """``eth_sendRawTransaction``; raises :class:`TxError` when the node refuses it."""
         tx_hash = "0x" + keccak(raw).hex()
         try:
             self.w3.eth.send_raw_transaction(raw)
@@ -566,10 +771,6 @@ class TxSender:
             if kind != "known":
                 raise TxError(f"node rejected {tx.kind} nonce {tx.nonce}: {_one_line(exc)}", kind) from None
             log.info("node already knows %s: treated as sent", tx_hash)
-        sent = replace(tx, hash=tx_hash)
-        if self.store is not None:
-            sent = self.store.record_tx(sent)
-        return sent
 
     def _track(self, tx: SentTx) -> None:
         with self._lock:
@@ -716,6 +917,52 @@ class TxSender:
                  "cancelled" if cancel else "replaced", old.hash, old.nonce, sent.hash,
                  old.max_fee_wei, fees.max_fee_per_gas, old.tip_wei, fees.max_priority_fee_per_gas)
         return sent
+
+
+def _fast_signer(account: Any) -> Any:
+    """A libsecp256k1 key (coincurve) for :func:`_sign_eip1559`, or None to sign with eth_account."""
+    if _CoincurveKey is None:
+        return None
+    key = getattr(account, "key", None)
+    if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
+        return None
+    return _CoincurveKey(bytes(key))
+
+
+def _sign_eip1559(key: Any, chain_id: int, tx: SentTx) -> bytes:
+    """The signed raw EIP-1559 transaction (``0x02 || rlp([...fields, y_parity, r, s])``): what
+    ``LocalAccount.sign_transaction`` returns for the same fields (tested byte for byte), about
+    ten times faster. libsecp256k1 signatures are low-s already."""
+    data = tx.data[2:] if tx.data.startswith("0x") else tx.data
+    to = tx.to_address[2:] if tx.to_address.startswith("0x") else tx.to_address
+    fields = [chain_id, tx.nonce, tx.tip_wei, tx.max_fee_wei, tx.gas_limit, bytes.fromhex(to), tx.value_wei,
+              bytes.fromhex(data), []]
+    digest = keccak(b"\x02" + rlp.encode(fields))
+    sig = key.sign_recoverable(digest, hasher=None)
+    r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+    return b"\x02" + rlp.encode([*fields, v, r, s])
+
+
+def _batched_revert_reason(resp: Any) -> str | None:
+    """The revert reason of one batched ``eth_call`` answer, or None if it is not a revert."""
+    if not isinstance(resp, Mapping) or not isinstance(resp.get("error"), Mapping):
+        return None
+    try:
+        raise_contract_logic_error_on_revert(resp)  # type: ignore[arg-type]
+    except ContractLogicError as exc:
+        return revert_reason(exc) or ""
+    except Exception:  # noqa: BLE001 - an undecodable answer: the caller asks again on its own
+        return None
+    return None
+
+
+def _batched_send_error(resp: Any) -> BaseException | None:
+    """None if one batched ``eth_sendRawTransaction`` was accepted, else the error to classify."""
+    if isinstance(resp, Mapping) and "error" not in resp and "result" in resp:
+        return None
+    err = resp.get("error") if isinstance(resp, Mapping) else None
+    message = str(err.get("message", err)) if isinstance(err, Mapping) else str(resp)
+    return TxError(f"node rejected the transaction: {message[:200]}", _send_error_kind(ValueError(message)))
 
 
 def _hexdata(data: str | bytes) -> str:

@@ -1,6 +1,6 @@
 """``xmargin bot``: run the liquidation bot, and read its history.
 
-    xmargin bot run --rpc URL --deployment FILE [--keystore FILE] [--dry-run] [--metrics-port N] ...
+    xmargin bot run --rpc URL --deployment FILE [--keystore FILE] [--dry-run] [--backstop] [--metrics-port N] ...
     xmargin bot status --db FILE [--json]
 
 Every ``bot run`` option overrides the matching ``XMARGIN_*`` setting of :class:`bot.config.BotConfig`
@@ -75,10 +75,14 @@ def _settings_epilog() -> str:
 @click.option("--max-blocks", type=click.IntRange(min=1), default=None, help="stop after processing N new blocks")
 @click.option("--no-collateral", is_flag=True, default=False,
               help="never liquidate collateral (it spends quote tokens the bot holds)")
+@click.option("--backstop", is_flag=True, default=False,
+              help="the protocol operator's keeper: also closes positions of bankrupt accounts at a gas-only "
+                   "loss and settles bad debt [XMARGIN_BACKSTOP]")
 @handle_errors
 def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
             db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
-            profit_share: str | None, max_blocks: int | None, no_collateral: bool) -> None:
+            profit_share: str | None, max_blocks: int | None, no_collateral: bool,
+            backstop: bool = False) -> None:
     """Watch every account and liquidate those under maintenance margin, most profitable first."""
     from bot.config import BotConfig
     from bot.keys import PRIVATE_KEY_ENV, load_account
@@ -90,6 +94,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "deployment_path": ctx.deployment_path,
         "db_path": db_path,
         "dry_run": True if dry_run else None,
+        "backstop": True if backstop else None,
         "gas_strategy": STRATEGIES[strategy] if strategy else None,
     }
     if keystore is not None:
@@ -131,6 +136,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "gas_cost_wei": str(totals.gas_cost_wei) if totals else "0",
         "rpc_calls": liquidator.rpc.counts,
         "dry_run": cfg.dry_run,
+        "backstop": cfg.backstop,
     }
     ctx.emit(out, lambda c: c.print(
         f"bot stopped ({result.reason}) after {result.blocks} block(s): won {out['won']}, lost {out['lost']}, "

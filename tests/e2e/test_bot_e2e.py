@@ -467,14 +467,15 @@ def test_injected_rpc_failures_are_survived(chain: Chain, tmp_path: Path) -> Non
             bot.tick()
         assert bot.store.last_block == crash_block - 1
         assert bot.rpc.count("eth_sendRawTransaction") == sent_before
-        # Transient failures on every kind of request: retried, and the same head is processed again.
+        # Transient failures on every kind of single request: retried, and the same head is
+        # processed again. (The preflights and raw transactions of a tick go out as JSON-RPC
+        # batches, which CountingRpc neither retries nor injects faults into.)
         bot.rpc.inject_faults(2, methods=["eth_getLogs"])
         bot.rpc.inject_faults(1, methods=["eth_call"])
-        bot.rpc.inject_faults(1, methods=["eth_sendRawTransaction"])
         report = bot.tick()
         assert report.head == crash_block and report.sent
         assert bot.rpc.pending_faults == 0
-        assert bot.rpc.stats().failures >= 8
+        assert bot.rpc.stats().failures >= 7
         assert bot.rpc.breaker.state == "closed"
         bot.rpc.inject_faults(2, methods=["eth_getTransactionReceipt", "eth_getBlockByNumber"])
         for _ in range(2):
