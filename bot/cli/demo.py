@@ -69,7 +69,7 @@ def _bad_debt(state: Any) -> int:
 
 
 @cli.command()
-@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=250, show_default=True, help="traders to seed")
+@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=200, show_default=True, help="traders to seed")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True, help="random seed of the traders")
 @click.option("--shock", "shock_text", default="ETH=-25%,BTC=-15%", show_default=True, help="price crash, ASSET=PERCENT,...")
 @json_option
@@ -129,7 +129,8 @@ def demo(n: int, seed: int, shock_text: str) -> None:
     keepers: list[Keeper] = []
     specs = [
         ("keeper-A", "fixed tip 2 gwei, positions only", dict(gas_strategy="fixed", fixed_tip_wei=2 * GWEI), False),
-        ("keeper-B", "50% of profit as tip, positions and collateral", dict(gas_strategy="profit_share", profit_share_wad=WAD // 2), True),
+        ("keeper-B", "50% of profit as tip; backstop: also closes bankrupt accounts and settles bad debt",
+         dict(gas_strategy="profit_share", profit_share_wad=WAD // 2, backstop=True), True),
     ]
     for name, desc, overrides, collateral in specs:
         acct = Account.create()  # a fresh key; never printed
@@ -189,19 +190,13 @@ def demo(n: int, seed: int, shock_text: str) -> None:
     if liq:
         first_liq_block = min(e.blockNumber for e in liq)
 
-    state1 = load_state(w3, dep, addrs)
-    bad_before_settle = _bad_debt(state1)
-    fund_before_settle = state1.insurance_fund
-
-    # Bad debt: accounts left with nothing but negative cash are settled by anyone.
-    settled = []
-    for a in addrs:
-        acc = state1.account(a)
-        if acc.cash < 0 and not acc.positions and not acc.collateral:
-            r = owner.send(eng.functions.settle_bad_debt(a))
-            ev = eng.events.BadDebtSettled().process_receipt(r)[0].args
-            settled.append({"account": a, "deficit": ev.deficit, "covered": ev.covered, "socialised": ev.socialised})
     state2 = load_state(w3, dep, addrs)
+
+    # Bad debt is settled by the backstop keeper; read its settlements from the chain.
+    settled = [
+        {"account": e.args.account, "deficit": e.args.deficit, "covered": e.args.covered, "socialised": e.args.socialised}
+        for e in eng.events.BadDebtSettled().get_logs(from_block=crash_block + 1)
+    ]
     liquidated_accounts = {e.args.account for e in liq} | {e.args.account for e in cliq}
     # An account liquidated without being liquidatable at the crash prices would be a bot bug.
     crashed = state0.copy()
@@ -225,8 +220,9 @@ def demo(n: int, seed: int, shock_text: str) -> None:
             for e in liq
         ],
         "collateral_liquidations": len(cliq),
-        "insurance_fund": {"before": str(state0.insurance_fund), "after_liquidations": str(fund_before_settle), "after_settlement": str(state2.insurance_fund)},
-        "bad_debt": {"before": str(_bad_debt(state0)), "after_liquidations": str(bad_before_settle), "after_settlement": str(_bad_debt(state2))},
+        "insurance_fund": {"before": str(state0.insurance_fund), "after": str(state2.insurance_fund)},
+        "bad_debt": {"before": str(_bad_debt(state0)), "predicted_by_model": str(prediction.totals.bad_debt),
+                     "settled": str(sum(s["deficit"] for s in settled)), "left_after": str(_bad_debt(state2))},
         "settlements": [{k: str(v) for k, v in s.items()} for s in settled],
         "socialised": str(sum(s["socialised"] for s in settled)),
         "house_cash": {"before": str(state0.house.cash), "after": str(state2.house.cash)},
@@ -250,10 +246,13 @@ def demo(n: int, seed: int, shock_text: str) -> None:
         t.add_row(e.args.account, names.get(e.args.market, str(e.args.market)), f"{Decimal(e.args.size_delta) / WAD:,.4f}",
                   _usd(e.args.price), _usd(e.args.penalty), by_keeper[e.args.liquidator].name if e.args.liquidator in by_keeper else e.args.liquidator)
     console.print(t)
-    t = Table("", "before the crash", "after liquidations", "after settling bad debt")
-    t.add_row("insurance fund (USD)", _usd(state0.insurance_fund), _usd(fund_before_settle), _usd(state2.insurance_fund))
-    t.add_row("bad debt (USD)", _usd(_bad_debt(state0)), _usd(bad_before_settle), _usd(_bad_debt(state2)))
-    t.add_row("house cash (USD)", _usd(state0.house.cash), _usd(state1.house.cash), _usd(state2.house.cash))
+    t = Table("", "before the crash", "after", "the model predicted")
+    t.add_row("insurance fund (USD)", _usd(state0.insurance_fund), _usd(state2.insurance_fund), _usd(prediction.insurance_fund_after))
+    t.add_row("bad debt settled (USD)", "0.00", _usd(sum(s["deficit"] for s in settled)), _usd(prediction.totals.bad_debt))
+    t.add_row("  covered by the insurance fund", "", _usd(sum(s["covered"] for s in settled)), _usd(prediction.totals.covered))
+    t.add_row("  socialised to the house", "", _usd(sum(s["socialised"] for s in settled)), _usd(prediction.totals.socialised))
+    t.add_row("bad debt left (negative equity)", _usd(_bad_debt(state0)), _usd(_bad_debt(state2)), "")
+    t.add_row("house cash (USD)", _usd(state0.house.cash), _usd(state2.house.cash), "")
     console.print(t)
     soc = sum(s["socialised"] for s in settled)
     say(f"{len(settled)} bankrupt accounts settled: {_usd(sum(s['covered'] for s in settled))} USD from the insurance fund, "
