@@ -56,6 +56,16 @@ struct CollateralConfig:
     deposit_cap: uint256        # native units; cap on total deposits (0 = no cap)
     index: uint256              # bit of the token in held_collaterals
 
+# Packed copies of the configuration, for the hot paths (see STORAGE).
+
+struct MarketWords:
+    oracle: uint256             # feed (bits 0-159) | price_scale (160-223) | OI_CAP_FLAG iff oi_cap != 0
+    fees: uint256               # WAD fractions, 64 bits each: imf | mmf << 64 | liquidation_fee << 128 | taker_fee << 192
+
+struct CollateralWords:
+    token_word: uint256         # token (bits 0-159) | init_weight (160-223) | decimals (224-231) | 18 - feed decimals (232-239)
+    feed_word: uint256          # feed (bits 0-159) | maint_weight (160-223)
+
 struct Position:
     size: int256                # base units WAD, signed
     quote: int256               # USD WAD, signed
@@ -213,6 +223,22 @@ MAX_AMOUNT: constant(uint256) = 2**128      # native units; largest deposit/with
 MAX_SIZE: constant(int256) = 2**100         # base units WAD; largest |size| (about 1.27e12 units)
 MAX_PRICE: constant(uint256) = 2**100       # USD WAD; largest usable price (about 1.27e12 USD)
 
+# Lanes of the packed hot copies (bit offsets and masks; see STORAGE and the word structs).
+ADDRESS_MASK: constant(uint256) = 2**160 - 1
+MASK64: constant(uint256) = 2**64 - 1
+BYTE_MASK: constant(uint256) = 255
+PAUSED_FLAG: constant(uint256) = 1              # hot_params bit 0
+MARKET_COUNT_SHIFT: constant(uint256) = 8       # hot_params, 8 bits
+KEEPER_SHARE_SHIFT: constant(uint256) = 16      # hot_params, 64 bits
+PRICE_AGE_SHIFT: constant(uint256) = 80         # hot_params, 64 bits
+DUST_SHIFT: constant(uint256) = 144             # hot_params, 112 bits
+STATUS_MASK: constant(uint256) = 2**16 - 1      # hot_params: the pause flag and market_count
+PRICE_AGE_CAP: constant(uint256) = 2**64 - 1    # seconds; a price age lane at the cap means "read max_price_age"
+OI_CAP_FLAG: constant(uint256) = 2**224         # MarketWords.oracle bit: oi_cap != 0
+WEIGHT_SHIFT: constant(uint256) = 160           # CollateralWords: init / maint weight lane
+INDEX_SHIFT: constant(uint256) = 160            # collateral_info: index lane
+DISCOUNT_SHIFT: constant(uint256) = 184         # collateral_info: liquidation_discount lane
+
 # ---------------------------------------------------------------- STORAGE
 
 owner: public(address)                      # admin
@@ -240,6 +266,24 @@ held_collaterals: public(HashMap[address, uint256])             # bit i set iff 
 
 insurance_fund: public(uint256)             # USD WAD
 
+# Packed hot copies of the configuration above, appended so that every slot above keeps its
+# number. Trades, withdrawals and liquidations read these (one cold slot instead of several,
+# EIP-2929); the variables above stay the canonical state and keep their getters.
+# dev: every admin function that writes a mirrored variable rewrites its copy in the same call, so
+#      each copy equals the variables it is made of, lane by lane.
+# dev: hot_params holds, from bit 0: paused (8 bits, 0 or 1) | market_count (8) | keeper_share (64;
+#      <= WAD) | min(max_price_age, PRICE_AGE_CAP) (64) | dust_notional (112; <= MAX_PRICE).
+hot_params: uint256                                             # packed; see above
+market_words: HashMap[uint256, MarketWords]                     # market id -> packed copy of market[id]
+collateral_words: HashMap[uint256, CollateralWords]             # collateral index -> packed copy of its config
+# dev: collateral_info[token] = feed (bits 0-159) | index (160-167) | decimals (168-175) |
+#      18 - feed decimals (176-183) | liquidation_discount (184-247); 0 iff the token is unlisted.
+collateral_info: HashMap[address, uint256]                      # token -> packed; see above
+
+# Copies of the two variables the constructor alone writes, read from code by the hot paths.
+QUOTE_TOKEN: immutable(address)             # = quote_token
+QUOTE_SCALE: immutable(uint256)             # = quote_scale: native -> USD WAD
+
 # ---------------------------------------------------------------- CONSTRUCTOR
 
 @deploy
@@ -250,6 +294,8 @@ def __init__(_quote_token: address, _keeper_share: uint256, _max_price_age: uint
     self.owner = msg.sender
     self.quote_token = _quote_token
     self.quote_scale = 10 ** (18 - quote_decimals)
+    QUOTE_TOKEN = _quote_token
+    QUOTE_SCALE = 10 ** (18 - quote_decimals)
     log OwnershipTransferred(previous=empty(address), owner=msg.sender)
     log QuoteTokenSet(token=_quote_token, quote_scale=10 ** (18 - quote_decimals))
     self._set_params(_keeper_share, _max_price_age, _dust_notional)
@@ -310,22 +356,40 @@ def _price(feed: address, price_scale: uint256, strict: bool) -> int256:
         assert not strict, "bad price"
         return convert(MAX_PRICE, int256)
     if strict and updated_at < block.timestamp:
-        assert block.timestamp - updated_at <= self.max_price_age, "stale price"
+        assert block.timestamp - updated_at <= self._max_price_age(), "stale price"
     return answer * convert(price_scale, int256)
 
 @view
 @internal
+def _max_price_age() -> uint256:
+    age: uint256 = (self.hot_params >> PRICE_AGE_SHIFT) & MASK64
+    if age == PRICE_AGE_CAP:
+        return self.max_price_age
+    return age
+
+@view
+@internal
+def _oracle_price(oracle: uint256, strict: bool) -> int256:
+    """
+    @dev The price of a market from its MarketWords.oracle word.
+    """
+    return self._price(convert(oracle & ADDRESS_MASK, address), (oracle >> 160) & MASK64, strict)
+
+@view
+@internal
 def _market_price(market_id: uint256, strict: bool) -> int256:
-    return self._price(self.market[market_id].feed, self.market[market_id].price_scale, strict)
+    return self._oracle_price(self.market_words[market_id].oracle, strict)
 
 # ---------------------------------------------------------------- HEALTH
 
 @view
 @internal
-def _health(account: address, strict: bool) -> Health:
+def _health(account: address, strict: bool, known_market: uint256, known_price: int256) -> Health:
     """
     @dev One pass over the account's active markets and held collaterals (bitmasks), so the cost
          grows with what the account holds, not with what is listed.
+         known_price is the price of known_market (MAX_MARKETS for none) read earlier in the same
+         call with the same strictness; it is used instead of reading that feed again.
     """
     c: int256 = self.cash[account]
     h: Health = Health(equity=c, init_health=c, maint_health=c)
@@ -336,12 +400,15 @@ def _health(account: address, strict: bool) -> Health:
             break
         if mask & 1 == 1:
             pos: Position = self.position[account][m]
-            p: int256 = self._market_price(m, strict)
+            p: int256 = known_price
+            if m != known_market:
+                p = self._market_price(m, strict)
+            fees: uint256 = self.market_words[m].fees
             upnl: int256 = self._mul_down(pos.size, p) + pos.quote
             notional: int256 = self._mul_up(abs(pos.size), p)
             h.equity += upnl
-            h.init_health += upnl - self._mul_up(notional, convert(self.market[m].imf, int256))
-            h.maint_health += upnl - self._mul_up(notional, convert(self.market[m].mmf, int256))
+            h.init_health += upnl - self._mul_up(notional, convert(fees & MASK64, int256))
+            h.maint_health += upnl - self._mul_up(notional, convert((fees >> 64) & MASK64, int256))
         mask >>= 1
 
     mask = self.held_collaterals[account]
@@ -349,12 +416,16 @@ def _health(account: address, strict: bool) -> Health:
         if mask == 0:
             break
         if mask & 1 == 1:
-            token: address = self.collateral_tokens[i]
-            p: int256 = self._price(self.collateral_config[token].feed, self.collateral_config[token].price_scale, strict)
-            value: int256 = convert(self.collateral[account][token], int256) * p // convert(self.collateral_config[token].unit, int256)
+            words: CollateralWords = self.collateral_words[i]
+            token: address = convert(words.token_word & ADDRESS_MASK, address)
+            p: int256 = self._price(
+                convert(words.feed_word & ADDRESS_MASK, address), 10 ** ((words.token_word >> 232) & BYTE_MASK), strict
+            )
+            unit: uint256 = 10 ** ((words.token_word >> 224) & BYTE_MASK)
+            value: int256 = convert(self.collateral[account][token], int256) * p // convert(unit, int256)
             h.equity += value
-            h.init_health += self._mul_down(value, convert(self.collateral_config[token].init_weight, int256))
-            h.maint_health += self._mul_down(value, convert(self.collateral_config[token].maint_weight, int256))
+            h.init_health += self._mul_down(value, convert((words.token_word >> WEIGHT_SHIFT) & MASK64, int256))
+            h.maint_health += self._mul_down(value, convert((words.feed_word >> WEIGHT_SHIFT) & MASK64, int256))
         mask >>= 1
     return h
 
@@ -366,7 +437,7 @@ def health(account: address) -> (int256, int256, int256):
     """
     @notice (equity, init_health, maint_health) in USD WAD at the latest prices, stale or not.
     """
-    h: Health = self._health(account, False)
+    h: Health = self._health(account, False, MAX_MARKETS, 0)
     return (h.equity, h.init_health, h.maint_health)
 
 @view
@@ -407,18 +478,19 @@ def deposit(token: address, amount: uint256):
     assert amount <= MAX_AMOUNT, "amount too large"
     balance: uint256 = 0
     c: int256 = self.cash[msg.sender]
-    if token == self.quote_token:
-        c += convert(amount * self.quote_scale, int256)
+    if token == QUOTE_TOKEN:
+        c += convert(amount * QUOTE_SCALE, int256)
         self.cash[msg.sender] = c
     else:
-        assert self.collateral_config[token].feed != empty(address), "not listed"
+        info: uint256 = self.collateral_info[token]
+        assert info != 0, "not listed"
         total: uint256 = self.total_collateral[token] + amount
         cap: uint256 = self.collateral_config[token].deposit_cap
         assert cap == 0 or total <= cap, "deposit cap"
         self.total_collateral[token] = total
         balance = self.collateral[msg.sender][token] + amount
         self.collateral[msg.sender][token] = balance
-        self.held_collaterals[msg.sender] |= 1 << self.collateral_config[token].index
+        self.held_collaterals[msg.sender] |= 1 << ((info >> INDEX_SHIFT) & BYTE_MASK)
     assert extcall IERC20(token).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
     log Deposit(account=msg.sender, token=token, amount=amount, cash=c, collateral=balance)
 
@@ -428,25 +500,26 @@ def withdraw(token: address, amount: uint256):
     @notice Send `amount` native units of `token` from the caller's account to the caller.
             Quote withdrawals may not take cash below zero; afterwards init_health >= 0.
     """
-    assert not self.paused, "paused"
+    assert self.hot_params & PAUSED_FLAG == 0, "paused"
     assert amount > 0, "zero amount"
     assert amount <= MAX_AMOUNT, "amount too large"
     balance: uint256 = 0
     c: int256 = self.cash[msg.sender]
-    if token == self.quote_token:
-        c -= convert(amount * self.quote_scale, int256)
+    if token == QUOTE_TOKEN:
+        c -= convert(amount * QUOTE_SCALE, int256)
         assert c >= 0, "insufficient cash"
         self.cash[msg.sender] = c
     else:
-        assert self.collateral_config[token].feed != empty(address), "not listed"
+        info: uint256 = self.collateral_info[token]
+        assert info != 0, "not listed"
         balance = self.collateral[msg.sender][token]
         assert balance >= amount, "insufficient collateral"
         balance -= amount
         self.collateral[msg.sender][token] = balance
         self.total_collateral[token] -= amount
         if balance == 0:
-            self.held_collaterals[msg.sender] &= ~(1 << self.collateral_config[token].index)
-    assert self._health(msg.sender, True).init_health >= 0, "insufficient margin"
+            self.held_collaterals[msg.sender] &= ~(1 << ((info >> INDEX_SHIFT) & BYTE_MASK))
+    assert self._health(msg.sender, True, MAX_MARKETS, 0).init_health >= 0, "insufficient margin"
     assert extcall IERC20(token).transfer(msg.sender, amount, default_return_value=True), "transfer failed"
     log Withdraw(account=msg.sender, token=token, amount=amount, cash=c, collateral=balance)
 
@@ -456,11 +529,13 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     @notice Buy (size_delta > 0) or sell at the oracle price against the house. A buy reverts
             above limit_price, a sell below it. A risk-increasing trade needs init_health >= 0.
     """
-    assert not self.paused, "paused"
-    assert market_id < self.market_count, "not listed"
+    params: uint256 = self.hot_params
+    assert params & PAUSED_FLAG == 0, "paused"
+    assert market_id < (params >> MARKET_COUNT_SHIFT) & BYTE_MASK, "not listed"
     assert size_delta != 0, "zero amount"
     assert size_delta <= MAX_SIZE and size_delta >= -MAX_SIZE, "size too large"
-    p: int256 = self._market_price(market_id, True)
+    oracle: uint256 = self.market_words[market_id].oracle
+    p: int256 = self._oracle_price(oracle, True)
     if size_delta > 0:
         assert convert(p, uint256) <= limit_price, "price limit"
     else:
@@ -468,7 +543,7 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
 
     # A buy pays mul_up, a sell receives mul_down: both are mul_down(-size_delta, P).
     quote_delta: int256 = self._mul_down(-size_delta, p)
-    fee: int256 = self._mul_up(self._mul_up(abs(size_delta), p), convert(self.market[market_id].taker_fee, int256))
+    fee: int256 = self._mul_up(self._mul_up(abs(size_delta), p), convert(self.market_words[market_id].fees >> 192, int256))
 
     old: Position = self.position[msg.sender][market_id]
     new_size: int256 = old.size + size_delta
@@ -480,14 +555,15 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     # The house books the exact opposite and receives the fee.
     house_old: Position = self.position[self][market_id]
     house_size: int256 = house_old.size - size_delta
-    oi_cap: uint256 = self.market[market_id].oi_cap
-    if oi_cap != 0 and abs(house_size) > abs(house_old.size):
-        assert convert(abs(house_size), uint256) <= oi_cap, "oi cap"
+    # dev: OI_CAP_FLAG is set iff oi_cap != 0, so an uncapped market skips the oi_cap slot.
+    if oracle & OI_CAP_FLAG != 0 and abs(house_size) > abs(house_old.size):
+        assert convert(abs(house_size), uint256) <= self.market[market_id].oi_cap, "oi cap"
     self._write_position(self, market_id, house_old.size, house_size, house_old.quote - quote_delta, self.cash[self] + fee)
 
     increases_risk: bool = abs(new_size) > abs(old.size) or (old.size > 0 and new_size < 0) or (old.size < 0 and new_size > 0)
     if increases_risk:
-        assert self._health(msg.sender, True).init_health >= 0, "insufficient margin"
+        # dev: no external call since p was read, so the feed would answer the same again.
+        assert self._health(msg.sender, True, market_id, p).init_health >= 0, "insufficient margin"
 
     log Trade(
         account=msg.sender, market=market_id, size_delta=size_delta, price=convert(p, uint256),
@@ -500,24 +576,26 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
 @view
 @internal
 def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, strict: bool) -> LiquidationPlan:
-    assert market_id < self.market_count, "not listed"
+    params: uint256 = self.hot_params
+    assert market_id < (params >> MARKET_COUNT_SHIFT) & BYTE_MASK, "not listed"
     assert max_size > 0, "zero amount"
     assert account != self, "house"
-    h: Health = self._health(account, strict)
+    h: Health = self._health(account, strict, MAX_MARKETS, 0)
     assert h.maint_health < 0, "healthy"
     old: Position = self.position[account][market_id]
     assert old.size != 0, "no position"
 
     p: int256 = self._market_price(market_id, strict)
-    imf: int256 = convert(self.market[market_id].imf, int256)
-    mmf: int256 = convert(self.market[market_id].mmf, int256)
-    fee: int256 = convert(self.market[market_id].liquidation_fee, int256)
+    fees: uint256 = self.market_words[market_id].fees
+    imf: int256 = convert(fees & MASK64, int256)
+    mmf: int256 = convert((fees >> 64) & MASK64, int256)
+    fee: int256 = convert((fees >> 128) & MASK64, int256)
 
     # Close what restores init_health to zero; a dust leftover is closed whole.
     s: int256 = abs(old.size)
     need: int256 = self._div_up(self._div_up(-h.init_health, imf - fee), p)
     q: int256 = min(s, need)
-    if self._mul_up(s - q, p) < convert(self.dust_notional, int256):
+    if self._mul_up(s - q, p) < convert(params >> DUST_SHIFT, int256):
         q = s
     if max_size < convert(q, uint256):
         q = convert(max_size, int256)
@@ -550,8 +628,9 @@ def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, s
         + self._mul_up(old_notional, mmf) - self._mul_up(new_notional, mmf)
 
     # The keeper's share, rounded down to native quote units; the rest feeds the insurance fund.
-    qs: uint256 = self.quote_scale
-    plan.keeper_reward = convert(self._mul_down(penalty, convert(self.keeper_share, int256)), uint256) // qs
+    qs: uint256 = QUOTE_SCALE
+    keeper_share: int256 = convert((params >> KEEPER_SHARE_SHIFT) & MASK64, int256)
+    plan.keeper_reward = convert(self._mul_down(penalty, keeper_share), uint256) // qs
     plan.insurance = plan.penalty - plan.keeper_reward * qs
     return plan
 
@@ -572,7 +651,7 @@ def liquidate(account: address, market_id: uint256, max_size: uint256):
     )
     self.insurance_fund += plan.insurance
     if plan.keeper_reward > 0:
-        assert extcall IERC20(self.quote_token).transfer(msg.sender, plan.keeper_reward, default_return_value=True), "transfer failed"
+        assert extcall IERC20(QUOTE_TOKEN).transfer(msg.sender, plan.keeper_reward, default_return_value=True), "transfer failed"
     log Liquidation(
         account=account, market=market_id, liquidator=msg.sender, size_delta=plan.size_delta,
         price=plan.price, quote_delta=plan.quote_delta, penalty=plan.penalty,
@@ -583,20 +662,21 @@ def liquidate(account: address, market_id: uint256, max_size: uint256):
 @view
 @internal
 def _collateral_plan(account: address, token: address, max_repay: uint256, strict: bool) -> CollateralLiquidationPlan:
-    assert self.collateral_config[token].feed != empty(address), "not listed"
+    info: uint256 = self.collateral_info[token]
+    assert info != 0, "not listed"
     assert max_repay > 0, "zero amount"
     assert account != self, "house"
-    assert self._health(account, strict).maint_health < 0, "healthy"
+    assert self._health(account, strict, MAX_MARKETS, 0).maint_health < 0, "healthy"
     c: int256 = self.cash[account]
     assert c < 0, "no debt"
     balance: uint256 = self.collateral[account][token]
     assert balance > 0, "no collateral"
 
-    p: int256 = self._price(self.collateral_config[token].feed, self.collateral_config[token].price_scale, strict)
+    p: int256 = self._price(convert(info & ADDRESS_MASK, address), 10 ** ((info >> 176) & BYTE_MASK), strict)
     # The caller's price: P * (1 - discount), rounded up so the account gives up no extra wei.
-    discounted: uint256 = convert(self._mul_up(p, convert(WAD - self.collateral_config[token].liquidation_discount, int256)), uint256)
-    unit: uint256 = self.collateral_config[token].unit
-    qs: uint256 = self.quote_scale
+    discounted: uint256 = convert(self._mul_up(p, convert(WAD - ((info >> DISCOUNT_SHIFT) & MASK64), int256)), uint256)
+    unit: uint256 = 10 ** ((info >> 168) & BYTE_MASK)
+    qs: uint256 = QUOTE_SCALE
 
     # Repay in native quote units: the whole debt rounded up, at most max_repay, at most what the
     # balance is worth at the discounted price rounded down (`cap`). A repay of the whole cap
@@ -629,9 +709,9 @@ def liquidate_collateral(account: address, token: address, max_repay: uint256):
     self.collateral[account][token] = plan.collateral
     self.total_collateral[token] -= plan.seized
     if plan.collateral == 0:
-        self.held_collaterals[account] &= ~(1 << self.collateral_config[token].index)
+        self.held_collaterals[account] &= ~(1 << ((self.collateral_info[token] >> INDEX_SHIFT) & BYTE_MASK))
     if plan.repay > 0:
-        assert extcall IERC20(self.quote_token).transferFrom(msg.sender, self, plan.repay, default_return_value=True), "transfer failed"
+        assert extcall IERC20(QUOTE_TOKEN).transferFrom(msg.sender, self, plan.repay, default_return_value=True), "transfer failed"
     if plan.seized > 0:
         assert extcall IERC20(token).transfer(msg.sender, plan.seized, default_return_value=True), "transfer failed"
     log CollateralLiquidation(
@@ -686,28 +766,37 @@ def _only_owner():
 
 @view
 @internal
-def _feed_scale(feed: address) -> uint256:
+def _feed_exponent(feed: address) -> uint256:
+    """
+    @dev 18 - the feed's decimals: its price_scale is 10 ** this.
+    """
     assert feed != empty(address), "zero address"
     d: uint256 = convert(staticcall AggregatorV3(feed).decimals(), uint256)
     assert d <= 18, "bad decimals"
-    return 10 ** (18 - d)
+    return 18 - d
 
 @external
 def list_collateral(token: address, feed: address, init_weight: uint256, maint_weight: uint256, liquidation_discount: uint256, deposit_cap: uint256):
     self._only_owner()
     assert token != empty(address), "zero address"
-    assert token != self.quote_token, "quote token"
+    assert token != QUOTE_TOKEN, "quote token"
     assert self.collateral_config[token].feed == empty(address), "already listed"
     assert len(self.collateral_tokens) < MAX_COLLATERALS, "too many collaterals"
     d: uint256 = convert(staticcall IERC20Decimals(token).decimals(), uint256)
     assert d <= 18, "bad decimals"
     index: uint256 = len(self.collateral_tokens)
-    scale: uint256 = self._feed_scale(feed)
+    e: uint256 = self._feed_exponent(feed)
+    scale: uint256 = 10 ** e
     self.collateral_tokens.append(token)
     self.collateral_config[token] = CollateralConfig(
         feed=feed, price_scale=scale, decimals=d, unit=10 ** d,
         init_weight=0, maint_weight=0, liquidation_discount=0, deposit_cap=0, index=index,
     )
+    # dev: the weights and the discount lanes are written by _set_collateral_params below.
+    self.collateral_words[index] = CollateralWords(
+        token_word=convert(token, uint256) | (d << 224) | (e << 232), feed_word=convert(feed, uint256)
+    )
+    self.collateral_info[token] = convert(feed, uint256) | (index << INDEX_SHIFT) | (d << 168) | (e << 176)
     log CollateralListed(token=token, feed=feed, index=index, decimals=d, price_scale=scale)
     self._set_collateral_params(token, init_weight, maint_weight, liquidation_discount, deposit_cap)
 
@@ -725,6 +814,16 @@ def _set_collateral_params(token: address, init_weight: uint256, maint_weight: u
     self.collateral_config[token].maint_weight = maint_weight
     self.collateral_config[token].liquidation_discount = liquidation_discount
     self.collateral_config[token].deposit_cap = deposit_cap
+    # dev: the weights and the discount are below WAD < 2**64, so each fits its 64-bit lane.
+    index: uint256 = self.collateral_config[token].index
+    lane: uint256 = MASK64 << WEIGHT_SHIFT
+    words: CollateralWords = self.collateral_words[index]
+    self.collateral_words[index] = CollateralWords(
+        token_word=(words.token_word & ~lane) | (init_weight << WEIGHT_SHIFT),
+        feed_word=(words.feed_word & ~lane) | (maint_weight << WEIGHT_SHIFT),
+    )
+    info: uint256 = self.collateral_info[token] & ~(MASK64 << DISCOUNT_SHIFT)
+    self.collateral_info[token] = info | (liquidation_discount << DISCOUNT_SHIFT)
     log CollateralParamsSet(
         token=token, init_weight=init_weight, maint_weight=maint_weight,
         liquidation_discount=liquidation_discount, deposit_cap=deposit_cap,
@@ -736,9 +835,12 @@ def list_market(feed: address, imf: uint256, mmf: uint256, liquidation_fee: uint
     market_id: uint256 = self.market_count
     assert market_id < MAX_MARKETS, "too many markets"
     self.market[market_id].feed = feed
-    scale: uint256 = self._feed_scale(feed)
+    scale: uint256 = 10 ** self._feed_exponent(feed)
     self.market[market_id].price_scale = scale
     self.market_count = market_id + 1
+    # dev: OI_CAP_FLAG and the fees are written by _set_market_params below.
+    self.market_words[market_id].oracle = convert(feed, uint256) | (scale << 160)
+    self.hot_params += 1 << MARKET_COUNT_SHIFT
     log MarketListed(market=market_id, feed=feed, price_scale=scale)
     self._set_market_params(market_id, imf, mmf, liquidation_fee, taker_fee, oi_cap)
     return market_id
@@ -758,6 +860,13 @@ def _set_market_params(market_id: uint256, imf: uint256, mmf: uint256, liquidati
     self.market[market_id].liquidation_fee = liquidation_fee
     self.market[market_id].taker_fee = taker_fee
     self.market[market_id].oi_cap = oi_cap
+    # dev: imf <= WAD and every other fraction is below it, so each fits its 64-bit lane.
+    oracle: uint256 = self.market_words[market_id].oracle & ~OI_CAP_FLAG
+    if oi_cap != 0:
+        oracle |= OI_CAP_FLAG
+    self.market_words[market_id] = MarketWords(
+        oracle=oracle, fees=imf | (mmf << 64) | (liquidation_fee << 128) | (taker_fee << 192)
+    )
     log MarketParamsSet(market=market_id, imf=imf, mmf=mmf, liquidation_fee=liquidation_fee, taker_fee=taker_fee, oi_cap=oi_cap)
 
 @external
@@ -772,6 +881,8 @@ def _set_params(keeper_share: uint256, max_price_age: uint256, dust_notional: ui
     self.keeper_share = keeper_share
     self.max_price_age = max_price_age
     self.dust_notional = dust_notional
+    self.hot_params = (self.hot_params & STATUS_MASK) | (keeper_share << KEEPER_SHARE_SHIFT) \
+        | (min(max_price_age, PRICE_AGE_CAP) << PRICE_AGE_SHIFT) | (dust_notional << DUST_SHIFT)
     log ParamsSet(keeper_share=keeper_share, max_price_age=max_price_age, dust_notional=dust_notional)
 
 @external
@@ -782,9 +893,9 @@ def seed_house(amount: uint256):
     self._only_owner()
     assert amount > 0, "zero amount"
     assert amount <= MAX_AMOUNT, "amount too large"
-    c: int256 = self.cash[self] + convert(amount * self.quote_scale, int256)
+    c: int256 = self.cash[self] + convert(amount * QUOTE_SCALE, int256)
     self.cash[self] = c
-    assert extcall IERC20(self.quote_token).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
+    assert extcall IERC20(QUOTE_TOKEN).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
     log HouseSeeded(amount=amount, cash=c)
 
 @external
@@ -795,9 +906,9 @@ def seed_insurance(amount: uint256):
     self._only_owner()
     assert amount > 0, "zero amount"
     assert amount <= MAX_AMOUNT, "amount too large"
-    fund: uint256 = self.insurance_fund + amount * self.quote_scale
+    fund: uint256 = self.insurance_fund + amount * QUOTE_SCALE
     self.insurance_fund = fund
-    assert extcall IERC20(self.quote_token).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
+    assert extcall IERC20(QUOTE_TOKEN).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
     log InsuranceSeeded(amount=amount, insurance_fund=fund)
 
 @external
@@ -805,6 +916,7 @@ def pause():
     self._only_owner()
     assert not self.paused, "paused"
     self.paused = True
+    self.hot_params |= PAUSED_FLAG
     log Paused(by=msg.sender)
 
 @external
@@ -812,6 +924,7 @@ def unpause():
     self._only_owner()
     assert self.paused, "not paused"
     self.paused = False
+    self.hot_params &= ~PAUSED_FLAG
     log Unpaused(by=msg.sender)
 
 @external

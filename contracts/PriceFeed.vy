@@ -32,6 +32,16 @@ event OwnershipTransferred:
     previous: indexed(address)
     owner: indexed(address)
 
+# ---------------------------------------------------------------- CONSTANTS
+# Lanes of round_data (see STORAGE).
+
+ANSWER_MASK: constant(uint256) = 2**128 - 1     # bits 0-127: min(answer, ANSWER_CAP)
+ANSWER_CAP: constant(uint256) = ANSWER_MASK     # answer units; a lane at the cap means "read latest_answer"
+ROUND_SHIFT: constant(uint256) = 128            # bits 128-207: the round id
+ROUND_MASK: constant(uint256) = 2**80 - 1
+TIMESTAMP_SHIFT: constant(uint256) = 208        # bits 208-255: min(timestamp, TIMESTAMP_CAP)
+TIMESTAMP_CAP: constant(uint256) = 2**48 - 1    # seconds; a lane at the cap means "read latest_timestamp"
+
 # ---------------------------------------------------------------- STORAGE
 
 decimals: public(uint8)               # answer decimals (<= 18)
@@ -46,6 +56,16 @@ max_answer: public(int256)            # answer units; highest accepted answer
 latest_round: public(uint80)          # id of the latest round (0 before the first update)
 latest_answer: public(int256)         # answer units
 latest_timestamp: public(uint256)     # seconds; block timestamp of the latest update
+
+# A packed copy of the latest round, appended so that every slot above keeps its number:
+# latestRoundData reads one cold slot instead of three.
+# dev: every answer is 0 (no round yet) or in [min_answer, max_answer] with min_answer > 0, so it
+#      is >= 0; a lane at its cap means "read the variable above", which holds the exact value.
+round_data: uint256                   # packed: min(latest_answer, ANSWER_CAP) (answer units) | latest_round << ROUND_SHIFT | min(latest_timestamp, TIMESTAMP_CAP) (seconds) << TIMESTAMP_SHIFT
+
+# Copies of the bounds, which only the constructor writes, read from code by set_answer.
+MIN_ANSWER: immutable(int256)         # answer units; = min_answer
+MAX_ANSWER: immutable(int256)         # answer units; = max_answer
 
 # ---------------------------------------------------------------- CONSTRUCTOR
 
@@ -63,6 +83,8 @@ def __init__(
     self.description = _description
     self.min_answer = _min_answer
     self.max_answer = _max_answer
+    MIN_ANSWER = _min_answer
+    MAX_ANSWER = _max_answer
     self.owner = msg.sender
     self.updater = msg.sender
     log OwnershipTransferred(previous=empty(address), owner=msg.sender)
@@ -78,13 +100,15 @@ def latestRoundData() -> (uint80, int256, uint256, uint256, uint80):
     """
     @return (roundId, answer, startedAt, updatedAt, answeredInRound) as Chainlink returns them
     """
-    return (
-        self.latest_round,
-        self.latest_answer,
-        self.latest_timestamp,
-        self.latest_timestamp,
-        self.latest_round,
-    )
+    data: uint256 = self.round_data
+    round_id: uint80 = convert((data >> ROUND_SHIFT) & ROUND_MASK, uint80)
+    answer: int256 = convert(data & ANSWER_MASK, int256)
+    if answer == convert(ANSWER_CAP, int256):
+        answer = self.latest_answer
+    updated_at: uint256 = data >> TIMESTAMP_SHIFT
+    if updated_at == TIMESTAMP_CAP:
+        updated_at = self.latest_timestamp
+    return (round_id, answer, updated_at, updated_at, round_id)
 
 @view
 @external
@@ -108,11 +132,13 @@ def set_answer(answer: int256):
 
 @internal
 def _set(answer: int256):
-    assert answer >= self.min_answer and answer <= self.max_answer, "answer out of range"
+    assert answer >= MIN_ANSWER and answer <= MAX_ANSWER, "answer out of range"
     round_id: uint80 = self.latest_round + 1
     self.latest_round = round_id
     self.latest_answer = answer
     self.latest_timestamp = block.timestamp
+    self.round_data = min(convert(answer, uint256), ANSWER_CAP) | (convert(round_id, uint256) << ROUND_SHIFT) \
+        | (min(block.timestamp, TIMESTAMP_CAP) << TIMESTAMP_SHIFT)
     log NewRound(roundId=convert(round_id, uint256), startedBy=msg.sender, startedAt=block.timestamp)
     log AnswerUpdated(current=answer, roundId=convert(round_id, uint256), updatedAt=block.timestamp)
 
