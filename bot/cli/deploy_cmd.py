@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from protocol_model.deploy import DeployConfig, deploy_protocol
+from protocol_model.errors import ConfigError
 
 from . import cli
 from .common import common_options, get_ctx, handle_errors
@@ -26,11 +27,15 @@ from .common import common_options, get_ctx, handle_errors
 def deploy(out: str | None, keystore: str | None, password_file: str | None, max_price_age: int) -> None:
     """Deploy tokens, feeds, engine and lens; list ETH-PERP, BTC-PERP, WETH, WBTC; seed the house."""
     ctx = get_ctx()
+    path = Path(out or ctx.deployment_path or "deployment.json")
+    _check_writable(path)  # before spending gas on a deployment whose file could not be written
     w3 = ctx.chain()
     sender = ctx.sender(keystore, password_file)
     dep = deploy_protocol(w3, sender, DeployConfig(max_price_age=max_price_age))
-    path = Path(out or ctx.deployment_path or "deployment.json")
-    dep.save(path)
+    try:
+        dep.save(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the deployment file {path}: {exc.strerror or exc}; choose another --out") from None
     ctx.deployment = dep
     data = dep.to_json() | {"file": str(path)}
 
@@ -46,3 +51,13 @@ def deploy(out: str | None, keystore: str | None, password_file: str | None, max
         console.print(f"wrote {path}")
 
     ctx.emit(data, human)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the deployment file {path}: {exc.strerror or exc}; choose another --out") from None

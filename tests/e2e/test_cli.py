@@ -1,0 +1,118 @@
+"""The xmargin CLI through click's test runner, against `xmargin node`'s engine (the dev node) in a
+separate process over real HTTP: deploy, seed, price, health, accounts, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bot.cli import cli
+
+
+@pytest.fixture(scope="module")
+def node_url() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.devnode", "--port", "0", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on "), line
+        yield line.removeprefix("listening on ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def deployed(node_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dep") / "deployment.json"
+    r = CliRunner().invoke(cli, ["deploy", "--rpc", node_url, "--out", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_deploy_to_an_in_process_chain() -> None:
+    code, out, _ = run("deploy", "--rpc", "memory", "--out", "/dev/null/x.json", "--json")
+    assert code == 2  # the file cannot be written: bad input, one line
+    r = CliRunner().invoke(cli, ["deploy", "--rpc", "memory", "--json", "--out", str(Path(__file__).parent / ".tmp-dep.json")])
+    try:
+        assert r.exit_code == 0, r.output
+        data = json.loads(r.stdout)
+        assert set(data["markets"]) == {"ETH-PERP", "BTC-PERP"} and set(data["collaterals"]) == {"WETH", "WBTC"}
+    finally:
+        (Path(__file__).parent / ".tmp-dep.json").unlink(missing_ok=True)
+
+
+def test_deploy_seed_price_health_accounts_over_http(node_url: str, deployed: Path) -> None:
+    dep = ["--rpc", node_url, "--deployment", str(deployed)]
+    data = json.loads(deployed.read_text())
+    assert data["markets"]["ETH-PERP"]["id"] == 0 and (deployed.parent / "abi" / "MarginEngine.json").exists()
+
+    code, out, err = run("seed", *dep, "--accounts", "4", "--seed", "3", "--json")
+    assert code == 0, err
+    traders = [a["address"] for a in json.loads(out)["accounts"]]
+    assert len(traders) == 4
+
+    code, out, err = run("price", "shock", *dep, "ETH", "-20%", "--json")
+    assert code == 0, err
+    assert json.loads(out)["new"] == "1600"
+
+    code, out, err = run("health", traders[0], *dep, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["address"] == traders[0]
+    assert report["status"] in {"healthy", "at risk", "liquidatable", "bankrupt"}
+    assert int(report["equity"]) == int(report["cash"]) + sum(int(c["value"]) for c in report["collaterals"]) + sum(
+        int(p["upnl"]) for p in report["positions"])
+
+    code, out, err = run("accounts", *dep, "--json", "--sort", "health")
+    assert code == 0, err
+    rows = json.loads(out)["accounts"]
+    assert {r["address"] for r in rows} == set(traders)
+    assert [int(r["maint_health"]) for r in rows] == sorted(int(r["maint_health"]) for r in rows)
+
+    code, out, err = run("price", "set", *dep, "ETH", "2000")
+    assert code == 0 and "1600 -> 2000" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["health", "0x123"], "invalid address"),
+    (["price", "set", "DOGE", "1"], "unknown asset"),
+    (["price", "set", "ETH", "abc"], "invalid price"),
+    (["price", "shock", "ETH", "-150%"], "cannot fall by 100%"),
+])
+def test_bad_input_is_one_line_and_exit_2(node_url: str, deployed: Path, args: list[str], needle: str) -> None:
+    code, out, err = run(*args, "--rpc", node_url, "--deployment", str(deployed))
+    assert code == 2
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1 and "Traceback" not in err + out
+
+
+def test_unreachable_rpc_is_exit_3(deployed: Path) -> None:
+    code, _, err = run("health", "0x" + "11" * 20, "--rpc", "http://127.0.0.1:1", "--deployment", str(deployed))
+    assert code == 3 and err.startswith("error: cannot reach") and err.count("\n") == 1
+
+
+def test_missing_malformed_and_foreign_deployment_files(node_url: str, deployed: Path, tmp_path: Path) -> None:
+    code, _, err = run("accounts", "--rpc", node_url, "--deployment", str(tmp_path / "none.json"))
+    assert code == 2 and "not found" in err and "xmargin deploy" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    code, _, err = run("accounts", "--rpc", node_url, "--deployment", str(bad))
+    assert code == 2 and "not valid JSON" in err
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(json.loads(deployed.read_text()) | {"chain_id": 1}))
+    code, _, err = run("accounts", "--rpc", node_url, "--deployment", str(foreign))
+    assert code == 2 and "chain id 1" in err
