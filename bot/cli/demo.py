@@ -69,7 +69,7 @@ def _bad_debt(state: Any) -> int:
 
 
 @cli.command()
-@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=200, show_default=True, help="traders to seed")
+@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=80, show_default=True, help="traders to seed")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True, help="random seed of the traders")
 @click.option("--shock", "shock_text", default="ETH=-25%,BTC=-15%", show_default=True, help="price crash, ASSET=PERCENT,...")
 @json_option
