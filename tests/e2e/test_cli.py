@@ -44,16 +44,14 @@ def run(*args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-def test_deploy_to_an_in_process_chain() -> None:
+def test_deploy_to_an_in_process_chain(tmp_path: Path) -> None:
     code, out, _ = run("deploy", "--rpc", "memory", "--out", "/dev/null/x.json", "--json")
     assert code == 2  # the file cannot be written: bad input, one line
-    r = CliRunner().invoke(cli, ["deploy", "--rpc", "memory", "--json", "--out", str(Path(__file__).parent / ".tmp-dep.json")])
-    try:
-        assert r.exit_code == 0, r.output
-        data = json.loads(r.stdout)
-        assert set(data["markets"]) == {"ETH-PERP", "BTC-PERP"} and set(data["collaterals"]) == {"WETH", "WBTC"}
-    finally:
-        (Path(__file__).parent / ".tmp-dep.json").unlink(missing_ok=True)
+    r = CliRunner().invoke(cli, ["deploy", "--rpc", "memory", "--json", "--out", str(tmp_path / "dep.json")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert set(data["markets"]) == {"ETH-PERP", "BTC-PERP"} and set(data["collaterals"]) == {"WETH", "WBTC"}
+    assert (tmp_path / "abi" / "Lens.json").exists()
 
 
 def test_deploy_seed_price_health_accounts_over_http(node_url: str, deployed: Path) -> None:
