@@ -7,10 +7,11 @@ background, ``serve_forever()`` blocks until Ctrl-C/SIGTERM. See :mod:`bot.devno
 from .engine import DEFAULT_PRIORITY_FEE, DevChain
 from .errors import RpcError
 from .mempool import Mempool, PoolTx
-from .node import DevNode
+from .node import DevNode, mining_in_background
 from .rpc import RpcDispatcher
 
 __all__ = [
+    "mining_in_background",
     "DEFAULT_PRIORITY_FEE",
     "DevChain",
     "DevNode",

@@ -7,6 +7,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
@@ -270,3 +272,24 @@ class DevNode:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def mining_in_background(node: DevNode, every_s: float, *, empty_blocks: bool = False) -> Iterator[None]:
+    """Mine a block every ``every_s`` seconds while the ``with`` block runs: only when transactions
+    wait in the pool (setup that waits for receipts), or always with ``empty_blocks`` (a chain that
+    moves on by itself)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            if empty_blocks or len(node.chain.pool):
+                node.mine_block()
+
+    thread = threading.Thread(target=loop, name="devnode-background-miner", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -35,10 +35,8 @@ the table that lets the off-chain mode reproduce this run's gas exactly.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -51,7 +49,7 @@ from protocol_model.health import price
 from protocol_model.loader import load_protocol, load_state
 from protocol_model.logs import ENGINE, decode_log
 
-from ..devnode import DevNode
+from ..devnode import DevNode, mining_in_background
 from ..liquidator import Liquidator
 from ..seeding import seed_accounts
 from ..txs import Fees
@@ -81,23 +79,9 @@ MAX_DRAIN_BLOCKS = 10_000
 Progress = Callable[[str], Any]
 
 
-@contextmanager
-def _mining(node: DevNode, every_s: float = 0.01) -> Iterator[None]:
+def _mining(node: DevNode, every_s: float = 0.01) -> Any:
     """Mine whatever waits in the pool every ``every_s`` seconds (setup transactions wait for receipts)."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            if len(node.chain.pool):
-                node.mine_block()
-
-    thread = threading.Thread(target=loop, name="sim-setup-miner", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return mining_in_background(node, every_s)
 
 
 def pool_view(w3: Web3, engine: str) -> list[PoolEntry]:

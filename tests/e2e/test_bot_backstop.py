@@ -8,9 +8,7 @@ oracles are the engine's own views and its BadDebtSettled events.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
-from bot.devnode import DevNode
+from bot.devnode import DevNode, mining_in_background
 from bot.liquidator import Liquidator
 from bot.seeding import seed_accounts
 from protocol_model.chain import Sender
@@ -34,23 +32,9 @@ N_TRADERS, SEED = 30, 7
 CRASH_PCT = 55          # ETH and BTC fall 45 %: many liquidatable traders, some bankrupt
 
 
-@contextmanager
-def mining(node: DevNode, every_s: float = 0.05) -> Iterator[None]:
-    """Mine whatever waits in the mempool every ``every_s`` seconds (setup waits for receipts)."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            if len(node.chain.pool):
-                node.mine_block()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+def mining(node: DevNode, every_s: float = 0.05) -> Any:
+    """Mine whatever waits in the mempool every ``every_s`` seconds (for setup that waits for receipts)."""
+    return mining_in_background(node, every_s)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from web3.middleware import Web3Middleware
 
 from bot.cli import cli
 from bot.config import BotConfig
-from bot.devnode import DevNode
+from bot.devnode import DevNode, mining_in_background
 from bot.errors import RpcError
 from bot.keys import write_keystore
 from bot.liquidator import Liquidator, TickReport
@@ -142,41 +140,14 @@ class Chain:
         return decode_logs(logs, self.dep.engine)
 
 
-@contextmanager
-def mining(node: DevNode, every_s: float = 0.05) -> Iterator[None]:
+def mining(node: DevNode, every_s: float = 0.05) -> Any:
     """Mine whatever waits in the mempool every ``every_s`` seconds (for setup that waits for receipts)."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            if len(node.chain.pool):
-                node.mine_block()
-
-    thread = threading.Thread(target=loop, name="test-miner", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return mining_in_background(node, every_s)
 
 
-@contextmanager
-def block_ticker(node: DevNode, every_s: float) -> Iterator[None]:
+def block_ticker(node: DevNode, every_s: float) -> Any:
     """A block every ``every_s`` seconds, empty or not: a chain that moves on by itself."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            node.mine_block()
-
-    thread = threading.Thread(target=loop, name="test-blocks", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return mining_in_background(node, every_s, empty_blocks=True)
 
 
 def clear_mempool(node: DevNode) -> None:

@@ -57,7 +57,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Off-chain gas matches on-chain gas to a fraction of a percent (the engine's rounding helpers branch
 # on their operands); with the built-in table instead of the run's measured one, to a few percent.
 GAS_TOLERANCE_MEASURED = 0.005
-GAS_TOLERANCE_DEFAULT = 0.05  # for the built-in table, once re-measured on the packed engine
 GAS_FIELDS = ("gas_success_wei", "gas_reverted_wei", "tips_wei", "gas_used", "net_profit_usd_wad", "gas_wei")
 RUN_GAS_FIELDS = ("gas_wei", "tips_wei", "tips_usd_wad", "tip_share", "tip_share_wad")
 
