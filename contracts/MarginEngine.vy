@@ -16,7 +16,9 @@
      house          this contract's own account, the counterparty of every trade; exempt from
                     margin checks; absorbs socialised losses
      insurance fund a separate balance fed by liquidation penalties [USD WAD]
-     strict         a price read that reverts on an unusable price (actions); views read loosely
+     max_age        a price read's mode: actions read strictly (revert on a bad or a stale price;
+                    max_age = the protocol's max_price_age), the preview views revert on a bad
+                    price only (PREVIEW), the other views clamp and ignore the age (LOOSE); see _price
      Every rounding favours the protocol: credits to an account round toward minus infinity,
      charges and margin requirements round up, collateral values round down.
      Vyper's signed `//` truncates toward zero; every signed division goes through _div_floor or
@@ -222,6 +224,11 @@ MAX_COLLATERALS: constant(uint256) = 8
 MAX_AMOUNT: constant(uint256) = 2**128      # native units; largest deposit/withdraw/seed amount
 MAX_SIZE: constant(int256) = 2**100         # base units WAD; largest |size| (about 1.27e12 units)
 MAX_PRICE: constant(uint256) = 2**100       # USD WAD; largest usable price (about 1.27e12 USD)
+# Price read modes: _price's max_age argument. A strict read (actions) passes the protocol's
+# max_price_age, at most PREVIEW - 1 (_strict_age); these two values above it select the views'
+# modes. Both accept any age a chain can reach (block.timestamp - updatedAt < 2**256 - 2).
+LOOSE: constant(uint256) = max_value(uint256)       # views: a bad price is clamped to [0, MAX_PRICE]
+PREVIEW: constant(uint256) = max_value(uint256) - 1 # preview views: a bad price reverts as in actions
 
 # Lanes of the packed hot copies (bit offsets and masks; see STORAGE and the word structs).
 ADDRESS_MASK: constant(uint256) = 2**160 - 1
@@ -338,10 +345,12 @@ def _div_up(a: int256, b: int256) -> int256:
 
 @view
 @internal
-def _price(feed: address, price_scale: uint256, strict: bool) -> int256:
+def _price(feed: address, price_scale: uint256, max_age: uint256) -> int256:
     """
-    @dev A usable price is 0 < P <= MAX_PRICE and at most max_price_age old. Strict reads revert
-         on anything else; loose reads (views) clamp to [0, MAX_PRICE] and ignore the age.
+    @dev A usable price is 0 < P <= MAX_PRICE and at most max_price_age old. A bad price (out of
+         that range) reverts "bad price" unless max_age is LOOSE, which clamps it to
+         [0, MAX_PRICE]; a price older than max_age reverts "stale price" (never for LOOSE and
+         PREVIEW). Strict reads pass _strict_age().
     """
     round_id: uint80 = 0
     answer: int256 = 0
@@ -350,46 +359,50 @@ def _price(feed: address, price_scale: uint256, strict: bool) -> int256:
     answered_in: uint80 = 0
     round_id, answer, started_at, updated_at, answered_in = staticcall AggregatorV3(feed).latestRoundData()
     if answer <= 0:
-        assert not strict, "bad price"
+        assert max_age == LOOSE, "bad price"
         return 0
     if convert(answer, uint256) > MAX_PRICE // price_scale:
-        assert not strict, "bad price"
+        assert max_age == LOOSE, "bad price"
         return convert(MAX_PRICE, int256)
-    if strict and updated_at < block.timestamp:
-        assert block.timestamp - updated_at <= self._max_price_age(), "stale price"
+    if updated_at < block.timestamp:
+        assert block.timestamp - updated_at <= max_age, "stale price"
     return answer * convert(price_scale, int256)
 
 @view
 @internal
-def _max_price_age() -> uint256:
-    age: uint256 = (self.hot_params >> PRICE_AGE_SHIFT) & MASK64
+def _strict_age(params: uint256) -> uint256:
+    """
+    @dev The max_age of a strict read: max_price_age from its hot_params lane (params), capped
+         below the view modes (an age of 2**256 - 3 s or more already accepts every price).
+    """
+    age: uint256 = (params >> PRICE_AGE_SHIFT) & MASK64
     if age == PRICE_AGE_CAP:
-        return self.max_price_age
+        return min(self.max_price_age, PREVIEW - 1)
     return age
 
 @view
 @internal
-def _oracle_price(oracle: uint256, strict: bool) -> int256:
+def _oracle_price(oracle: uint256, max_age: uint256) -> int256:
     """
     @dev The price of a market from its MarketWords.oracle word.
     """
-    return self._price(convert(oracle & ADDRESS_MASK, address), (oracle >> 160) & MASK64, strict)
+    return self._price(convert(oracle & ADDRESS_MASK, address), (oracle >> 160) & MASK64, max_age)
 
 @view
 @internal
-def _market_price(market_id: uint256, strict: bool) -> int256:
-    return self._oracle_price(self.market_words[market_id].oracle, strict)
+def _market_price(market_id: uint256, max_age: uint256) -> int256:
+    return self._oracle_price(self.market_words[market_id].oracle, max_age)
 
 # ---------------------------------------------------------------- HEALTH
 
 @view
 @internal
-def _health(account: address, strict: bool, known_market: uint256, known_price: int256) -> Health:
+def _health(account: address, max_age: uint256, known_market: uint256, known_price: int256) -> Health:
     """
     @dev One pass over the account's active markets and held collaterals (bitmasks), so the cost
          grows with what the account holds, not with what is listed.
          known_price is the price of known_market (MAX_MARKETS for none) read earlier in the same
-         call with the same strictness; it is used instead of reading that feed again.
+         call with the same read mode; it is used instead of reading that feed again.
     """
     c: int256 = self.cash[account]
     h: Health = Health(equity=c, init_health=c, maint_health=c)
@@ -402,7 +415,7 @@ def _health(account: address, strict: bool, known_market: uint256, known_price: 
             pos: Position = self.position[account][m]
             p: int256 = known_price
             if m != known_market:
-                p = self._market_price(m, strict)
+                p = self._market_price(m, max_age)
             fees: uint256 = self.market_words[m].fees
             upnl: int256 = self._mul_down(pos.size, p) + pos.quote
             notional: int256 = self._mul_up(abs(pos.size), p)
@@ -419,7 +432,7 @@ def _health(account: address, strict: bool, known_market: uint256, known_price: 
             words: CollateralWords = self.collateral_words[i]
             token: address = convert(words.token_word & ADDRESS_MASK, address)
             p: int256 = self._price(
-                convert(words.feed_word & ADDRESS_MASK, address), 10 ** ((words.token_word >> 232) & BYTE_MASK), strict
+                convert(words.feed_word & ADDRESS_MASK, address), 10 ** ((words.token_word >> 232) & BYTE_MASK), max_age
             )
             unit: uint256 = 10 ** ((words.token_word >> 224) & BYTE_MASK)
             value: int256 = convert(self.collateral[account][token], int256) * p // convert(unit, int256)
@@ -437,7 +450,7 @@ def health(account: address) -> (int256, int256, int256):
     """
     @notice (equity, init_health, maint_health) in USD WAD at the latest prices, stale or not.
     """
-    h: Health = self._health(account, False, MAX_MARKETS, 0)
+    h: Health = self._health(account, LOOSE, MAX_MARKETS, 0)
     return (h.equity, h.init_health, h.maint_health)
 
 @view
@@ -455,7 +468,8 @@ def collateral_count() -> uint256:
 def preview_liquidate(account: address, market_id: uint256, max_size: uint256) -> LiquidationPlan:
     """
     @notice What liquidate(account, market_id, max_size) would do at the latest prices; reverts
-            with liquidate's reasons except that stale prices are read, not rejected.
+            with liquidate's reasons (a bad price too) except that stale prices are read, not
+            rejected.
     """
     return self._liquidation_plan(account, market_id, max_size, False)
 
@@ -463,7 +477,9 @@ def preview_liquidate(account: address, market_id: uint256, max_size: uint256) -
 @external
 def preview_liquidate_collateral(account: address, token: address, max_repay: uint256) -> CollateralLiquidationPlan:
     """
-    @notice What liquidate_collateral(account, token, max_repay) would do at the latest prices.
+    @notice What liquidate_collateral(account, token, max_repay) would do at the latest prices;
+            reverts with liquidate_collateral's reasons (a bad price too) except that stale
+            prices are read, not rejected.
     """
     return self._collateral_plan(account, token, max_repay, False)
 
@@ -500,7 +516,8 @@ def withdraw(token: address, amount: uint256):
     @notice Send `amount` native units of `token` from the caller's account to the caller.
             Quote withdrawals may not take cash below zero; afterwards init_health >= 0.
     """
-    assert self.hot_params & PAUSED_FLAG == 0, "paused"
+    params: uint256 = self.hot_params
+    assert params & PAUSED_FLAG == 0, "paused"
     assert amount > 0, "zero amount"
     assert amount <= MAX_AMOUNT, "amount too large"
     balance: uint256 = 0
@@ -519,7 +536,7 @@ def withdraw(token: address, amount: uint256):
         self.total_collateral[token] -= amount
         if balance == 0:
             self.held_collaterals[msg.sender] &= ~(1 << ((info >> INDEX_SHIFT) & BYTE_MASK))
-    assert self._health(msg.sender, True, MAX_MARKETS, 0).init_health >= 0, "insufficient margin"
+    assert self._health(msg.sender, self._strict_age(params), MAX_MARKETS, 0).init_health >= 0, "insufficient margin"
     assert extcall IERC20(token).transfer(msg.sender, amount, default_return_value=True), "transfer failed"
     log Withdraw(account=msg.sender, token=token, amount=amount, cash=c, collateral=balance)
 
@@ -535,7 +552,8 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     assert size_delta != 0, "zero amount"
     assert size_delta <= MAX_SIZE and size_delta >= -MAX_SIZE, "size too large"
     oracle: uint256 = self.market_words[market_id].oracle
-    p: int256 = self._oracle_price(oracle, True)
+    max_age: uint256 = self._strict_age(params)
+    p: int256 = self._oracle_price(oracle, max_age)
     if size_delta > 0:
         assert convert(p, uint256) <= limit_price, "price limit"
     else:
@@ -563,7 +581,7 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     increases_risk: bool = abs(new_size) > abs(old.size) or (old.size > 0 and new_size < 0) or (old.size < 0 and new_size > 0)
     if increases_risk:
         # dev: no external call since p was read, so the feed would answer the same again.
-        assert self._health(msg.sender, True, market_id, p).init_health >= 0, "insufficient margin"
+        assert self._health(msg.sender, max_age, market_id, p).init_health >= 0, "insufficient margin"
 
     log Trade(
         account=msg.sender, market=market_id, size_delta=size_delta, price=convert(p, uint256),
@@ -577,15 +595,18 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
 @internal
 def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, strict: bool) -> LiquidationPlan:
     params: uint256 = self.hot_params
+    max_age: uint256 = PREVIEW
+    if strict:
+        max_age = self._strict_age(params)
     assert market_id < (params >> MARKET_COUNT_SHIFT) & BYTE_MASK, "not listed"
     assert max_size > 0, "zero amount"
     assert account != self, "house"
-    h: Health = self._health(account, strict, MAX_MARKETS, 0)
+    h: Health = self._health(account, max_age, MAX_MARKETS, 0)
     assert h.maint_health < 0, "healthy"
     old: Position = self.position[account][market_id]
     assert old.size != 0, "no position"
 
-    p: int256 = self._market_price(market_id, strict)
+    p: int256 = self._market_price(market_id, max_age)
     fees: uint256 = self.market_words[market_id].fees
     imf: int256 = convert(fees & MASK64, int256)
     mmf: int256 = convert((fees >> 64) & MASK64, int256)
@@ -662,17 +683,20 @@ def liquidate(account: address, market_id: uint256, max_size: uint256):
 @view
 @internal
 def _collateral_plan(account: address, token: address, max_repay: uint256, strict: bool) -> CollateralLiquidationPlan:
+    max_age: uint256 = PREVIEW
+    if strict:
+        max_age = self._strict_age(self.hot_params)
     info: uint256 = self.collateral_info[token]
     assert info != 0, "not listed"
     assert max_repay > 0, "zero amount"
     assert account != self, "house"
-    assert self._health(account, strict, MAX_MARKETS, 0).maint_health < 0, "healthy"
+    assert self._health(account, max_age, MAX_MARKETS, 0).maint_health < 0, "healthy"
     c: int256 = self.cash[account]
     assert c < 0, "no debt"
     balance: uint256 = self.collateral[account][token]
     assert balance > 0, "no collateral"
 
-    p: int256 = self._price(convert(info & ADDRESS_MASK, address), 10 ** ((info >> 176) & BYTE_MASK), strict)
+    p: int256 = self._price(convert(info & ADDRESS_MASK, address), 10 ** ((info >> 176) & BYTE_MASK), max_age)
     # The caller's price: P * (1 - discount), rounded up so the account gives up no extra wei.
     discounted: uint256 = convert(self._mul_up(p, convert(WAD - ((info >> DISCOUNT_SHIFT) & MASK64), int256)), uint256)
     unit: uint256 = 10 ** ((info >> 168) & BYTE_MASK)

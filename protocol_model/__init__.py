@@ -7,8 +7,9 @@ from .wad import (
 )
 from .state import Account, Collateral, Feed, Market, Params, Position, ProtocolState
 from .health import (
-    UNBOUNDED_RATIO, Health, HealthBook, HealthBreakdown, answer_to_price, breakdown, feed_liquidation_price,
-    feed_price, health, is_bankrupt, is_liquidatable, liquidation_price, margin_ratio, overflow_safe, price,
+    LOOSE, PREVIEW, STRICT, UNBOUNDED_RATIO, Health, HealthBook, HealthBreakdown, answer_to_price, breakdown,
+    feed_liquidation_price, feed_price, health, is_bankrupt, is_liquidatable, liquidation_price, margin_ratio,
+    overflow_safe, price, read_age,
 )
 from .actions import (
     BadDebtSettlement, CollateralLiquidationPlan, DepositResult, LiquidationPlan, TradeResult, Wallets,

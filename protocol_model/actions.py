@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ConfigError, Revert
-from .health import Health, checked, checked_div_up, checked_mul_down, checked_mul_up, health, price
+from .health import PREVIEW, STRICT, Health, checked, checked_div_up, checked_mul_down, checked_mul_up, health, price
 from .state import Account, Collateral, Position, ProtocolState
 from .wad import (
     INT256_MAX,
@@ -355,7 +355,7 @@ def withdraw(state: ProtocolState, sender: str, token: str, amount: int, wallets
             collateral.pop(token, None)
         else:
             collateral[token] = balance
-    if health(state, _with(acc, c, collateral=collateral), strict=True).init_health < 0:
+    if health(state, _with(acc, c, collateral=collateral), strict=STRICT).init_health < 0:
         raise Revert("insufficient margin")
     _move(wallets, [_Transfer(token, state.engine, sender, amount, None)])
 
@@ -381,7 +381,7 @@ def trade(state: ProtocolState, sender: str, market_id: int, size_delta: int, li
     if not -MAX_SIZE <= size_delta <= MAX_SIZE:
         raise Revert("size too large")
     market = state.markets[market_id]
-    p = price(state, market.feed, True, market.price_scale)
+    p = price(state, market.feed, STRICT, market.price_scale)
     if size_delta > 0:
         if p > limit_price:
             raise Revert("price limit")
@@ -418,7 +418,7 @@ def trade(state: ProtocolState, sender: str, market_id: int, size_delta: int, li
             positions.pop(market_id, None)
         else:
             positions[market_id] = Position(BaseWad(new_size), Wad(new_quote))
-        if health(state, _with(acc, new_cash, positions=positions), strict=True).init_health < 0:
+        if health(state, _with(acc, new_cash, positions=positions), strict=STRICT).init_health < 0:
             raise Revert("insufficient margin")
 
     acc = state.account(sender)
@@ -432,8 +432,8 @@ def trade(state: ProtocolState, sender: str, market_id: int, size_delta: int, li
 # ---------------------------------------------------------------- liquidations
 
 
-def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_size: int, strict: bool) -> LiquidationPlan:
-    """``_liquidation_plan``: assert for assert, rounding for rounding."""
+def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_size: int, strict: int) -> LiquidationPlan:
+    """``_liquidation_plan``: assert for assert, rounding for rounding (``strict``: STRICT or PREVIEW)."""
     _uint256("market_id", market_id)
     _uint256("max_size", max_size)
     if market_id >= len(state.markets):
@@ -456,7 +456,7 @@ def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_si
 
     # Close what restores init_health to zero; a dust leftover is closed whole.
     s = checked(abs(old.size))
-    need = checked_div_up(checked_div_up(checked(-h.init_health), imf - fee), p)   # p == 0: division by zero
+    need = checked_div_up(checked_div_up(checked(-h.init_health), imf - fee), p)   # p > 0 in both read modes
     q = min(s, need)
     if checked_mul_up(s - q, p) < state.params.dust_notional:
         q = s
@@ -506,14 +506,18 @@ def _sum_checked(first: int, *terms: int) -> int:
 
 
 def preview_liquidate(state: ProtocolState, account: str, market_id: int, max_size: int) -> LiquidationPlan:
-    """The ``preview_liquidate`` view: the plan at the latest prices, stale or not (loose reads)."""
-    return _liquidation_plan(state, account, market_id, max_size, False)
+    """The ``preview_liquidate`` view: the plan at the latest prices, stale or not (PREVIEW reads).
+
+    It raises ``liquidate``'s reasons in ``liquidate``'s order, a bad price (``answer <= 0`` or above
+    ``MAX_PRICE``) included; only a stale price is read instead of rejected.
+    """
+    return _liquidation_plan(state, account, market_id, max_size, PREVIEW)
 
 
 def liquidate(state: ProtocolState, caller: str, account: str, market_id: int, max_size: int,
               wallets: Wallets | None = None) -> LiquidationPlan:
     """``liquidate(account, market, max_size)`` sent by ``caller``; the caller earns ``keeper_reward``."""
-    plan = _liquidation_plan(state, account, market_id, max_size, True)
+    plan = _liquidation_plan(state, account, market_id, max_size, STRICT)
 
     house = _house(state)
     house_old = house.positions.get(market_id, Position())
@@ -529,8 +533,8 @@ def liquidate(state: ProtocolState, caller: str, account: str, market_id: int, m
     return plan
 
 
-def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: int, strict: bool) -> CollateralLiquidationPlan:
-    """``_collateral_plan``: assert for assert, rounding for rounding."""
+def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: int, strict: int) -> CollateralLiquidationPlan:
+    """``_collateral_plan``: assert for assert, rounding for rounding (``strict``: STRICT or PREVIEW)."""
     _uint256("max_repay", max_repay)
     col = _collateral(state, token)
     if col is None:
@@ -573,8 +577,9 @@ def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: 
 
 
 def preview_liquidate_collateral(state: ProtocolState, account: str, token: str, max_repay: int) -> CollateralLiquidationPlan:
-    """The ``preview_liquidate_collateral`` view (loose reads)."""
-    return _collateral_plan(state, account, token, max_repay, False)
+    """The ``preview_liquidate_collateral`` view (PREVIEW reads): ``liquidate_collateral``'s reasons
+    in its order, a bad price included; only a stale price is read instead of rejected."""
+    return _collateral_plan(state, account, token, max_repay, PREVIEW)
 
 
 def liquidate_collateral(state: ProtocolState, caller: str, account: str, token: str, max_repay: int,
@@ -583,7 +588,7 @@ def liquidate_collateral(state: ProtocolState, caller: str, account: str, token:
 
     The caller pays ``repay`` quote native units and receives ``seized`` units of ``token``.
     """
-    plan = _collateral_plan(state, account, token, max_repay, True)
+    plan = _collateral_plan(state, account, token, max_repay, STRICT)
     transfers = []
     if plan.repay > 0:
         transfers.append(_Transfer(state.params.quote_token, caller, state.engine, plan.repay, state.engine))

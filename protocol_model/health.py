@@ -1,9 +1,12 @@
 """Prices and account health, exactly as ``contracts/MarginEngine.vy`` computes them.
 
-* :func:`price` mirrors ``_price``: strict reads (actions) revert with ``"bad price"`` /
-  ``"stale price"``; loose reads (views) clamp to ``[0, MAX_PRICE]`` and ignore the age.
+* :func:`price` mirrors ``_price`` in its three read modes: strict reads (``STRICT`` or ``True``,
+  actions) revert with ``"bad price"`` / ``"stale price"``; preview reads (``PREVIEW``, the preview
+  views) revert with ``"bad price"`` and ignore the age; loose reads (``LOOSE`` or ``False``, the
+  other views) clamp to ``[0, MAX_PRICE]`` and ignore the age.
 * :func:`health` mirrors ``_health``: cash, then the active markets in id order, then the held
-  collaterals in index order; in strict mode the first unusable price raises its reason.
+  collaterals in index order; in strict (preview) mode the first unusable (bad) price raises its
+  reason.
 * :func:`margin_ratio` and :func:`liquidation_price` are derived figures for people and the bot.
 * :class:`HealthBook` keeps the health of many accounts current under price updates: after one feed
   moves it recomputes only the terms that feed prices (the benchmark: 100,000 accounts in well
@@ -20,7 +23,7 @@ from typing import Iterable, NamedTuple
 
 from .errors import ConfigError, Revert
 from .state import Account, Feed, ProtocolState
-from .wad import INT256_MAX, INT256_MIN, MAX_PRICE, WAD, Wad, div_ceil, div_floor, mul_down, mul_up
+from .wad import INT256_MAX, INT256_MIN, MAX_PRICE, UINT256_MAX, WAD, Wad, div_ceil, div_floor, mul_down, mul_up
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,9 @@ __all__ = [
     "Health",
     "HealthBreakdown",
     "HealthBook",
+    "LOOSE",
+    "PREVIEW",
+    "STRICT",
     "UNBOUNDED_RATIO",
     "answer_to_price",
     "breakdown",
@@ -44,10 +50,22 @@ __all__ = [
     "margin_ratio",
     "overflow_safe",
     "price",
+    "read_age",
 ]
 
 # margin_ratio of an account with a requirement and a non-positive margin balance.
 UNBOUNDED_RATIO = INT256_MAX
+
+# Price read modes, the ``strict`` argument of the functions below (``False`` and ``True`` are
+# LOOSE and STRICT): views read loosely, actions strictly, the preview views in PREVIEW mode.
+LOOSE = 0
+STRICT = 1
+PREVIEW = 2
+
+# The engine passes the mode to ``_price`` as ``max_age``: a strict read's age limit is
+# max_price_age, capped below these two values, which select the views' modes.
+_LOOSE_AGE = UINT256_MAX
+_PREVIEW_AGE = UINT256_MAX - 1
 
 
 class Health(NamedTuple):
@@ -90,21 +108,36 @@ def answer_to_price(answer: int, price_scale: int) -> Wad:
     return Wad(answer * price_scale)
 
 
-def feed_price(feed: Feed, price_scale: int, timestamp: int, max_price_age: int, strict: bool) -> Wad:
+def read_age(strict: int, max_price_age: int) -> int:
+    """The engine's ``max_age`` argument of ``_price`` for a read mode (``_strict_age`` for STRICT)."""
+    if strict == PREVIEW:
+        return _PREVIEW_AGE
+    if strict == STRICT:
+        return min(max_price_age, _PREVIEW_AGE - 1)
+    if strict == LOOSE:
+        return _LOOSE_AGE
+    raise ConfigError(f"unknown price read mode {strict!r}: LOOSE, STRICT or PREVIEW")
+
+
+def feed_price(feed: Feed, price_scale: int, timestamp: int, max_price_age: int, strict: int) -> Wad:
     """``_price`` on a feed reading: the same checks in the same order.
 
-    ``timestamp`` is the block time the read happens at; it only matters when ``strict``.
+    ``strict`` is the read mode (``LOOSE``/``False``, ``STRICT``/``True`` or ``PREVIEW``). A bad
+    price (``answer <= 0`` or above ``MAX_PRICE``) raises ``"bad price"`` unless the read is loose;
+    an old one ``"stale price"`` only when it is strict. ``timestamp`` is the block time the read
+    happens at.
     """
+    max_age = read_age(strict, max_price_age)
     answer = feed.answer
     if answer <= 0:
-        if strict:
+        if max_age != _LOOSE_AGE:
             raise Revert("bad price")
         return Wad(0)
     if answer > MAX_PRICE // price_scale:
-        if strict:
+        if max_age != _LOOSE_AGE:
             raise Revert("bad price")
         return Wad(MAX_PRICE)
-    if strict and feed.updated_at < timestamp and timestamp - feed.updated_at > max_price_age:
+    if feed.updated_at < timestamp and timestamp - feed.updated_at > max_age:
         raise Revert("stale price")
     return Wad(answer * price_scale)
 
@@ -116,8 +149,8 @@ def _feed(state: ProtocolState, feed_address: str) -> Feed:
     return feed
 
 
-def price(state: ProtocolState, feed_address: str, strict: bool, price_scale: int | None = None) -> Wad:
-    """The engine's ``_price(feed, price_scale, strict)`` at ``state.timestamp``.
+def price(state: ProtocolState, feed_address: str, strict: int, price_scale: int | None = None) -> Wad:
+    """The engine's ``_price(feed, price_scale, max_age)`` in read mode ``strict`` at ``state.timestamp``.
 
     ``price_scale`` defaults to the feed's own ``10**(18 - decimals)``, which is what the engine
     stored for every market and collateral priced by it.
@@ -154,14 +187,14 @@ def checked_div_up(a: int, b: int) -> int:
     return div_ceil(checked(a * WAD), b)
 
 
-def breakdown(state: ProtocolState, account: Account, strict: bool = False) -> HealthBreakdown:
+def breakdown(state: ProtocolState, account: Account, strict: int = LOOSE) -> HealthBreakdown:
     """The terms of the account's health, computed exactly as ``_health`` computes them.
 
     Markets are visited in id order, then collaterals in index order, skipping zero entries (the
     engine's bitmasks). Every product and running sum is checked like the engine's int256
-    arithmetic, so in strict mode the first unusable price raises its reason and an overflow
-    raises ``Revert("")`` at the same point as in the engine; the ``health`` view (loose) reverts
-    on overflow too, and so does this function.
+    arithmetic, so in strict (preview) mode the first unusable (bad) price raises its reason and
+    an overflow raises ``Revert("")`` at the same point as in the engine; the ``health`` view
+    (loose) reverts on overflow too, and so does this function.
     """
     prices: dict[tuple[str, int], int] = {}
 
@@ -214,12 +247,13 @@ def breakdown(state: ProtocolState, account: Account, strict: bool = False) -> H
     )
 
 
-def health(state: ProtocolState, account: Account, strict: bool = False) -> Health:
-    """``_health(account, strict)``: (equity, init_health, maint_health) in USD WAD.
+def health(state: ProtocolState, account: Account, strict: int = LOOSE) -> Health:
+    """``_health(account, max_age)``: (equity, init_health, maint_health) in USD WAD.
 
-    With ``strict=False`` this equals the engine's ``health(account)`` view; with ``strict=True`` it
-    raises :class:`Revert` where an action's health check would. Both raise ``Revert("")`` where the
-    engine's int256 arithmetic overflows (only for collateral balances far beyond any real supply).
+    With ``strict=False`` (``LOOSE``) this equals the engine's ``health(account)`` view; with
+    ``strict=True`` (``STRICT``) it raises :class:`Revert` where an action's health check would, with
+    ``PREVIEW`` where a preview's would. All raise ``Revert("")`` where the engine's int256
+    arithmetic overflows (only for collateral balances far beyond any real supply).
     """
     return breakdown(state, account, strict).health
 

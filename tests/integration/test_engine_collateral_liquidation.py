@@ -421,12 +421,6 @@ def test_settle_bad_debt_house(protocol, actors):
 # ---------------------------------------------------------------- preview on unusable prices
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preview_liquidate_collateral reads the price loosely: at a zero answer it returns repay 0 "
-    "and seizes the whole balance, while liquidate_collateral reverts 'bad price'; docs/protocol.md: "
-    "previews revert with the action's reasons except for stale prices",
-)
 def test_preview_liquidate_collateral_on_bad_price_reverts_like_the_action(protocol, actors):
     from eth_tester.exceptions import TransactionFailed
     from web3.exceptions import ContractLogicError

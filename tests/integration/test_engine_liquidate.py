@@ -491,12 +491,6 @@ def deploy_settable_feed(p, answer: int):
     return p.w3.eth.contract(address=receipt["contractAddress"], abi=out["abi"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preview_liquidate reads prices loosely: on a non-positive answer it reverts with empty data "
-    "(division by zero in need), above MAX_PRICE it returns a plan at the clamped price, while liquidate "
-    "reverts 'bad price'; docs/protocol.md: previews revert with the action's reasons except for stale prices",
-)
 @pytest.mark.parametrize("answer", [0, -5, 2**100 // 10**10 + 1])
 def test_preview_liquidate_on_bad_price_reverts_like_liquidate(protocol, actors, answer):
     from eth_tester.exceptions import TransactionFailed

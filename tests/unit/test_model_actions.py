@@ -333,13 +333,58 @@ def test_liquidation_keeper_reward_needs_engine_tokens() -> None:
     reverts("insufficient balance", state, lambda: pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX, w), w)
 
 
-def test_preview_of_a_zero_price_divides_by_zero() -> None:
-    # a loose read of a non-positive answer is 0: the engine's plan divides by it and reverts ""
+@pytest.mark.parametrize("answer", [0, -5, MAX_PRICE // SCALE + 1])
+def test_preview_liquidate_rejects_a_bad_price_like_liquidate(answer: int) -> None:
+    # A long is wiped out at a price of 0 or below, a short above MAX_PRICE; either way the price is
+    # unusable and the preview reverts with liquidate's reason (it used to divide by a loose 0, or
+    # to plan at the clamped MAX_PRICE).
     state = make_state()
-    with_position(state, 0, 0, WAD, -2_000 * WAD)
-    state.feeds[ETH_FEED].answer = 0
-    reverts("", state, lambda: pm.preview_liquidate(state, TRADER, 0, 1))
-    reverts("bad price", state, lambda: pm.liquidate(state, KEEPER, TRADER, 0, 1))
+    size = WAD if answer <= 0 else -WAD
+    with_position(state, 0, 0, size, -size * 2_000)
+    state.feeds[ETH_FEED].answer = answer
+    assert pm.health(state, state.accounts[TRADER]).maint_health < 0      # the health view still clamps
+    reverts("bad price", state, lambda: pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX))
+    reverts("bad price", state, lambda: pm.preview_liquidate(state, TRADER, 0, UINT256_MAX))
+    # a bad price and a stale one: "bad price" comes first in both
+    state.timestamp = T0 + 3_601
+    reverts("bad price", state, lambda: pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX))
+    reverts("bad price", state, lambda: pm.preview_liquidate(state, TRADER, 0, UINT256_MAX))
+
+
+def test_preview_liquidate_bad_price_in_the_engine_order() -> None:
+    # The health read comes after "not listed", "zero amount" and "house", and a bad price of any
+    # feed the account holds (here the WBTC collateral's) stops it, healthy or not, before "healthy"
+    # and "no position"; a feed the account does not hold is never read.
+    state = make_state()
+    with_position(state, 150 * WAD, 0, WAD, -2_000 * WAD, wbtc=10**8)     # healthy
+    state.feeds[BTC_FEED].answer = 0
+    for fn in (lambda *a: pm.liquidate(state, KEEPER, *a), lambda *a: pm.preview_liquidate(state, *a)):
+        reverts("not listed", state, lambda: fn(TRADER, 2, 0))
+        reverts("zero amount", state, lambda: fn(TRADER, 0, 0))
+        reverts("house", state, lambda: fn(ENGINE, 0, 1))
+        reverts("bad price", state, lambda: fn(TRADER, 0, 1))
+        reverts("bad price", state, lambda: fn(TRADER, 1, 1))             # before "no position"
+    state.feeds[BTC_FEED].answer = 60_000 * 10**8
+    state.feeds[ETH_FEED].answer = 1_000 * 10**8                          # liquidatable now
+    state.accounts[TRADER].collateral.clear()
+    state.feeds[BTC_FEED].answer = -1                                     # not held: not read
+    assert pm.preview_liquidate(state, TRADER, 0, 1).size_delta == -1
+    pm.liquidate(state, KEEPER, TRADER, 0, 1)
+
+
+def test_previews_read_a_stale_price_but_not_a_bad_one() -> None:
+    # stale only: the preview plans at the stale price, the action reverts "stale price"
+    state = make_state()
+    with_position(state, 50 * WAD, 0, WAD, -2_000 * WAD)
+    state.timestamp = T0 + 10**9
+    reverts("stale price", state, lambda: pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX))
+    state.timestamp = T0
+    fresh = pm.preview_liquidate(state, TRADER, 0, UINT256_MAX)
+    state.timestamp = T0 + 10**9
+    assert pm.preview_liquidate(state, TRADER, 0, UINT256_MAX) == fresh
+    # the answer at the top of the usable range is not bad: the preview plans at it
+    state.feeds[ETH_FEED].answer = MAX_PRICE // SCALE
+    reverts("healthy", state, lambda: pm.preview_liquidate(state, TRADER, 0, UINT256_MAX))
 
 
 def test_keeper_reward_in_an_18_decimal_quote() -> None:
@@ -399,6 +444,33 @@ def test_collateral_liquidation_rounds_the_debt_up() -> None:
     state.account(TRADER).positions[0] = pm.Position(WAD, -4_000 * WAD)   # liquidatable through a loss
     plan = pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX)
     assert plan.repay == 1 and plan.cash == QS - 1
+
+
+@pytest.mark.parametrize("answer", [0, -1, MAX_PRICE // SCALE + 1])
+def test_preview_liquidate_collateral_rejects_a_bad_price_like_the_action(answer: int) -> None:
+    # A zero answer used to give a plan that seized the whole balance for a repay of 0. The health
+    # read rejects the price before "healthy" (at a loose MAX_PRICE the account would be healthy).
+    state = make_state(eth=1_000)
+    debtor(state, -1_000 * WAD, WAD)
+    state.feeds[ETH_FEED].answer = answer
+    assert (pm.health(state, state.accounts[TRADER]).maint_health < 0) == (answer <= 0)
+    reverts("bad price", state, lambda: pm.liquidate_collateral(state, KEEPER, TRADER, WETH, UINT256_MAX))
+    reverts("bad price", state, lambda: pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX))
+    state.timestamp = T0 + 3_601                                          # stale too: still "bad price"
+    reverts("bad price", state, lambda: pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX))
+    # the reasons before the health read come first
+    reverts("not listed", state, lambda: pm.preview_liquidate_collateral(state, TRADER, USDC, 1))
+    reverts("zero amount", state, lambda: pm.preview_liquidate_collateral(state, TRADER, WETH, 0))
+    reverts("house", state, lambda: pm.preview_liquidate_collateral(state, ENGINE, WETH, 1))
+
+
+def test_preview_liquidate_collateral_reads_a_stale_price() -> None:
+    state = make_state(eth=1_000)
+    debtor(state, -1_000 * WAD, WAD)
+    fresh = pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX)
+    state.timestamp = T0 + 3_601
+    reverts("stale price", state, lambda: pm.liquidate_collateral(state, KEEPER, TRADER, WETH, UINT256_MAX))
+    assert pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX) == fresh
 
 
 def test_collateral_liquidation_reverts_in_the_engine_order() -> None:

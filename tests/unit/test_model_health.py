@@ -102,6 +102,46 @@ def test_staleness_boundary_and_future_updates() -> None:
     assert pm.price(state, ETH_FEED, strict=True) == 2_000 * WAD
 
 
+@pytest.mark.parametrize("answer", [0, -5, MAX_PRICE // SCALE + 1])
+def test_preview_reads_reject_a_bad_price_at_any_age(answer: int) -> None:
+    # PREVIEW (the preview views): a bad price reverts as in a strict read, fresh or stale
+    state = make_state()
+    state.feeds[ETH_FEED].answer = answer
+    for t in (T0, T0 + 3_601):
+        state.timestamp = t
+        with pytest.raises(Revert) as exc:
+            pm.price(state, ETH_FEED, pm.PREVIEW)
+        assert exc.value.reason == "bad price"
+    assert pm.price(state, ETH_FEED, pm.LOOSE) == answer_to_price(answer, SCALE)
+
+
+def test_preview_reads_ignore_the_age() -> None:
+    state = make_state()
+    state.timestamp = T0 + 3_601                                # stale for a strict read
+    with pytest.raises(Revert) as exc:
+        pm.price(state, ETH_FEED, pm.STRICT)
+    assert exc.value.reason == "stale price"
+    assert pm.price(state, ETH_FEED, pm.PREVIEW) == 2_000 * WAD
+    state.timestamp = T0 + 10**15
+    assert pm.price(state, ETH_FEED, pm.PREVIEW) == pm.price(state, ETH_FEED, pm.LOOSE) == 2_000 * WAD
+    top = MAX_PRICE // SCALE                                    # the top of the range is usable
+    state.feeds[ETH_FEED].answer = top
+    assert pm.price(state, ETH_FEED, pm.PREVIEW) == top * SCALE
+
+
+def test_read_modes_are_the_engines_max_age() -> None:
+    # _price's max_age argument: LOOSE and PREVIEW are the two largest uint256, a strict read's
+    # max_price_age is capped below them; False / True are LOOSE / STRICT
+    top = 2**256 - 1
+    assert pm.read_age(pm.LOOSE, 60) == pm.read_age(False, 60) == top
+    assert pm.read_age(pm.PREVIEW, 60) == top - 1
+    assert pm.read_age(pm.STRICT, 60) == pm.read_age(True, 60) == 60
+    assert pm.read_age(pm.STRICT, top) == pm.read_age(pm.STRICT, top - 1) == top - 2
+    assert pm.read_age(pm.STRICT, top - 3) == top - 3
+    with pytest.raises(pm.ConfigError):
+        pm.read_age(3, 60)
+
+
 def test_unknown_feed_is_a_config_error() -> None:
     with pytest.raises(pm.ConfigError):
         pm.price(make_state(), "0x00000000000000000000000000000000000000FF", strict=False)
@@ -155,6 +195,18 @@ def test_health_reads_markets_then_collaterals_and_reports_the_first_bad_price()
     assert pm.health(state, account(5 * WAD), strict=True) == (5 * WAD, 5 * WAD, 5 * WAD)
     # loosely, nothing reverts: ETH counts 0
     assert pm.health(state, account(0, None, {WETH: WAD})) == (0, 0, 0)
+
+
+def test_health_in_preview_mode_reports_the_first_bad_price_and_reads_stale_ones() -> None:
+    state = make_state()
+    state.feeds[ETH_FEED].answer = 0                  # bad
+    state.feeds[BTC_FEED].updated_at = T0 - 3_601     # stale
+    # strictly, market 1 (BTC, stale) stops the pass; in preview mode it is read and WETH (bad) stops it
+    acc = account(0, {1: (WAD, -60_000 * WAD)}, {WETH: WAD})
+    with pytest.raises(Revert) as exc:
+        pm.health(state, acc, pm.PREVIEW)
+    assert exc.value.reason == "bad price"
+    assert pm.health(state, account(0, {1: (WAD, -60_000 * WAD)}), pm.PREVIEW) == (0, -6_000 * WAD, -3_000 * WAD)
 
 
 def test_health_overflow_reverts_like_the_engine() -> None:
