@@ -224,6 +224,11 @@ MAX_COLLATERALS: constant(uint256) = 8
 MAX_AMOUNT: constant(uint256) = 2**128      # native units; largest deposit/withdraw/seed amount
 MAX_SIZE: constant(int256) = 2**100         # base units WAD; largest |size| (about 1.27e12 units)
 MAX_PRICE: constant(uint256) = 2**100       # USD WAD; largest usable price (about 1.27e12 USD)
+# Whole tokens; total_collateral[token] <= MAX_TOTAL_COLLATERAL * 10**decimals ("deposit cap"). The
+# largest bound for which balance * P and value * weight fit in int256 at every P <= MAX_PRICE,
+# weight < WAD and decimals <= 18 (about 4.57e28 tokens, 2**95.2); see docs/protocol.md.
+MAX_TOTAL_COLLATERAL: constant(uint256) = (2**255 - 1) // (MAX_PRICE * WAD)
+
 # Price read modes: _price's max_age argument. A strict read (actions) passes the protocol's
 # max_price_age, at most PREVIEW - 1 (_strict_age); these two values above it select the views'
 # modes. Both accept any age a chain can reach (block.timestamp - updatedAt < 2**256 - 2).
@@ -502,7 +507,8 @@ def deposit(token: address, amount: uint256):
         assert info != 0, "not listed"
         total: uint256 = self.total_collateral[token] + amount
         cap: uint256 = self.collateral_config[token].deposit_cap
-        assert cap == 0 or total <= cap, "deposit cap"
+        # dev: the hard bound keeps every balance's health terms inside int256 (MAX_TOTAL_COLLATERAL).
+        assert total <= MAX_TOTAL_COLLATERAL * 10 ** ((info >> 168) & BYTE_MASK) and (cap == 0 or total <= cap), "deposit cap"
         self.total_collateral[token] = total
         balance = self.collateral[msg.sender][token] + amount
         self.collateral[msg.sender][token] = balance

@@ -2,7 +2,8 @@
 
 from .errors import ChainError, ConfigError, Revert, XmarginError
 from .wad import (
-    INT256_MAX, INT256_MIN, MAX_AMOUNT, MAX_COLLATERALS, MAX_MARKETS, MAX_PRICE, MAX_SIZE, UINT256_MAX, WAD,
+    INT256_MAX, INT256_MIN, MAX_AMOUNT, MAX_COLLATERALS, MAX_MARKETS, MAX_PRICE, MAX_SIZE, MAX_TOTAL_COLLATERAL,
+    UINT256_MAX, WAD,
     BaseWad, Native, Wad, div_ceil, div_floor, div_up, evm_sdiv, mul_down, mul_up, to_wad,
 )
 from .state import Account, Collateral, Feed, Market, Params, Position, ProtocolState

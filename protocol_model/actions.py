@@ -20,7 +20,8 @@ gives it ``seized`` collateral units.
 Integer overflow: the engine reverts (reason ``""``) on int256/uint256 overflow and on division by
 zero; the model checks the same operations at the same points (``checked*`` from
 :mod:`protocol_model.health`), so it raises ``Revert("")`` where the engine would. Within the
-engine's bounds this only happens with astronomical collateral balances or cash. Arguments outside
+engine's bounds (collateral balances are held below ``MAX_TOTAL_COLLATERAL`` whole tokens by the
+deposit cap) this only happens with an astronomical cash or quote. Arguments outside
 their ABI type (a negative ``uint256``) cannot be encoded into a transaction at all and raise
 :class:`ConfigError`.
 """
@@ -40,6 +41,7 @@ from .wad import (
     MAX_AMOUNT,
     MAX_PRICE,
     MAX_SIZE,
+    MAX_TOTAL_COLLATERAL,
     UINT256_MAX,
     WAD,
     BaseWad,
@@ -312,7 +314,8 @@ def deposit(state: ProtocolState, sender: str, token: str, amount: int, wallets:
         if col is None:
             raise Revert("not listed")
         total = _checked_u256(state.total_collateral.get(token, 0) + amount)
-        if not (col.deposit_cap == 0 or total <= col.deposit_cap):
+        # The hard bound keeps every balance's health terms inside int256; the owner's cap below it.
+        if not (total <= MAX_TOTAL_COLLATERAL * col.unit and (col.deposit_cap == 0 or total <= col.deposit_cap)):
             raise Revert("deposit cap")
         balance = _checked_u256(acc.collateral.get(token, 0) + amount)
     _move(wallets, [_Transfer(token, sender, state.engine, amount, state.engine)])

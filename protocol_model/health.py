@@ -253,7 +253,8 @@ def health(state: ProtocolState, account: Account, strict: int = LOOSE) -> Healt
     With ``strict=False`` (``LOOSE``) this equals the engine's ``health(account)`` view; with
     ``strict=True`` (``STRICT``) it raises :class:`Revert` where an action's health check would, with
     ``PREVIEW`` where a preview's would. All raise ``Revert("")`` where the engine's int256
-    arithmetic overflows (only for collateral balances far beyond any real supply).
+    arithmetic overflows, which the deposit cap (``MAX_TOTAL_COLLATERAL``) keeps collateral balances
+    from doing; only an account's cash or quote near the int256 limit still could.
     """
     return breakdown(state, account, strict).health
 

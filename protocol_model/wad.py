@@ -26,6 +26,11 @@ MAX_COLLATERALS = 8
 MAX_AMOUNT = 2**128     # native units
 MAX_SIZE = 2**100       # base units WAD
 MAX_PRICE = 2**100      # USD WAD
+# Whole tokens of one collateral the engine holds in total (total_collateral[token] <=
+# MAX_TOTAL_COLLATERAL * 10**decimals, else "deposit cap"): the largest such bound for which
+# balance * P and value * weight fit in int256 at every P <= MAX_PRICE, weight < WAD and
+# decimals <= 18. About 4.57e28 tokens (2**95.2); docs/protocol.md derives it.
+MAX_TOTAL_COLLATERAL = (2**255 - 1) // (MAX_PRICE * WAD)
 
 
 def evm_sdiv(a: int, b: int) -> int:

@@ -58,7 +58,7 @@ from web3 import Web3
 
 import protocol_model as pm
 from protocol_model import WAD, Revert
-from protocol_model.wad import MAX_AMOUNT, MAX_PRICE, MAX_SIZE, UINT256_MAX
+from protocol_model.wad import MAX_AMOUNT, MAX_PRICE, MAX_SIZE, MAX_TOTAL_COLLATERAL, UINT256_MAX
 
 MAX_UINT = UINT256_MAX
 GAS = 5_000_000
@@ -496,6 +496,7 @@ AMOUNTS = st.one_of(
     st.tuples(st.just("wei"), st.integers(0, 1000)),
     st.tuples(st.just("raw"), st.integers(1, MAX_AMOUNT)),
     st.tuples(st.just("bound"), st.integers(-1, 1)),            # MAX_AMOUNT + d
+    st.tuples(st.just("cap"), st.integers(-1, 1)),              # takes the token's total to its bound + d
 )
 WITHDRAWALS = st.one_of(
     st.tuples(st.just("frac"), st.integers(1, 1000)),
@@ -738,8 +739,12 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(actor=CALLERS, token=TOKENS, amount=AMOUNTS)
     def deposit(self, actor: str, token: str, amount: tuple[str, int]) -> None:
         kind, x = amount
-        n = {"wei": x, "whole": x * self.unit(token), "raw": x, "bound": MAX_AMOUNT + x}[kind]
         sender, tok = self.addr(actor), self.token(token)
+        if kind == "cap":   # the room left under MAX_TOTAL_COLLATERAL whole tokens (the quote token has no cap)
+            room = MAX_TOTAL_COLLATERAL * self.unit(token) - self.model.total_collateral.get(tok, 0)
+            n = max(room + x, 0)
+        else:
+            n = {"wei": x, "whole": x * self.unit(token), "raw": x, "bound": MAX_AMOUNT + x}[kind]
         self.mirror("deposit", f"{actor} deposits {n} {token}", sender, self.c.engine,
                     calldata("deposit(address,uint256)", tok, n),
                     lambda: pm.deposit(self.model, sender, tok, n, self.wallets))
@@ -949,7 +954,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                                   "seed_insurance")),
           by_owner=st.integers(0, 7), share=st.sampled_from((0, WAD // 3, WAD // 2, WAD, WAD + 1)),
           age=st.sampled_from((0, 60, 3600, 3600, DAY)), dust=st.sampled_from((0, 10 * WAD, 10 * WAD, MAX_PRICE, MAX_PRICE + 1)),
-          which=st.integers(0, 1), cap=st.sampled_from((0, 0, 1, 10**18, 10**21, 10**24)), amount=st.integers(0, 10**6),
+          which=st.integers(0, 1), cap=st.sampled_from((0, 0, 1, 10**18, 10**21, 10**24, 2**200)), amount=st.integers(0, 10**6),
           weights=st.sampled_from(((80, 85, 5), (0, 0, 0), (50, 90, 9), (90, 85, 5), (50, 96, 4), (10, 50, 49))),
           fractions=st.sampled_from(((100, 50, 20, 5), (200, 100, 10, 0), (50, 50, 20, 5), (100, 50, 0, 5), (1000, 999, 1, 999))))
     def admin(self, action: str, by_owner: int, share: int, age: int, dust: int, which: int, cap: int, amount: int,
@@ -1018,20 +1023,25 @@ def run_steps(harness: Harness, steps: Callable[[DifferentialMachine], None]) ->
         machine.teardown()
 
 
-def test_regression_health_overflow_reverts_in_model_and_engine(harness: Harness) -> None:
+def test_regression_health_overflow_deposit_is_capped(harness: Harness) -> None:
     """Found by the machine: in the q18 case WETH has 8 decimals, so 2**128 - 1 units at the feed's
-    top answer are worth about 2**201 USD WAD and ``mul_down(value, weight)`` overflows int256. The
-    engine's ``health`` view (and with it the whole ``Lens.accounts`` batch) reverts with no reason;
-    the model used to return a number. It now raises ``Revert("")`` at the same operation, and so do
-    the actions whose health check overflows (a partial withdrawal); withdrawing everything works."""
+    top answer were worth about 2**201 USD WAD and ``mul_down(value, weight)`` overflowed int256:
+    the engine's ``health`` view (and the whole ``Lens.accounts`` batch) reverted. Since the bound on
+    a collateral's total deposits (``MAX_TOTAL_COLLATERAL`` whole tokens) that deposit reverts
+    ``"deposit cap"`` on both sides; a deposit up to the bound, one unit short of it and exactly at
+    it, leaves an account whose health both compute at the top price, and one unit more reverts."""
 
     def steps(m: DifferentialMachine) -> None:
         m.setup(case="q18", eth=("top", -688), btc=("default", 0))
-        m.deposit(actor="trader", token="WETH", amount=("bound", -1))
-        with pytest.raises(Revert):
-            pm.health(m.model, m.model.accounts[m.addr("trader")])
+        m.deposit(actor="trader", token="WETH", amount=("bound", -1))      # "deposit cap" on both sides
+        m.deposit(actor="trader", token="WETH", amount=("cap", -1))
+        m.deposit(actor="trader2", token="WETH", amount=("cap", 0))        # one unit: exactly the bound
+        m.deposit(actor="rival", token="WETH", amount=("cap", 1))          # "deposit cap" on both sides
+        weth = m.token("WETH")
+        assert m.model.total_collateral[weth] == MAX_TOTAL_COLLATERAL * m.unit("WETH")
+        pm.health(m.model, m.model.accounts[m.addr("trader")])
         m.read_through_lens()
-        m.withdraw(actor="trader", token="WETH", amount=("frac", 500))     # reverts "" on both sides
+        m.withdraw(actor="trader", token="WETH", amount=("frac", 500))
         m.withdraw(actor="trader", token="WETH", amount=("all", 0))
 
     run_steps(harness, steps)
@@ -1055,15 +1065,30 @@ def test_regression_collateral_liquidation_takes_whole_balance_at_cap(harness: H
     run_steps(harness, steps)
 
 
-@pytest.mark.xfail(strict=True, reason="contract bug: MarginEngine._health overflows int256 for a "
-                   "collateral balance within the documented bounds (MAX_AMOUNT units of an 8- or 6-decimal "
-                   "token at a price <= MAX_PRICE), so health() and the whole Lens.accounts batch revert")
-def test_engine_health_never_reverts_within_the_documented_bounds(deployments: dict[str, Any], actors: Any) -> None:
-    """docs/protocol.md: with MAX_SIZE, MAX_PRICE and MAX_AMOUNT "no health term can overflow".
-    A deposit the engine accepts must leave an account whose health the engine can compute, or a
-    single such account makes every Lens.accounts batch that includes it revert."""
-    protocol = deployments["q18"]                      # WETH has 8 decimals here
-    feed = protocol.feed("ETH")
+@pytest.mark.parametrize("case, symbol", [("q18", "WETH"), ("q18", "WBTC"), ("q8", "WETH"), ("q6", "WBTC")])
+def test_engine_health_never_reverts_within_the_documented_bounds(deployments: dict[str, Any], actors: Any,
+                                                                   case: str, symbol: str) -> None:
+    """docs/protocol.md: with MAX_SIZE, MAX_PRICE and the bound on a collateral's total deposits
+    (``MAX_TOTAL_COLLATERAL`` whole tokens) "no health term can overflow". A deposit the engine
+    accepts must leave an account whose health the engine can compute, or a single such account
+    makes every Lens.accounts batch that includes it revert. MAX_AMOUNT units of a 6- or 8-decimal
+    token (the case that overflowed) are now above the bound: "deposit cap"; the whole bound is
+    accepted, and the engine computes its health at the feed's top answer, as the model does."""
+    protocol = deployments[case]
+    decimals = protocol.decimals(symbol)
+    assert decimals in (6, 8)
+    feed = protocol.feed("ETH" if symbol == "WETH" else "BTC")
     protocol.owner.send(feed.functions.set_answer(feed.functions.max_answer().call()))
-    protocol.deposit(actors.trader, "WETH", MAX_AMOUNT)
-    protocol.engine.functions.health(actors.trader.address).call()
+    token = protocol.token(symbol)
+    protocol.fund(actors.trader, symbol, MAX_AMOUNT)
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(protocol.engine.functions.deposit(token.address, MAX_AMOUNT))
+    assert exc.value.reason == "deposit cap"
+    bound = MAX_TOTAL_COLLATERAL * 10**decimals
+    actors.trader.send(protocol.engine.functions.deposit(token.address, bound))
+    state = load_state(protocol, protocol.engine.address)
+    acc = state.account(actors.trader.address)
+    acc.collateral[token.address] = bound
+    on_chain = tuple(protocol.engine.functions.health(actors.trader.address).call())
+    assert on_chain == tuple(pm.health(state, acc))
+    assert on_chain[0] == bound * (feed.functions.max_answer().call() * 10**10) // 10**decimals

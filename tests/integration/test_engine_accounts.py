@@ -161,6 +161,73 @@ def test_deposit_cap_allows_up_to_cap_then_reverts(protocol, actors):
     assert p.engine.functions.total_collateral(weth.address).call() == cap
 
 
+# The hard bound on a collateral's total deposits (docs/protocol.md): the largest number of whole
+# tokens for which balance * P and value * weight stay inside int256 at every P <= MAX_PRICE.
+MAX_TOTAL_COLLATERAL = (2**255 - 1) // (MAX_PRICE * WAD)
+
+
+@pytest.mark.parametrize("decimals", [0, 6, 8])
+def test_deposit_total_bound_allows_up_to_it_then_reverts_deposit_cap(protocol, actors, decimals):
+    p = protocol
+    token, feed = list_extra_collateral(p, feed_answer=10**8, feed_max=2**200, decimals=decimals)
+    bound = MAX_TOTAL_COLLATERAL * 10**decimals
+    assert bound < MAX_AMOUNT                          # one deposit can reach it
+    fund_token(p, actors.trader, token, bound + 1)
+    fund_token(p, actors.trader2, token, 1)
+
+    receipt = actors.trader.send(p.engine.functions.deposit(token.address, bound - 1))
+    [ev] = events(p, receipt, "Deposit")
+    assert (ev.args.account, ev.args.token, ev.args.amount, ev.args.cash, ev.args.collateral) == (
+        actors.trader.address, token.address, bound - 1, 0, bound - 1,
+    )
+    receipt = actors.trader2.send(p.engine.functions.deposit(token.address, 1))   # exactly the bound
+    [ev] = events(p, receipt, "Deposit")
+    assert (ev.args.amount, ev.args.cash, ev.args.collateral) == (1, 0, 1)
+    assert p.engine.functions.total_collateral(token.address).call() == bound
+
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(token.address, 1))
+    assert exc.value.reason == "deposit cap"
+    assert p.engine.functions.total_collateral(token.address).call() == bound
+    assert p.engine.functions.collateral(actors.trader.address, token.address).call() == bound - 1
+    assert token.functions.balanceOf(actors.trader.address).call() == 2
+
+    # The worst case for health: the largest weight and a price above the range, read as MAX_PRICE.
+    p.owner.send(p.engine.functions.set_collateral_params(token.address, WAD - 1, WAD - 1, 0, 0))
+    p.owner.send(feed.functions.set_answer(2**200))
+    value = value_of(bound - 1, MAX_PRICE, decimals)
+    assert p.health(actors.trader.address) == (value, mul_down(value, WAD - 1), mul_down(value, WAD - 1))
+
+    # A withdrawal makes room again.
+    p.owner.send(feed.functions.set_answer(10**8))
+    actors.trader2.send(p.engine.functions.withdraw(token.address, 1))
+    actors.trader.send(p.engine.functions.deposit(token.address, 1))
+    assert p.engine.functions.total_collateral(token.address).call() == bound
+
+
+def test_deposit_total_bound_order_and_owner_cap(protocol, actors):
+    p = protocol
+    token, _ = list_extra_collateral(p, feed_answer=10**8, feed_max=2**200, decimals=8)
+    bound = MAX_TOTAL_COLLATERAL * 10**8
+    fund_token(p, actors.trader, token, MAX_AMOUNT + 1)
+    # "amount too large" is checked first; an amount within MAX_AMOUNT but above the bound: "deposit cap"
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(token.address, MAX_AMOUNT + 1))
+    assert exc.value.reason == "amount too large"
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(token.address, MAX_AMOUNT))
+    assert exc.value.reason == "deposit cap"
+    # An owner's cap above the bound does not lift it.
+    p.owner.send(p.engine.functions.set_collateral_params(token.address, 5 * 10**17, 6 * 10**17, 5 * 10**16, bound + 10))
+    actors.trader.send(p.engine.functions.deposit(token.address, bound))
+    with pytest.raises(Revert) as exc:
+        actors.trader.send(p.engine.functions.deposit(token.address, 1))
+    assert exc.value.reason == "deposit cap"
+    # The quote token has no cap: MAX_AMOUNT is far above the bound of a 6-decimal token.
+    p.fund(actors.trader, "USDC", MAX_AMOUNT)
+    actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT))
+
+
 def test_deposit_zero_amount_reverts(protocol, actors):
     with pytest.raises(Revert) as exc:
         actors.trader.send(protocol.engine.functions.deposit(protocol.quote.address, 0))

@@ -115,6 +115,42 @@ def test_deposit_reverts() -> None:
     assert state.total_collateral[WBTC] == 10
 
 
+def test_deposit_cap_bounds_the_total_in_whole_tokens() -> None:
+    # WBTC (8 decimals): at most MAX_TOTAL_COLLATERAL whole tokens held by the engine in total,
+    # across accounts; one native unit more reverts "deposit cap" and leaves everything as it was.
+    state = make_state()
+    w = funded_wallets(TRADER, KEEPER)
+    w.mint(WBTC, TRADER, 2**160)
+    bound = pm.MAX_TOTAL_COLLATERAL * 10**8
+    assert bound < MAX_AMOUNT
+    assert pm.deposit(state, TRADER, WBTC, bound - 1, w) == (bound - 1, 0, bound - 1)
+    assert pm.deposit(state, KEEPER, WBTC, 1, w) == (1, 0, 1)               # exactly the bound
+    assert state.total_collateral[WBTC] == bound
+    reverts("deposit cap", state, lambda: pm.deposit(state, TRADER, WBTC, 1, w), w)
+    reverts("amount too large", state, lambda: pm.deposit(state, TRADER, WBTC, MAX_AMOUNT + 1, w), w)   # first
+    reverts("zero amount", state, lambda: pm.deposit(state, TRADER, WBTC, 0, w), w)
+    pm.deposit(state, TRADER, USDC, MAX_AMOUNT, w)                          # the quote token has no cap
+    pm.deposit(state, TRADER, WETH, MAX_AMOUNT, w)                          # nor does another token's total
+    # a withdrawal makes room again
+    pm.withdraw(state, KEEPER, WBTC, 1, w)
+    pm.deposit(state, TRADER, WBTC, 1, w)
+    assert state.total_collateral[WBTC] == bound
+
+
+def test_deposit_cap_of_the_owner_applies_below_the_bound_only() -> None:
+    state = make_state()
+    bound = pm.MAX_TOTAL_COLLATERAL * 10**8
+    state.collaterals[1].deposit_cap = bound + 10                           # above the bound: no effect
+    pm.deposit(state, TRADER, WBTC, bound)
+    reverts("deposit cap", state, lambda: pm.deposit(state, TRADER, WBTC, 1))
+    # an 18-decimal token's bound is above MAX_AMOUNT: reached over several deposits
+    bound = pm.MAX_TOTAL_COLLATERAL * 10**18
+    state.accounts[TRADER].collateral[WETH] = state.total_collateral[WETH] = bound - MAX_AMOUNT
+    pm.deposit(state, TRADER, WETH, MAX_AMOUNT)
+    assert state.total_collateral[WETH] == bound
+    reverts("deposit cap", state, lambda: pm.deposit(state, KEEPER, WETH, 1))
+
+
 def test_deposit_token_reverts_come_after_the_engine_checks() -> None:
     state = make_state()
     w = funded_wallets(TRADER, allowance=5)

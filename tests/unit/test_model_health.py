@@ -209,6 +209,40 @@ def test_health_in_preview_mode_reports_the_first_bad_price_and_reads_stale_ones
     assert pm.health(state, account(0, {1: (WAD, -60_000 * WAD)}), pm.PREVIEW) == (0, -6_000 * WAD, -3_000 * WAD)
 
 
+def test_the_total_collateral_bound_is_exact() -> None:
+    # MAX_TOTAL_COLLATERAL whole tokens at P = MAX_PRICE: balance * P fits int256 for 18 decimals,
+    # one whole token more does not (the tightest case); for fewer decimals the product is smaller
+    # and value * weight < value * WAD is the same bound.
+    bound = pm.MAX_TOTAL_COLLATERAL
+    assert bound * 10**18 * MAX_PRICE <= 2**255 - 1 < (bound + 1) * 10**18 * MAX_PRICE
+    assert 2**95 < bound < 2**96
+
+
+@pytest.mark.parametrize("decimals", [0, 6, 8, 18])
+def test_health_at_the_total_collateral_bound_never_overflows(decimals: int) -> None:
+    # The worst case: the whole bound in one account, the loose clamp to exactly MAX_PRICE, the largest
+    # weight (WAD - 1), and both collaterals and both markets at their bounds.
+    state = make_state(weth_decimals=decimals, wbtc_decimals=decimals)
+    for col in state.collaterals:
+        col.init_weight = col.maint_weight = WAD - 1
+        col.liquidation_discount = 0
+    for f in state.feeds.values():
+        f.answer = 2**200                             # above the range: read as MAX_PRICE
+    bound = pm.MAX_TOTAL_COLLATERAL * 10**decimals
+    acc = account(0, {0: (2**100, 0), 1: (-(2**100), 0)}, {WETH: bound, WBTC: bound})
+    value = bound * MAX_PRICE // 10**decimals
+    upnl = 2**200 // WAD - (-(-(2**200) // WAD))     # the long's floor plus the short's (-ceil): -1
+    notional = -(-(2**200) // WAD)                    # mul_up(2**100, MAX_PRICE) = mul_up(|size|, P)
+    h = pm.health(state, acc)
+    assert h.equity == 2 * value + upnl
+    assert h.maint_health == 2 * (value * (WAD - 1) // WAD) + upnl - 2 * -(-notional // 20)
+    if decimals == 18:                                # one whole token more overflows balance * P
+        acc.collateral[WETH] = bound + 10**18
+        with pytest.raises(Revert) as exc:
+            pm.health(state, acc)
+        assert exc.value.reason == ""
+
+
 def test_health_overflow_reverts_like_the_engine() -> None:
     # 2**128 - 1 units of a 6-decimal collateral at the largest price: value * weight overflows int256
     state = make_state(weth_decimals=6)
