@@ -23,7 +23,8 @@ from web3 import Web3
 from bot.config import BotConfig
 from bot.liquidator import Liquidator
 from bot.seeding import seed_accounts
-from protocol_model.chain import Sender, memory_chain
+from bot.devnode.provider import dev_chain_web3
+from protocol_model.chain import Sender
 from protocol_model.deploy import DeployConfig, deploy_protocol
 from protocol_model.errors import ConfigError
 from protocol_model.loader import load_state
@@ -69,7 +70,7 @@ def _bad_debt(state: Any) -> int:
 
 
 @cli.command()
-@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=80, show_default=True, help="traders to seed")
+@click.option("--accounts", "n", type=click.IntRange(10, 2000), default=300, show_default=True, help="traders to seed")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True, help="random seed of the traders")
 @click.option("--shock", "shock_text", default="ETH=-25%,BTC=-15%", show_default=True, help="price crash, ASSET=PERCENT,...")
 @json_option
@@ -92,7 +93,7 @@ def demo(n: int, seed: int, shock_text: str) -> None:
 
     # 1. chain and deployment ------------------------------------------------
     rule("1. an in-process chain (eth-tester on py-evm) and the protocol")
-    w3 = memory_chain()
+    w3 = dev_chain_web3()
     owner = Sender.unlocked(w3)
     dep = deploy_protocol(w3, owner, DeployConfig())
     for asset in shocks:
@@ -137,7 +138,7 @@ def demo(n: int, seed: int, shock_text: str) -> None:
         w3.eth.wait_for_transaction_receipt(
             w3.eth.send_transaction({"from": owner.address, "to": acct.address, "value": 10 * WAD}))
         if collateral:  # collateral liquidations are paid in quote tokens
-            owner.send(dep.quote_contract.functions.mint(acct.address, 250_000 * 10**dep.quote_decimals))
+            owner.send(dep.quote_contract.functions.mint(acct.address, 2_000_000 * 10**dep.quote_decimals))
         cfg = BotConfig.from_env(environ={}, db_path=str(Path(tmp.name) / f"{name}.sqlite3"), poll_interval_s=0.1,
                                  min_profit_usd_wad=WAD, **overrides)
         # Each keeper has its own connection (its own Web3 and request counters) to the same chain.
@@ -159,7 +160,7 @@ def demo(n: int, seed: int, shock_text: str) -> None:
         owner.send(feed.functions.set_answer(answer * (WAD + move) // WAD))
     first_liq_block = None
     rounds = 0
-    while rounds < 40:
+    while rounds < 400:
         rounds += 1
         sent = 0
         for k in keepers:

@@ -1,5 +1,5 @@
-"""The xmargin CLI through click's test runner, against `xmargin node`'s engine (the dev node) in a
-separate process over real HTTP: deploy, seed, price, health, accounts, and every bad input."""
+"""The xmargin CLI through click's test runner, against `xmargin node` running in a separate process,
+over real HTTP: deploy, seed, price, health, accounts, and every bad input."""
 
 from __future__ import annotations
 
@@ -18,14 +18,19 @@ from bot.cli import cli
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.devnode", "--port", "0", "--log-level", "WARNING"],
+        [sys.executable, "-m", "bot.cli", "node", "--port", "0", "--accounts", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("listening on "), line
-        yield line.removeprefix("listening on ")
+        banner = []
+        for line in proc.stdout:  # the banner: chain id, accounts, block time, then the URL
+            banner.append(line.strip())
+            if line.startswith("listening on "):
+                break
+        assert banner and banner[-1].startswith("listening on "), banner
+        assert sum(1 for b in banner if b.startswith("(")) == 3  # three funded accounts listed
+        yield banner[-1].removeprefix("listening on ")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1,0 +1,146 @@
+"""`xmargin node` and `xmargin demo` through click's test runner.
+
+The node runs inside the test process (the runner blocks in it as a user's terminal would) while a
+second thread talks to it over real HTTP, then presses Ctrl-C. The demo runs end to end with a
+small number of traders and its JSON summary is checked for what the command promises.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from web3 import Web3
+
+from bot.cli import cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _main_thread_in(function: str) -> bool:
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_node_serves_json_rpc_until_ctrl_c_and_never_prints_keys(tmp_path: Path) -> None:
+    assert threading.current_thread() is threading.main_thread(), "Ctrl-C is delivered to the main thread"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    keys = tmp_path / "keys.json"
+    seen: dict[str, object] = {}
+
+    def client() -> None:
+        try:
+            w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 10}))
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    seen["chain_id"] = w3.eth.chain_id
+                    break
+                except Exception:  # noqa: BLE001 - not listening yet
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            accounts = w3.eth.accounts
+            seen["accounts"] = accounts
+            tx = w3.eth.send_transaction({"from": accounts[0], "to": accounts[1], "value": 12345})
+            seen["status"] = w3.eth.wait_for_transaction_receipt(tx, timeout=30).status
+            seen["balance"] = w3.eth.get_balance(accounts[1])
+            seen["mined"] = w3.provider.make_request("evm_mine", [])["result"]
+            seen["block"] = w3.eth.block_number
+            # Ctrl-C only once the command is waiting in its serve loop, as a user would.
+            while not _main_thread_in("serve_forever") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            seen["error"] = exc
+        finally:
+            _thread.interrupt_main()
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    result = CliRunner().invoke(cli, ["node", "--port", str(port), "--accounts", "2", "--export-keys", str(keys)])
+    thread.join(timeout=30)
+
+    assert "error" not in seen, seen.get("error")
+    assert result.exit_code == 0, result.output
+    assert f"listening on {url}" in result.output
+    assert f"chain id {seen['chain_id']}" in result.output
+    accounts = seen["accounts"]
+    assert isinstance(accounts, list) and len(accounts) == 2
+    for i, address in enumerate(accounts):
+        assert f"({i}) {address}" in result.output
+    assert seen["status"] == 1 and seen["block"] == 2  # the transfer's block, then evm_mine's
+    assert seen["balance"] == 10**24 + 12345
+    # Keys go to the file (owner-only), never to the terminal.
+    exported = json.loads(keys.read_text())
+    assert [e["address"] for e in exported] == accounts
+    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+    for entry in exported:
+        key = entry["private_key"]
+        assert key.removeprefix("0x")[:16] not in result.output
+    # Nothing listens on the port any more: the node stopped cleanly. (SO_REUSEADDR lets the bind
+    # pass over connections in TIME_WAIT; it still fails while a socket listens there.)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+def test_node_on_a_busy_port_is_one_line_exit_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(cli, ["node", "--port", str(port)])
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}") and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("shock, needle", [("DOGE=-10%", "unknown asset"), ("ETH", "invalid shock"), ("ETH=x", "invalid")])
+def test_demo_bad_shock_is_one_line_exit_2(shock: str, needle: str) -> None:
+    r = CliRunner().invoke(cli, ["demo", "--accounts", "10", "--shock", shock])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and needle in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_demo_liquidates_exactly_the_predicted_accounts_and_settles_all_bad_debt() -> None:
+    r = CliRunner().invoke(cli, ["demo", "--accounts", "40", "--seed", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["accounts"] == 40 and s["healthy_accounts_touched"] == 0
+    liquidated = {e["account"] for e in s["liquidations"]}
+    predicted = {a["address"] for a in s["prediction"]["accounts"] if a["liquidations"] or a["collateral_liquidations"]}
+    assert liquidated and liquidated <= predicted
+    # Who liquidated: both keepers are named, and the per-keeper counts add up to the events.
+    by = [e["liquidator"] for e in s["liquidations"]]
+    assert set(by) <= {"keeper-A", "keeper-B"}
+    assert sum(k["liquidations"] for k in s["keepers"]) == len(s["liquidations"])
+    assert sum(k["collateral_liquidations"] for k in s["keepers"]) == s["collateral_liquidations"]
+    # Bad debt: every bankrupt account settled by the backstop keeper, none left.
+    bad = s["bad_debt"]
+    assert int(bad["before"]) == 0 and int(bad["left_after"]) == 0
+    assert int(bad["settled"]) == sum(int(x["deficit"]) for x in s["settlements"]) > 0
+    assert len(s["settlements"]) == s["prediction"]["totals"]["settlements"]
+    covered = sum(int(x["covered"]) for x in s["settlements"])
+    assert int(s["socialised"]) == int(bad["settled"]) - covered
+    assert int(s["insurance_fund"]["after"]) < int(s["insurance_fund"]["before"])
+    b = s["blocks"]
+    assert b["crash"] < b["first_liquidation"] <= b["crash"] + 2  # liquidated within two blocks of the crash
