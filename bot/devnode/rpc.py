@@ -123,6 +123,7 @@ class RpcDispatcher:
                 parse_quantity(param(p, 0, "seconds"), "seconds")
             ),
             "evm_setNextBlockTimestamp": self._set_next_block_timestamp,
+            "evm_setAutomine": self._set_automine,
             "txpool_content": lambda p: self.chain.txpool_content(),
             "txpool_status": lambda p: self.chain.txpool_status(),
         }
@@ -290,6 +291,12 @@ class RpcDispatcher:
     @staticmethod
     def _filter_id(params: Sequence[Any]) -> int:
         return parse_quantity(param(params, 0, "filterId"), "filterId")
+
+    def _set_automine(self, params: Sequence[Any]) -> bool:
+        """Like anvil's and hardhat's: ``true`` mines each new transaction as it arrives, ``false``
+        leaves new transactions in the mempool until a block is mined."""
+        self.chain.automine = parse_bool(param(params, 0, "enabled"), "enabled")
+        return True
 
     def _evm_mine(self, params: Sequence[Any]) -> str:
         value = param(params, 0, "options", None)

@@ -509,3 +509,45 @@ def test_raw_transaction_validation() -> None:
 
         assert result(url, "eth_getTransactionCount", [address, "pending"]) == "0x1"
         assert result(url, "txpool_content") == {"pending": {}, "queued": {}}
+
+
+def test_set_automine_switches_between_mempool_and_instant_blocks(blocktime_node: DevNode) -> None:
+    url = blocktime_node.url
+    chain_id = int(result(url, "eth_chainId"), 16)
+    _address, key = blocktime_node.accounts[8]
+    start = int(result(url, "eth_blockNumber"), 16)
+    waiting = result(url, "eth_sendRawTransaction", [signed_transfer(key, chain_id, 0, tip=GWEI)])
+    assert int(result(url, "eth_blockNumber"), 16) == start  # block time: it waits in the pool
+
+    assert result(url, "evm_setAutomine", [True]) is True
+    instant = result(url, "eth_sendRawTransaction", [signed_transfer(key, chain_id, 1, tip=GWEI)])
+    # The new transaction is mined at once, with what was waiting before it (nonce order).
+    assert result(url, "eth_getTransactionReceipt", [instant])["status"] == "0x1"
+    assert result(url, "eth_getTransactionReceipt", [waiting])["status"] == "0x1"
+    assert result(url, "txpool_status") == {"pending": "0x0", "queued": "0x0"}
+
+    assert result(url, "evm_setAutomine", [False]) is True
+    parked = result(url, "eth_sendRawTransaction", [signed_transfer(key, chain_id, 2, tip=GWEI)])
+    assert result(url, "eth_getTransactionReceipt", [parked]) is None
+    result(url, "evm_mine")
+    assert result(url, "eth_getTransactionReceipt", [parked])["status"] == "0x1"
+    assert rpc(url, "evm_setAutomine", ["yes"])["error"]["code"] == -32602
+
+
+def test_in_process_provider_answers_like_the_http_node() -> None:
+    from bot.devnode.provider import DevChainProvider
+
+    w3 = Web3(DevChainProvider())
+    assert w3.is_connected() and w3.client_version.startswith("xmargin-devnode/")
+    sender, receiver = w3.eth.accounts[:2]
+    before = w3.eth.get_balance(receiver)
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": sender, "to": receiver, "value": 7}))
+    assert receipt.status == 1 and receipt.blockNumber == w3.eth.block_number == 1  # automine
+    assert w3.eth.get_balance(receiver) == before + 7
+    with w3.batch_requests() as batch:
+        batch.add(w3.eth.get_balance(receiver))
+        batch.add(w3.eth.get_block(1))
+        balance, block = batch.execute()
+    assert balance == before + 7 and block.transactions == [receipt.transactionHash]
+    response = w3.provider.make_request("no_such_method", [])  # type: ignore[arg-type]
+    assert response["error"]["code"] == -32601 and "does not exist" in response["error"]["message"]
