@@ -133,3 +133,15 @@ def test_fast_eip1559_signature_matches_eth_account_byte_for_byte() -> None:
             "gas": tx.gas_limit, "maxFeePerGas": tx.max_fee_wei, "maxPriorityFeePerGas": tip,
         }).raw_transaction
         assert _sign_eip1559(key, 1337, tx) == bytes(expected)
+
+
+def test_send_waves_double_in_size_and_keep_the_profit_order() -> None:
+    from bot.liquidator import send_waves
+
+    items = list(range(45))
+    waves = send_waves(items, first=4)  # type: ignore[arg-type]
+    assert [len(w) for w in waves] == [4, 8, 16, 17]
+    assert [x for w in waves for x in w] == items
+    assert send_waves([], first=4) == []
+    assert [len(w) for w in send_waves(items[:3], first=4)] == [3]  # type: ignore[arg-type]
+    assert [len(w) for w in send_waves(items[:7], first=0)] == [1, 2, 4]  # type: ignore[arg-type]
