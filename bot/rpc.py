@@ -527,21 +527,55 @@ class CountingRpc:
 
     def batch_request(self, make_batch_request: "MakeBatchRequestFn",
                       requests_info: list[tuple["RPCEndpoint", Any]]) -> Any:
-        """A JSON-RPC batch: each member is counted; the batch is not retried (one transport call)."""
-        self.breaker.before_request("batch")
-        with self._lock:
-            for method, _ in requests_info:
-                self._by_method[method] += 1
-        try:
-            response = make_batch_request(requests_info)
-        except _TRANSPORT_ERRORS as exc:
-            reason = transient_exception(exc)
-            if reason is not None:
-                self.breaker.record_failure()
-                raise RpcError(f"batch of {len(requests_info)} requests failed: {reason}") from exc
-            raise
-        self.breaker.record_success()
-        return response
+        """A JSON-RPC batch: one transport call, so it fails, is retried (the whole batch, with the
+        same backoff as a single request) and is seen by the breaker as one request; every member
+        is counted on every attempt. An injected fault for any member's method fails the batch.
+        The members' own answers (errors included) are returned as they are, for the caller.
+        Resending a batch is safe for what the bot batches: ``eth_call`` has no effect and a raw
+        transaction the node already has is answered "already known"."""
+        label = f"batch of {len(requests_info)} requests"
+        methods = [method for method, _ in requests_info]
+        attempt = 0
+        while True:
+            try:
+                self.breaker.before_request("batch")
+            except CircuitOpen:
+                with self._lock:
+                    self._rejected += 1
+                raise
+            with self._lock:
+                for method in methods:
+                    self._by_method[method] += 1
+            try:
+                fault = next((f for f in (self._take_fault(m) for m in dict.fromkeys(methods)) if f), None)
+                if fault is not None:
+                    raise fault
+                response = make_batch_request(requests_info)
+            except _TRANSPORT_ERRORS as exc:
+                reason = transient_exception(exc)
+                if reason is None:
+                    self.breaker.record_success()
+                    raise
+                cause: BaseException = exc
+            else:
+                self.breaker.record_success()
+                return response
+            with self._lock:
+                for method in dict.fromkeys(methods):
+                    self._failures_by_method[method] += 1
+            opened = self.breaker.record_failure()
+            if opened or self.breaker.state == CircuitBreaker.OPEN:
+                raise CircuitOpen(f"{label} failed ({reason}) and the RPC circuit breaker opened: check the node",
+                                  retry_in_s=self.breaker.retry_in_s()) from cause
+            if attempt >= self.retries:
+                raise RpcError(f"{label} failed after {attempt + 1} attempt(s): {reason}; "
+                               "check the node or raise XMARGIN_RPC_RETRIES") from cause
+            delay = self.backoff(attempt)
+            log.warning("%s failed (%s); retry %d/%d in %.2fs", label, reason, attempt + 1, self.retries, delay)
+            with self._lock:
+                self._retries += 1
+            self._sleep(delay)
+            attempt += 1
 
 
 class _CountingMiddleware(Web3Middleware):

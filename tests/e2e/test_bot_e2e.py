@@ -438,15 +438,19 @@ def test_injected_rpc_failures_are_survived(chain: Chain, tmp_path: Path) -> Non
             bot.tick()
         assert bot.store.last_block == crash_block - 1
         assert bot.rpc.count("eth_sendRawTransaction") == sent_before
-        # Transient failures on every kind of single request: retried, and the same head is
-        # processed again. (The preflights and raw transactions of a tick go out as JSON-RPC
-        # batches, which CountingRpc neither retries nor injects faults into.)
+        # Transient failures on every kind of request, single and batched (the preflights and the
+        # raw transactions of a tick go out as JSON-RPC batches): retried, and the same head is
+        # processed again; every liquidation is sent once.
         bot.rpc.inject_faults(2, methods=["eth_getLogs"])
         bot.rpc.inject_faults(1, methods=["eth_call"])
+        bot.rpc.inject_faults(2, methods=["eth_sendRawTransaction"])
         report = bot.tick()
         assert report.head == crash_block and report.sent
         assert bot.rpc.pending_faults == 0
-        assert bot.rpc.stats().failures >= 7
+        assert bot.rpc.stats().failures_by_method["eth_sendRawTransaction"] == 2
+        assert bot.rpc.stats().failures >= 9
+        hashes = [s.tx.hash for s in report.sends if s.tx is not None]
+        assert len(hashes) == len(set(hashes)) == len({(s.tx.account, s.tx.target) for s in report.sends if s.tx})
         assert bot.rpc.breaker.state == "closed"
         bot.rpc.inject_faults(2, methods=["eth_getTransactionReceipt", "eth_getBlockByNumber"])
         for _ in range(2):

@@ -266,3 +266,40 @@ def test_lifecycle_stops_cleanly_on_sigterm(bot_w3):
     result = life.run(max_ticks=10_000)
     assert result.reason == "signal" and shut == [True]
     assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
+
+
+def test_batches_are_counted_retried_and_fail_as_one_request(fake_time):
+    """A JSON-RPC batch (the bot's preflights and raw transactions) on a chain that can batch: an
+    injected fault for any member fails the whole batch, which is retried with the same backoff."""
+    from bot.devnode.provider import DevChainProvider
+
+    w3 = Web3(DevChainProvider())
+    rpc = CountingRpc(w3, retries=3, backoff_s=0.5, backoff_max_s=1.5, breaker_threshold=10,
+                      breaker_cooldown_s=30.0, clock=fake_time.clock, sleep=fake_time.sleep)
+    accounts = w3.eth.accounts
+    rpc.reset_counts()
+
+    def batch() -> list[Any]:
+        with w3.batch_requests() as b:
+            for a in accounts[:3]:
+                b.add(w3.eth.get_balance(a))
+            b.add(w3.eth.get_block("latest"))
+            return b.execute()
+
+    rpc.inject_faults(2, methods=["eth_getBlockByNumber"])
+    results = batch()
+    assert results[:3] == [w3.eth.get_balance(a) for a in accounts[:3]] and results[3].number == 0
+    stats = rpc.stats()
+    assert stats.calls("eth_getBalance") == 3 * 3 + 3  # three attempts of three members, then the check
+    assert stats.calls("eth_getBlockByNumber") == 3
+    assert stats.failures_by_method == {"eth_getBalance": 2, "eth_getBlockByNumber": 2} and stats.retries == 2
+    assert fake_time.sleeps == [0.5, 1.0]
+    assert rpc.breaker.state == CircuitBreaker.CLOSED and rpc.pending_faults == 0
+
+    rpc.inject_faults(4, methods=["eth_getBalance"])
+    with pytest.raises(RpcError) as info:
+        batch()
+    assert str(info.value) == ("batch of 4 requests failed after 4 attempt(s): connection error (InjectedFault); "
+                               "check the node or raise XMARGIN_RPC_RETRIES")
+    assert batch()[3].number == 0  # the next batch goes through
+    rpc.uninstall()
