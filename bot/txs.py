@@ -729,6 +729,29 @@ class TxSender:
             return SendResult("sent", flight, tx=sent, fees=fees)
         return SendResult("rejected", flight, fees=fees, error="nonce too low twice")  # dev: loop always returns
 
+    def replace(self, old: SentTx, fees: Fees, head_block: int | None = None) -> SentTx:
+        """Replace the pending ``old`` (same nonce, same call) with one paying ``fees``, which must
+        raise both the fee cap and the tip by at least 12.5 % (what nodes require of a replacement).
+        Returns the new transaction, tracked with ``old``; raises :class:`TxError` if the fees are
+        too low or the node refuses it. For re-bidding strategies; stuck transactions are replaced
+        by :meth:`check_pending` on its own."""
+        need = bump_fees(Fees(old.max_fee_wei, old.tip_wei))
+        if fees.max_fee_per_gas < need.max_fee_per_gas or fees.max_priority_fee_per_gas < need.max_priority_fee_per_gas:
+            raise TxError(f"replacement of {old.hash} underpriced: max fee {fees.max_fee_per_gas} and tip "
+                          f"{fees.max_priority_fee_per_gas} wei must be at least {need.max_fee_per_gas} and "
+                          f"{need.max_priority_fee_per_gas} wei (+12.5 %)", "underpriced")
+        if self.dry_run:
+            raise TxError("a dry run sends no replacement", "other")
+        new = replace(old, max_fee_wei=fees.max_fee_per_gas, tip_wei=fees.max_priority_fee_per_gas,
+                      sent_block=old.sent_block if head_block is None else head_block, replaces=old.hash,
+                      replaced_by=None, sent_at=0.0, updated_at=0.0, status="pending")
+        sent = self._sign_and_send(new)
+        self._track(sent)
+        if self.store is not None:
+            self.store.update_tx(old.hash, replaced_by=sent.hash)
+        self.stats.replacements += 1
+        return sent
+
     def _sign_and_send(self, tx: SentTx) -> SentTx:
         raw = self._sign(tx)
         tx_hash = "0x" + keccak(raw).hex()

@@ -17,10 +17,9 @@ Each agent *is* a :class:`~bot.liquidator.Liquidator` configured with its strate
 
 * latency: the wrapper calls :meth:`Liquidator.tick` only at the heads :func:`ticks_at` allows
   (a tick processes everything up to the head, as a bot that polls every ``L + 1`` blocks would);
-* re-bidding: the bot's :class:`~bot.txs.TxSender` replaces a transaction only when it is stuck, with
-  its own strategy's fees, and has no public call to replace one with given fees. The wrapper signs
-  the replacement with the sender's own helpers (``_sign_and_send`` and ``_track``), so that the bot
-  follows the replacement (receipts, lost races, backoff) like any of its transactions.
+* re-bidding: the bot's :class:`~bot.txs.TxSender` replaces a transaction on its own only when it is
+  stuck, with its own strategy's fees. The wrapper outbids rivals with :meth:`TxSender.replace`, so
+  that the bot follows the replacement (receipts, lost races, backoff) like any of its transactions.
 
 The report is read from the chain, not from the bots: every transaction of every agent in blocks
 ``S + 1 .. S + B`` with its receipt (gas used, effective gas price, the block's base fee, the
@@ -37,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from web3 import HTTPProvider, Web3
@@ -142,13 +140,7 @@ class OnchainAgent:
     def _replace(self, old: Any, fees: Fees) -> None:
         sender = self.bot.sender
         assert sender is not None
-        new = replace(old, max_fee_wei=fees.max_fee_per_gas, tip_wei=fees.max_priority_fee_per_gas,
-                      replaces=old.hash, replaced_by=None, sent_at=0.0, updated_at=0.0, status="pending")
-        sent = sender._sign_and_send(new)      # the sender has no public "replace with these fees"
-        sender._track(sent)
-        if sender.store is not None:
-            sender.store.update_tx(old.hash, replaced_by=sent.hash)
-        sender.stats.replacements += 1
+        sender.replace(old, fees)
         self.rebids += 1
         log.info("%s re-bids on %s market %s: tip %d -> %d wei", self.spec.name, old.account, old.target,
                  old.tip_wei, fees.max_priority_fee_per_gas)

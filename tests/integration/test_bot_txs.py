@@ -27,7 +27,8 @@ from web3.middleware import Web3Middleware
 
 from bot.rpc import CountingRpc
 from bot.store import Store
-from bot.txs import GWEI, FixedTip, NonceManager, TxSender
+from bot.errors import TxError
+from bot.txs import GWEI, Fees, FixedTip, NonceManager, TxSender
 
 WAD = 10**18
 LIQUIDATOR_KEY = "0x" + "1b" * 32
@@ -342,3 +343,25 @@ def test_restart_resumes_in_flight_transactions(protocol, bot_w3, liquidator, un
     outcome = again.check_pending(*head(bot_w3))[0]
     assert outcome.status == "mined" and outcome.tx.hash == sent.tx.hash
     assert store.tx(sent.tx.hash).status == "mined" and not store.pending_for(underwater, 0)
+
+
+def test_replace_with_given_fees_needs_the_bump_and_is_followed(protocol, bot_w3, rpc, liquidator, underwater, store,
+                                                               manual_mining):
+    sender = make_sender(bot_w3, liquidator, store=store)
+    old = liquidate(sender, bot_w3, protocol, underwater).tx
+    too_low = Fees(old.max_fee_wei * 9 // 8, old.tip_wei * 9 // 8 - 1)
+    with pytest.raises(TxError, match="underpriced") as info:
+        sender.replace(old, too_low)
+    assert info.value.kind == "underpriced" and rpc.count("eth_sendRawTransaction") == 1
+
+    fees = Fees(old.max_fee_wei * 2, old.tip_wei * 2)
+    new = sender.replace(old, fees, head_block=old.sent_block + 1)
+    assert new.nonce == old.nonce and new.replaces == old.hash and new.data == old.data
+    assert (new.max_fee_wei, new.tip_wei, new.sent_block) == (fees.max_fee_per_gas, fees.max_priority_fee_per_gas,
+                                                              old.sent_block + 1)
+    assert sender.stats.replacements == 1 and rpc.count("eth_sendRawTransaction") == 2
+    assert store.tx(old.hash).replaced_by == new.hash
+    manual_mining.mine_blocks(1)
+    number, base = head(bot_w3)
+    outcome = sender.check_pending(number, base)[0]
+    assert outcome.status == "mined" and outcome.tx.hash == new.hash and outcome.superseded == (old.hash,)
