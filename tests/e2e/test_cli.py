@@ -90,6 +90,13 @@ def test_deploy_seed_price_health_accounts_over_http(node_url: str, deployed: Pa
     code, out, err = run("price", "set", *dep, "ETH", "2000")
     assert code == 0 and "1600 -> 2000" in out
 
+    code, out, err = run("price", "show", *dep, "--json")
+    assert code == 0, err
+    shown = {r["asset"]: r for r in json.loads(out)}
+    assert set(shown) == {"ETH", "BTC"} and shown["ETH"]["price_wad"] == str(2000 * 10**18)
+    code, out, err = run("price", "show", *dep)
+    assert code == 0 and "2,000.00" in out and "ETH" in out
+
 
 @pytest.mark.parametrize("args, needle", [
     (["health", "0x123"], "invalid address"),
