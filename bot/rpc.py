@@ -505,25 +505,29 @@ class CountingRpc:
                     if method == "eth_chainId" and isinstance(response, Mapping) and "result" in response:
                         self._chain_id_result = response["result"]
                     return response
-            # a transient failure
-            with self._lock:
-                self._failures_by_method[method] += 1
-            opened = self.breaker.record_failure()
-            if opened or self.breaker.state == CircuitBreaker.OPEN:
-                raise CircuitOpen(
-                    f"{method} failed ({reason}) and the RPC circuit breaker opened: check the node",
-                    retry_in_s=self.breaker.retry_in_s(),
-                ) from cause
-            if attempt >= self.retries:
-                raise RpcError(
-                    f"{method} failed after {attempt + 1} attempt(s): {reason}; check the node or raise XMARGIN_RPC_RETRIES"
-                ) from cause
-            delay = self.backoff(attempt)
-            log.warning("%s failed (%s); retry %d/%d in %.2fs", method, reason, attempt + 1, self.retries, delay)
-            with self._lock:
-                self._retries += 1
-            self._sleep(delay)
+            self._transient_failure(method, [method], reason or "error", attempt, cause)
             attempt += 1
+
+    def _transient_failure(self, label: str, methods: Iterable[str], reason: str, attempt: int,
+                           cause: BaseException | None) -> None:
+        """Count a transient failure of attempt number ``attempt`` (0-based) of ``label`` (a method,
+        or a batch of ``methods``); raise when the breaker opens or the retries are used up, else
+        wait the backoff before the next attempt."""
+        with self._lock:
+            for method in dict.fromkeys(methods):
+                self._failures_by_method[method] += 1
+        opened = self.breaker.record_failure()
+        if opened or self.breaker.state == CircuitBreaker.OPEN:
+            raise CircuitOpen(f"{label} failed ({reason}) and the RPC circuit breaker opened: check the node",
+                              retry_in_s=self.breaker.retry_in_s()) from cause
+        if attempt >= self.retries:
+            raise RpcError(f"{label} failed after {attempt + 1} attempt(s): {reason}; "
+                           "check the node or raise XMARGIN_RPC_RETRIES") from cause
+        delay = self.backoff(attempt)
+        log.warning("%s failed (%s); retry %d/%d in %.2fs", label, reason, attempt + 1, self.retries, delay)
+        with self._lock:
+            self._retries += 1
+        self._sleep(delay)
 
     def batch_request(self, make_batch_request: "MakeBatchRequestFn",
                       requests_info: list[tuple["RPCEndpoint", Any]]) -> Any:
@@ -560,21 +564,7 @@ class CountingRpc:
             else:
                 self.breaker.record_success()
                 return response
-            with self._lock:
-                for method in dict.fromkeys(methods):
-                    self._failures_by_method[method] += 1
-            opened = self.breaker.record_failure()
-            if opened or self.breaker.state == CircuitBreaker.OPEN:
-                raise CircuitOpen(f"{label} failed ({reason}) and the RPC circuit breaker opened: check the node",
-                                  retry_in_s=self.breaker.retry_in_s()) from cause
-            if attempt >= self.retries:
-                raise RpcError(f"{label} failed after {attempt + 1} attempt(s): {reason}; "
-                               "check the node or raise XMARGIN_RPC_RETRIES") from cause
-            delay = self.backoff(attempt)
-            log.warning("%s failed (%s); retry %d/%d in %.2fs", label, reason, attempt + 1, self.retries, delay)
-            with self._lock:
-                self._retries += 1
-            self._sleep(delay)
+            self._transient_failure(label, methods, reason, attempt, cause)
             attempt += 1
 
 
