@@ -144,3 +144,15 @@ def test_demo_liquidates_exactly_the_predicted_accounts_and_settles_all_bad_debt
     assert int(s["insurance_fund"]["after"]) < int(s["insurance_fund"]["before"])
     b = s["blocks"]
     assert b["crash"] < b["first_liquidation"] <= b["crash"] + 2  # liquidated within two blocks of the crash
+
+
+def test_demo_tells_the_story_to_people() -> None:
+    r = CliRunner().invoke(cli, ["demo", "--accounts", "12", "--seed", "5", "--shock", "ETH=-30%"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    for heading in ("1. an in-process chain", "2. 12 traders", "3. two keepers start", "4. the oracle publishes the crash",
+                    "5. what happened"):
+        assert heading in out
+    assert "the model predicts for ETH=-30%" in out and "keeper-A" in out and "keeper-B" in out
+    assert "insurance fund (USD)" in out and "bad debt left (negative equity)" in out
+    assert "Traceback" not in r.output
