@@ -1,52 +1,32 @@
 """MarginEngine deposit and withdraw: balances, events, caps, margin and every revert reason.
 
-Expected values are computed by hand with the integer helpers below (Python's ``//`` floors,
-which is what the spec's floor means; ceil is ``-((-a) // b)``).
+Expected values are computed by hand with the integer helpers of ``engine_helpers`` (Python's
+``//`` floors, which is what the spec's floor means; ceil is ``-((-a) // b)``).
 """
 
 from __future__ import annotations
 
 import pytest
-from web3.logs import DISCARD
 
-from protocol_model.deploy import deploy_contract
 from protocol_model.errors import Revert
 
-WAD = 10**18
-MAX_AMOUNT = 2**128
-MAX_PRICE = 2**100
-
-
-# ---------------------------------------------------------------- exact integer helpers
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def mul_down(a: int, b: int) -> int:
-    return (a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    return ceil_div(a * b, WAD)
-
-
-def value_of(amount: int, price: int, decimals: int) -> int:
-    """USD WAD value of ``amount`` native units at ``price`` (WAD), rounded down."""
-    return amount * price // 10**decimals
-
+from engine_helpers import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    WAD,
+    events,
+    largest_passing,
+    mul_down,
+    mul_up,
+    new_feed,
+    new_token,
+    quote_scale,
+    set_next_timestamp,
+    updated_at,
+    value_of,
+)
 
 # ---------------------------------------------------------------- helpers
-
-
-def events(p, receipt, name: str) -> list:
-    """The engine's ``name`` events in ``receipt`` (other contracts' logs are skipped)."""
-    return list(getattr(p.engine.events, name)().process_receipt(receipt, errors=DISCARD))
-
-
-def quote_scale(p) -> int:
-    return 10 ** (18 - p.dep.quote_decimals)
 
 
 def weights(p, symbol: str) -> tuple[int, int]:
@@ -54,20 +34,10 @@ def weights(p, symbol: str) -> tuple[int, int]:
     return cfg[4], cfg[5]
 
 
-def set_next_timestamp(tester, ts: int) -> None:
-    """Make the next transaction's block carry timestamp ``ts``."""
-    tester.time_travel(ts)
-    assert tester.get_block_by_number("pending")["timestamp"] == ts
-
-
-def updated_at(p, asset: str) -> int:
-    return p.feed(asset).functions.latestRoundData().call()[3]
-
-
 def list_extra_collateral(p, *, feed_answer: int, feed_max: int, decimals: int = 18):
     """A new token priced by a new 8-decimal feed, listed with weights 0.5/0.6 and 5% discount."""
-    token = deploy_contract(p.w3, p.owner, "Token", "Extra", "XTR", decimals)
-    feed = deploy_contract(p.w3, p.owner, "PriceFeed", 8, "XTR / USD", feed_answer, 1, feed_max)
+    token = new_token(p, decimals, "XTR", name="Extra")
+    feed = new_feed(p, 8, feed_answer, feed_max, "XTR / USD")
     p.owner.send(p.engine.functions.list_collateral(token.address, feed.address, 5 * 10**17, 6 * 10**17, 5 * 10**16, 0))
     return token, feed
 
@@ -247,7 +217,7 @@ def test_deposit_amount_too_large_reverts(protocol, actors):
 
 def test_deposit_unlisted_token_reverts(protocol, actors):
     p = protocol
-    token = deploy_contract(p.w3, p.owner, "Token", "Unlisted", "UNL", 18)
+    token = new_token(p, 18, "UNL", name="Unlisted")
     fund_token(p, actors.trader, token, 10**18)
     with pytest.raises(Revert) as exc:
         actors.trader.send(p.engine.functions.deposit(token.address, 10**18))
@@ -398,13 +368,7 @@ def test_withdraw_collateral_limited_by_margin_exact_boundary(protocol, actors):
         return mul_down(value_of(balance - withdrawn, price, 18), iw) + cash + perp
 
     assert p.health(trader.address)[1] == init_after(0)
-    lo, hi = 0, balance  # init_after(lo) >= 0 > init_after(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if init_after(mid) >= 0:
-            lo = mid
-        else:
-            hi = mid
+    lo = largest_passing(lambda w: init_after(w) >= 0, 0, balance)  # init_after(0) >= 0 > init_after(balance)
     with pytest.raises(Revert) as exc:
         trader.send(p.engine.functions.withdraw(weth.address, lo + 1))
     assert exc.value.reason == "insufficient margin"
@@ -451,7 +415,7 @@ def test_withdraw_amount_too_large_reverts(protocol, actors):
 
 def test_withdraw_unlisted_token_reverts(protocol, actors):
     p = protocol
-    token = deploy_contract(p.w3, p.owner, "Token", "Unlisted", "UNL", 18)
+    token = new_token(p, 18, "UNL", name="Unlisted")
     with pytest.raises(Revert) as exc:
         actors.trader.send(p.engine.functions.withdraw(token.address, 1))
     assert exc.value.reason == "not listed"

@@ -3,19 +3,28 @@ validation reason (docs/protocol.md, "Parameter validation")."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-from web3.logs import DISCARD
 
 from protocol_model.deploy import compile_contracts, deploy_contract
 from protocol_model.errors import Revert
 
-WAD = 10**18
-MAX_PRICE = 2**100
-MAX_AMOUNT = 2**128
+from engine_helpers import (
+    IMF,
+    LIQ_FEE,
+    MAX_AMOUNT,
+    MAX_PRICE,
+    MMF,
+    TAKER,
+    WAD,
+    contract_events as events,
+    deploy_source,
+    new_feed,
+    new_token,
+    quote_scale,
+    reverts,
+)
+
 ZERO = "0x0000000000000000000000000000000000000000"
-IMF, MMF, LIQ_FEE, TAKER = 10**17, 5 * 10**16, 2 * 10**16, 5 * 10**14
 
 # A contract whose decimals() answers 19: neither the repo's Token nor its PriceFeed can be
 # deployed with more than 18, so this stands in for a foreign token or feed.
@@ -29,40 +38,11 @@ def decimals() -> uint8:
 """
 
 
-@functools.cache
-def _decimals_19_artifact() -> tuple[list, str]:
-    from vyper.compiler import compile_code
-
-    out = compile_code(DECIMALS_19_SOURCE, output_formats=["abi", "bytecode"])
-    return out["abi"], out["bytecode"]
-
-
 def deploy_decimals_19(p):
-    abi, bytecode = _decimals_19_artifact()
-    receipt = p.owner.send(p.w3.eth.contract(abi=abi, bytecode=bytecode).constructor())
-    return receipt["contractAddress"]
+    return deploy_source(p, DECIMALS_19_SOURCE).address
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def events(contract, receipt, name: str) -> list:
-    return list(getattr(contract.events, name)().process_receipt(receipt, errors=DISCARD))
-
-
-def reverts(sender, call) -> str:
-    with pytest.raises(Revert) as exc:
-        sender.send(call)
-    return exc.value.reason
-
-
-def new_feed(p, decimals: int = 8, answer: int | None = None):
-    answer = 100 * 10**decimals if answer is None else answer
-    return deploy_contract(p.w3, p.owner, "PriceFeed", decimals, "NEW / USD", answer, 1, 10**40)
-
-
-def new_token(p, decimals: int = 18, symbol: str = "NEW"):
-    return deploy_contract(p.w3, p.owner, "Token", f"New {symbol}", symbol, decimals)
 
 
 def owner_calls(p, outsider_address: str) -> dict:
@@ -374,7 +354,7 @@ def test_set_params_rejects_bad_params(protocol, share, dust):
 @pytest.mark.parametrize("what", ["house", "insurance"])
 def test_seed_success(any_protocol, what):
     p = any_protocol
-    qs = 10 ** (18 - p.dep.quote_decimals)
+    qs = quote_scale(p)
     amount = p.units("USDC", "1234.5")
     p.fund(p.owner, "USDC", amount)
     engine0 = p.quote.functions.balanceOf(p.engine.address).call()

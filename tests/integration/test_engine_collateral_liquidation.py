@@ -9,35 +9,27 @@ Accounts get negative cash the ordinary way: a losing perp position closed by a 
 from __future__ import annotations
 
 import pytest
-from web3.logs import DISCARD
 
-from protocol_model.deploy import deploy_contract
-from protocol_model.errors import Revert
+from engine_helpers import (
+    MAX_UINT,
+    WAD,
+    call_struct,
+    ceil_div,
+    events,
+    fee_of,
+    mul_down,
+    mul_up,
+    new_feed,
+    new_token,
+    quote_scale,
+    reverts,
+    updated_at,
+)
 
-WAD = 10**18
-MAX_UINT = 2**256 - 1
-TAKER = 5 * 10**14
 DISCOUNT = 5 * 10**16
-WBTC_MAINT = 80 * 10**16
 
 
-# ---------------------------------------------------------------- exact integer helpers
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def mul_down(a: int, b: int) -> int:
-    return (a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    return ceil_div(a * b, WAD)
-
-
-def fee_of(delta: int, price: int) -> int:
-    return mul_up(mul_up(abs(delta), price), TAKER)
+# ---------------------------------------------------------------- expected values
 
 
 def expected_plan(*, cash: int, balance: int, price: int, decimals: int, quote_scale: int, max_repay: int,
@@ -61,28 +53,12 @@ def expected_plan(*, cash: int, balance: int, price: int, decimals: int, quote_s
 # ---------------------------------------------------------------- helpers
 
 
-def events(p, receipt, name: str) -> list:
-    return list(getattr(p.engine.events, name)().process_receipt(receipt, errors=DISCARD))
-
-
-def quote_scale(p) -> int:
-    return 10 ** (18 - p.dep.quote_decimals)
-
-
 def preview(p, account: str, token: str, max_repay: int) -> dict:
-    fn = p.engine.functions.preview_liquidate_collateral(account, token, max_repay)
-    names = [c["name"] for c in fn.abi["outputs"][0]["components"]]
-    return dict(zip(names, fn.call()))
+    return call_struct(p.engine.functions.preview_liquidate_collateral(account, token, max_repay))
 
 
 def liquidate_collateral(p, liquidator, account: str, token: str, max_repay: int = MAX_UINT):
     return liquidator.send(p.engine.functions.liquidate_collateral(account, token, max_repay))
-
-
-def reverts(p, sender, call) -> str:
-    with pytest.raises(Revert) as exc:
-        sender.send(call)
-    return exc.value.reason
 
 
 def realise_eth_loss(p, trader, size: int, exit_usd: str) -> int:
@@ -184,7 +160,7 @@ def test_liquidate_collateral_seizing_everything_clears_the_bit(any_protocol, ac
     assert p.engine.functions.collateral(trader.address, wbtc.address).call() == 0
     assert 95_000 * WAD == p.units("USDC", 95_000) * qs
     # With nothing left the account is bad debt.
-    assert reverts(p, liquidator, p.engine.functions.liquidate_collateral(trader.address, wbtc.address, 1)) == "no collateral"
+    assert reverts(liquidator, p.engine.functions.liquidate_collateral(trader.address, wbtc.address, 1)) == "no collateral"
 
 
 def test_liquidate_collateral_works_while_paused(protocol, actors):
@@ -200,7 +176,7 @@ def test_liquidate_collateral_needs_allowance_of_the_caller(protocol, actors):
     p, trader, liquidator = protocol, actors.trader, actors.liquidator
     wbtc_account_in_debt(p, trader, "6000")
     call = p.engine.functions.liquidate_collateral(trader.address, p.token("WBTC").address, 10**6)
-    assert reverts(p, liquidator, call) == "insufficient allowance"
+    assert reverts(liquidator, call) == "insufficient allowance"
 
 
 def test_liquidate_collateral_healthy(protocol, actors):
@@ -208,7 +184,7 @@ def test_liquidate_collateral_healthy(protocol, actors):
     balance, cash = wbtc_account_in_debt(p, trader, "60000")
     assert cash < 0 and p.health(trader.address)[2] >= 0
     call = p.engine.functions.liquidate_collateral(trader.address, p.token("WBTC").address, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "healthy"
+    assert reverts(actors.liquidator, call) == "healthy"
 
 
 def test_liquidate_collateral_no_debt(protocol, actors):
@@ -219,14 +195,14 @@ def test_liquidate_collateral_no_debt(protocol, actors):
     p.set_price("ETH", 1800)
     assert p.cash(trader.address) > 0 and p.health(trader.address)[2] < 0
     call = p.engine.functions.liquidate_collateral(trader.address, p.token("WETH").address, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "no debt"
+    assert reverts(actors.liquidator, call) == "no debt"
 
 
 def test_liquidate_collateral_no_collateral_of_that_token(protocol, actors):
     p, trader = protocol, actors.trader
     wbtc_account_in_debt(p, trader, "6000")
     call = p.engine.functions.liquidate_collateral(trader.address, p.token("WETH").address, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "no collateral"
+    assert reverts(actors.liquidator, call) == "no collateral"
 
 
 def test_dust_collateral_is_taken_for_nothing_then_debt_settles(protocol, actors):
@@ -239,7 +215,7 @@ def test_dust_collateral_is_taken_for_nothing_then_debt_settles(protocol, actors
     cash = 250 * WAD + realise_eth_loss(p, trader, WAD, "1700")
     p.deposit(trader, "WETH", 1)
     assert cash < 0 and p.health(trader.address)[2] < 0
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "has collateral"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "has collateral"
     exp = expected_plan(cash=cash, balance=1, price=p.price("ETH"), decimals=18, quote_scale=10**12, max_repay=MAX_UINT)
     assert (exp["repay"], exp["seized"]) == (0, 1)
     assert preview(p, trader.address, weth.address, MAX_UINT) == exp
@@ -278,32 +254,32 @@ def test_repay_equal_to_cap_takes_whole_balance_one_less_does_not(any_protocol, 
 def test_liquidate_collateral_not_listed(protocol, actors, which):
     p, trader = protocol, actors.trader
     wbtc_account_in_debt(p, trader, "6000")
-    token = p.quote.address if which == "quote" else deploy_contract(p.w3, p.owner, "Token", "X", "X", 18).address
+    token = p.quote.address if which == "quote" else new_token(p, 18, "X", name="X").address
     call = p.engine.functions.liquidate_collateral(trader.address, token, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "not listed"
+    assert reverts(actors.liquidator, call) == "not listed"
 
 
 def test_liquidate_collateral_zero_amount(protocol, actors):
     p, trader = protocol, actors.trader
     wbtc_account_in_debt(p, trader, "6000")
     call = p.engine.functions.liquidate_collateral(trader.address, p.token("WBTC").address, 0)
-    assert reverts(p, actors.liquidator, call) == "zero amount"
+    assert reverts(actors.liquidator, call) == "zero amount"
 
 
 def test_liquidate_collateral_house(protocol, actors):
     p = protocol
     call = p.engine.functions.liquidate_collateral(p.engine.address, p.token("WBTC").address, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "house"
+    assert reverts(actors.liquidator, call) == "house"
 
 
 def test_liquidate_collateral_stale_price_but_preview_reads_it(protocol, actors, tester):
     p, trader = protocol, actors.trader
     wbtc_account_in_debt(p, trader, "6000")
-    t0 = p.feed("BTC").functions.latestRoundData().call()[3]
+    t0 = updated_at(p, "BTC")
     tester.time_travel(t0 + 3601)
     wbtc = p.token("WBTC").address
     call = p.engine.functions.liquidate_collateral(trader.address, wbtc, 10**6)
-    assert reverts(p, actors.liquidator, call) == "stale price"
+    assert reverts(actors.liquidator, call) == "stale price"
     assert preview(p, trader.address, wbtc, 10**6)["repay"] == 10**6
 
 
@@ -328,7 +304,7 @@ def test_settle_bad_debt_covered_by_insurance(any_protocol, actors):
     assert p.engine.functions.insurance_fund().call() == fund0 + cash
     assert p.cash(p.engine.address) == house0
     assert p.quote.functions.balanceOf(p.engine.address).call() == engine_quote0
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "no bad debt"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "no bad debt"
 
 
 def test_settle_bad_debt_beyond_insurance_is_socialised(any_protocol, actors):
@@ -393,7 +369,7 @@ def test_settle_bad_debt_open_positions(protocol, actors):
     p.trade(trader, "BTC-PERP", 1)  # a position of one wei keeps the account open
     realise_eth_loss(p, trader, WAD, "1700")
     assert p.cash(trader.address) < 0
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "open positions"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "open positions"
 
 
 def test_settle_bad_debt_has_collateral(protocol, actors):
@@ -402,7 +378,7 @@ def test_settle_bad_debt_has_collateral(protocol, actors):
     p.deposit(trader, "USDC", 250 * 10**6)
     realise_eth_loss(p, trader, WAD, "1700")
     p.deposit(trader, "WETH", 1)
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "has collateral"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "has collateral"
 
 
 @pytest.mark.parametrize("state", ["empty", "positive"])
@@ -410,12 +386,12 @@ def test_settle_bad_debt_no_bad_debt(protocol, actors, state):
     p, trader = protocol, actors.trader
     if state == "positive":
         p.deposit(trader, "USDC", 10**6)
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "no bad debt"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "no bad debt"
 
 
 def test_settle_bad_debt_house(protocol, actors):
     p = protocol
-    assert reverts(p, actors.outsider, p.engine.functions.settle_bad_debt(p.engine.address)) == "house"
+    assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(p.engine.address)) == "house"
 
 
 # ---------------------------------------------------------------- preview on unusable prices
@@ -428,8 +404,8 @@ def test_preview_liquidate_collateral_on_bad_price_reverts_like_the_action(proto
     from protocol_model.chain import revert_reason
 
     p, trader = protocol, actors.trader
-    token = deploy_contract(p.w3, p.owner, "Token", "Zero", "ZRO", 18)
-    feed = deploy_contract(p.w3, p.owner, "PriceFeed", 8, "ZRO / USD", 0, 1, 10**20)  # no round yet: answer 0
+    token = new_token(p, 18, "ZRO", name="Zero")
+    feed = new_feed(p, 8, 0, 10**20, "ZRO / USD")  # no round yet: answer 0
     p.owner.send(p.engine.functions.list_collateral(token.address, feed.address, 5 * 10**17, 6 * 10**17, DISCOUNT, 0))
     p.deposit(trader, "USDC", 250 * 10**6)
     realise_eth_loss(p, trader, WAD, "1700")
@@ -438,7 +414,7 @@ def test_preview_liquidate_collateral_on_bad_price_reverts_like_the_action(proto
     trader.send(p.engine.functions.deposit(token.address, 10**18))
     assert p.cash(trader.address) < 0 and p.health(trader.address)[2] < 0
     call = p.engine.functions.liquidate_collateral(trader.address, token.address, MAX_UINT)
-    assert reverts(p, actors.liquidator, call) == "bad price"
+    assert reverts(actors.liquidator, call) == "bad price"
 
     with pytest.raises((ContractLogicError, TransactionFailed)) as exc:
         preview(p, trader.address, token.address, MAX_UINT)

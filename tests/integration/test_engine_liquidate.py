@@ -12,44 +12,34 @@ from dataclasses import dataclass
 import pytest
 from web3.logs import DISCARD
 
-from protocol_model.errors import Revert
+from engine_helpers import (
+    BTC,
+    ETH,
+    IMF,
+    LIQ_FEE,
+    MAX_UINT,
+    MMF,
+    WAD,
+    call_struct,
+    deploy_source,
+    div_up,
+    events,
+    fee_of,
+    mul_down,
+    mul_up,
+    perp_term,
+    quote_scale,
+    reverts,
+    set_next_timestamp,
+    updated_at,
+    upnl,
+)
 
-WAD = 10**18
-MAX_UINT = 2**256 - 1
-ETH, BTC = 0, 1
-IMF = 10**17
-MMF = 5 * 10**16
-LIQ_FEE = 2 * 10**16
-TAKER = 5 * 10**14
 KEEPER_SHARE = WAD // 2
 DUST = 10 * WAD
 
 
-# ---------------------------------------------------------------- exact integer helpers
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def mul_down(a: int, b: int) -> int:
-    return (a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    return ceil_div(a * b, WAD)
-
-
-def div_up(a: int, b: int) -> int:
-    return ceil_div(a * WAD, b)
-
-
-def upnl(size: int, quote: int, price: int) -> int:
-    return mul_down(size, price) + quote
-
-
-def notional(size: int, price: int) -> int:
-    return mul_up(abs(size), price)
+# ---------------------------------------------------------------- expected values
 
 
 @dataclass
@@ -77,7 +67,7 @@ def expected_liquidation(
     is (size, quote); ``other_*`` are the terms of the rest of the account (collateral, other
     markets)."""
     equity = cash + other_equity + upnl(size, quote, price)
-    init = cash + other_init + upnl(size, quote, price) - mul_up(notional(size, price), IMF)
+    init = cash + other_init + perp_term(size, quote, price, IMF)
     s = abs(size)
     need = div_up(div_up(-init, IMF - LIQ_FEE), price)
     q = min(s, need)
@@ -94,8 +84,8 @@ def expected_liquidation(
         new_cash += new_quote
         new_quote = 0
     keeper = mul_down(penalty, keeper_share) // quote_scale
-    term_init = upnl(new_size, new_quote, price) - mul_up(notional(new_size, price), IMF)
-    term_maint = upnl(new_size, new_quote, price) - mul_up(notional(new_size, price), MMF)
+    term_init = perp_term(new_size, new_quote, price, IMF)
+    term_maint = perp_term(new_size, new_quote, price, MMF)
     return Expected(
         q=q, size_delta=size_delta, quote_delta=quote_delta, penalty=penalty, keeper_reward=keeper,
         insurance=penalty - keeper * quote_scale, size=new_size, quote=new_quote, cash=new_cash,
@@ -107,14 +97,8 @@ def expected_liquidation(
 # ---------------------------------------------------------------- helpers
 
 
-def events(p, receipt, name: str) -> list:
-    return list(getattr(p.engine.events, name)().process_receipt(receipt, errors=DISCARD))
-
-
 def preview(p, account: str, market: int, max_size: int) -> dict:
-    fn = p.engine.functions.preview_liquidate(account, market, max_size)
-    names = [c["name"] for c in fn.abi["outputs"][0]["components"]]
-    return dict(zip(names, fn.call()))
+    return call_struct(p.engine.functions.preview_liquidate(account, market, max_size))
 
 
 def liquidate(p, liquidator, account: str, market: int, max_size: int = MAX_UINT):
@@ -122,23 +106,12 @@ def liquidate(p, liquidator, account: str, market: int, max_size: int = MAX_UINT
 
 
 def liquidate_reverts(p, liquidator, account: str, market: int, max_size: int = MAX_UINT) -> str:
-    with pytest.raises(Revert) as exc:
-        liquidate(p, liquidator, account, market, max_size)
-    return exc.value.reason
-
-
-def set_next_timestamp(tester, ts: int) -> None:
-    tester.time_travel(ts)
-    assert tester.get_block_by_number("pending")["timestamp"] == ts
+    return reverts(liquidator, p.engine.functions.liquidate(account, market, max_size))
 
 
 def open_long_4_eth(p, trader, deposit_usd: int | str = 1000) -> None:
     p.deposit(trader, "USDC", p.units("USDC", deposit_usd))
     p.trade(trader, "ETH-PERP", 4 * WAD)
-
-
-def quote_scale(p) -> int:
-    return 10 ** (18 - p.dep.quote_decimals)
 
 
 def assert_liquidation_matches(p, receipt, account: str, liquidator: str, exp: Expected, plan: dict, price: int) -> None:
@@ -351,12 +324,12 @@ def test_liquidation_with_collateral_and_another_market(protocol, actors):
     p.trade(trader, "ETH-PERP", 20 * WAD)  # 40_000 notional, fee 20
     p.set_price("ETH", 1780)
     p_eth, p_btc = 1780 * WAD, p.price("BTC")
-    cash = -mul_up(mul_up(WAD // 100, p_btc), TAKER) - mul_up(mul_up(20 * WAD, 2000 * WAD), TAKER)
+    cash = -fee_of(WAD // 100, p_btc) - fee_of(20 * WAD, 2000 * WAD)
     value = 10**7 * p_btc // 10**8
     btc_quote = mul_down(-(WAD // 100), p_btc)
     other_equity = value + upnl(WAD // 100, btc_quote, p_btc)
-    other_init = mul_down(value, 75 * 10**16) + upnl(WAD // 100, btc_quote, p_btc) - mul_up(notional(WAD // 100, p_btc), IMF)
-    other_maint = mul_down(value, 80 * 10**16) + upnl(WAD // 100, btc_quote, p_btc) - mul_up(notional(WAD // 100, p_btc), MMF)
+    other_init = mul_down(value, 75 * 10**16) + perp_term(WAD // 100, btc_quote, p_btc, IMF)
+    other_maint = mul_down(value, 80 * 10**16) + perp_term(WAD // 100, btc_quote, p_btc, MMF)
     exp = expected_liquidation(
         cash=cash, size=20 * WAD, quote=-40_000 * WAD, price=p_eth, max_size=MAX_UINT,
         other_equity=other_equity, other_init=other_init, other_maint=other_maint,
@@ -437,7 +410,7 @@ def test_liquidate_stale_price_reverts_but_preview_reads_it(protocol, actors, te
     p, trader, liquidator = protocol, actors.trader, actors.liquidator
     open_long_4_eth(p, trader)
     p.set_price("ETH", 1800)
-    t0 = p.feed("ETH").functions.latestRoundData().call()[3]
+    t0 = updated_at(p, "ETH")
     set_next_timestamp(tester, t0 + 3601)
     assert liquidate_reverts(p, liquidator, trader.address, ETH) == "stale price"
     exp = expected_liquidation(cash=996 * WAD, size=4 * WAD, quote=-8000 * WAD, price=1800 * WAD, max_size=MAX_UINT)
@@ -445,7 +418,7 @@ def test_liquidate_stale_price_reverts_but_preview_reads_it(protocol, actors, te
     # A stale feed of another holding also blocks it: health reads every held feed.
     p.set_price("ETH", 1800)
     p.deposit(trader, "WBTC", 1)
-    t1 = p.feed("BTC").functions.latestRoundData().call()[3]
+    t1 = updated_at(p, "BTC")
     set_next_timestamp(tester, max(t1 + 3601, tester.get_block_by_number("pending")["timestamp"]))
     p.set_price("ETH", 1800)
     assert liquidate_reverts(p, liquidator, trader.address, ETH) == "stale price"
@@ -484,11 +457,7 @@ def latestRoundData() -> (uint80, int256, uint256, uint256, uint80):
 
 
 def deploy_settable_feed(p, answer: int):
-    from vyper.compiler import compile_code
-
-    out = compile_code(SETTABLE_FEED_SOURCE, output_formats=["abi", "bytecode"])
-    receipt = p.owner.send(p.w3.eth.contract(abi=out["abi"], bytecode=out["bytecode"]).constructor(answer))
-    return p.w3.eth.contract(address=receipt["contractAddress"], abi=out["abi"])
+    return deploy_source(p, SETTABLE_FEED_SOURCE, answer)
 
 
 @pytest.mark.parametrize("answer", [0, -5, 2**100 // 10**10 + 1])

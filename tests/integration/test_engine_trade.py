@@ -8,70 +8,44 @@ Buys pay ``mul_up(size, P)``, sells receive ``mul_down(size, P)``: both are
 from __future__ import annotations
 
 import pytest
-from web3.logs import DISCARD
 
-from protocol_model.deploy import deploy_contract
-from protocol_model.errors import Revert
-
-WAD = 10**18
-MAX_UINT = 2**256 - 1
-MAX_SIZE = 2**100
-ETH, BTC = 0, 1
-IMF = 10**17
-MMF = 5 * 10**16
-TAKER = 5 * 10**14
-
-
-# ---------------------------------------------------------------- exact integer helpers
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def mul_down(a: int, b: int) -> int:
-    return (a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    return ceil_div(a * b, WAD)
-
-
-def fee_of(delta: int, price: int, taker: int = TAKER) -> int:
-    return mul_up(mul_up(abs(delta), price), taker)
-
-
-def perp_term(size: int, quote: int, price: int, fraction: int) -> int:
-    """upnl minus the margin requirement at ``fraction`` for one position."""
-    return mul_down(size, price) + quote - mul_up(mul_up(abs(size), price), fraction)
-
+from engine_helpers import (
+    BTC,
+    ETH,
+    IMF,
+    MAX_SIZE,
+    MAX_UINT,
+    MMF,
+    TAKER,
+    WAD,
+    ceil_div,
+    events,
+    fee_of,
+    largest_passing,
+    mul_down,
+    mul_up,
+    new_feed,
+    perp_term,
+    reverts,
+    set_next_timestamp,
+    updated_at,
+)
 
 # ---------------------------------------------------------------- helpers
 
 
-def events(p, receipt, name: str) -> list:
-    return list(getattr(p.engine.events, name)().process_receipt(receipt, errors=DISCARD))
-
-
-def set_next_timestamp(tester, ts: int) -> None:
-    tester.time_travel(ts)
-    assert tester.get_block_by_number("pending")["timestamp"] == ts
-
-
-def updated_at(p, asset: str) -> int:
-    return p.feed(asset).functions.latestRoundData().call()[3]
+def trade_call(p, market: int, delta: int, limit: int | None = None):
+    if limit is None:
+        limit = MAX_UINT if delta > 0 else 0
+    return p.engine.functions.trade(market, delta, limit)
 
 
 def send_trade(actor, p, market: int, delta: int, limit: int | None = None):
-    if limit is None:
-        limit = MAX_UINT if delta > 0 else 0
-    return actor.send(p.engine.functions.trade(market, delta, limit))
+    return actor.send(trade_call(p, market, delta, limit))
 
 
 def trade_reverts(actor, p, market: int, delta: int, limit: int | None = None) -> str:
-    with pytest.raises(Revert) as exc:
-        send_trade(actor, p, market, delta, limit)
-    return exc.value.reason
+    return reverts(actor, trade_call(p, market, delta, limit))
 
 
 # ---------------------------------------------------------------- execution
@@ -223,13 +197,7 @@ def test_insufficient_margin_exact_boundary(protocol, actors, side):
         delta = side * size
         return 1_000 * WAD - fee_of(delta, price) + perp_term(delta, mul_down(-delta, price), price, IMF)
 
-    lo, hi = 0, 100 * WAD  # init_after(lo) >= 0 > init_after(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if init_after(mid) >= 0:
-            lo = mid
-        else:
-            hi = mid
+    lo = largest_passing(lambda size: init_after(size) >= 0, 0, 100 * WAD)  # init_after(0) >= 0 > init_after(100 WAD)
     assert trade_reverts(trader, p, ETH, side * (lo + 1)) == "insufficient margin"
     send_trade(trader, p, ETH, side * lo)
     assert p.health(trader.address)[1] == init_after(lo) >= 0
@@ -290,13 +258,7 @@ def test_margin_counts_collateral_and_other_markets(protocol, actors):
     def init_after(size: int) -> int:
         return base - fee_of(size, p_eth) + perp_term(size, mul_down(-size, p_eth), p_eth, IMF)
 
-    lo, hi = 0, 1_000 * WAD
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if init_after(mid) >= 0:
-            lo = mid
-        else:
-            hi = mid
+    lo = largest_passing(lambda size: init_after(size) >= 0, 0, 1_000 * WAD)
     assert trade_reverts(trader, p, ETH, lo + 1) == "insufficient margin"
     send_trade(trader, p, ETH, lo)
     assert p.health(trader.address)[1] == init_after(lo)
@@ -443,7 +405,7 @@ def test_stale_feed_of_another_holding_blocks_risk_increase_only(protocol, actor
 
 def test_trade_bad_price_reverts(protocol, actors):
     p, trader = protocol, actors.trader
-    feed = deploy_contract(p.w3, p.owner, "PriceFeed", 8, "NEW / USD", 0, 1, 2**120)
+    feed = new_feed(p, 8, 0, 2**120)
     p.owner.send(p.engine.functions.list_market(feed.address, IMF, MMF, 2 * 10**16, TAKER, 0))
     p.deposit(trader, "USDC", 10_000 * 10**6)
     assert trade_reverts(trader, p, 2, WAD) == "bad price"
