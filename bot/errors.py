@@ -56,7 +56,7 @@ class StoreError(BotError, RuntimeError):
 class TxError(BotError):
     """The node refused a transaction (not a revert: those are results, not errors).
 
-    ``kind`` says why: ``"nonce_low"``, ``"underpriced"``, ``"fee_too_low"``, ``"circuit_open"``
+    ``kind`` says why: ``"nonce_low"``, ``"nonce_high"``, ``"underpriced"``, ``"fee_too_low"``, ``"circuit_open"``
     or ``"other"``.
     """
 

@@ -362,6 +362,8 @@ def _send_error_kind(exc: BaseException) -> str:
         return "known"
     if "nonce too low" in text or "invalid transaction nonce" in text or "nonce is too low" in text:
         return "nonce_low"
+    if "nonce too high" in text:
+        return "nonce_high"
     if "underpriced" in text:
         return "underpriced"
     if "max fee per gas less than block base fee" in text or "fee cap less than block base fee" in text:
@@ -614,6 +616,17 @@ class TxSender:
                 except TxError as exc:
                     answers.append(exc)
 
+        # A node may run the members of a batch concurrently: an automining dev node (Hardhat)
+        # then refuses a nonce whose predecessors it has not mined yet. Those go again one by one,
+        # in nonce order, once the batch is answered.
+        for k, ((_i, tx, raw, _fees, _flight), err) in enumerate(zip(signed, answers)):
+            if isinstance(err, TxError) and err.kind == "nonce_high":
+                log.info("node refused nonce %d as too high in a batch: sending it on its own", tx.nonce)
+                try:
+                    self._send_raw(tx, raw)
+                    answers[k] = None
+                except TxError as exc:
+                    answers[k] = exc
         stored: list[tuple[int, SentTx, Fees, Preflight]] = []
         retry: list[int] = []
         for k, ((i, tx, _raw, fees, flight), err) in enumerate(zip(signed, answers)):

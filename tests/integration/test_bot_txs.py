@@ -365,3 +365,42 @@ def test_replace_with_given_fees_needs_the_bump_and_is_followed(protocol, bot_w3
     number, base = head(bot_w3)
     outcome = sender.check_pending(number, base)[0]
     assert outcome.status == "mined" and outcome.tx.hash == new.hash and outcome.superseded == (old.hash,)
+
+
+def test_batch_members_refused_as_nonce_too_high_go_again_in_order():
+    """A node that runs a batch's members concurrently and mines each at once (Hardhat's automine)
+    refuses nonces whose predecessors it has not mined yet ("nonce too high"). The sender sends
+    those again one by one, in nonce order, and nothing is lost or sent twice."""
+    from bot.devnode.provider import DevChainProvider
+    from bot.txs import Preflight, TxRequest
+
+    w3 = Web3(DevChainProvider())
+    key = Account.create()
+    funder = w3.eth.accounts[0]
+    w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": funder, "to": key.address, "value": 10**18}))
+
+    class OutOfOrderBatches(Web3Middleware):
+        """Forwards the first member of a batch of raw transactions; answers the rest like a node
+        that saw them before the first one was mined."""
+
+        def wrap_make_batch_request(self, make_batch_request):
+            def middleware(requests_info):
+                if requests_info and all(m == "eth_sendRawTransaction" for m, _ in requests_info):
+                    first = make_batch_request(requests_info[:1])
+                    refused = [{"jsonrpc": "2.0", "id": i + 1, "error": {
+                        "code": -32000, "message": "Nonce too high. Expected nonce to be 1 but got 2."}}
+                        for i in range(1, len(requests_info))]
+                    return list(first) + refused
+                return make_batch_request(requests_info)
+            return middleware
+
+    w3.middleware_onion.inject(OutOfOrderBatches, name="out_of_order", layer=0)
+    sender = make_sender(w3, key)
+    sink = w3.eth.accounts[3]
+    before = w3.eth.get_balance(sink)
+    items = [(TxRequest(sink, "0x", "transfer", sink, i, 21_000, value=1000 + i), Preflight(True)) for i in range(4)]
+    results = sender.send_many(items, base_fee_wei=int(w3.eth.get_block("latest")["baseFeePerGas"]), head_block=1)
+    assert [r.status for r in results] == ["sent"] * 4
+    assert [r.tx.nonce for r in results] == [0, 1, 2, 3]
+    assert w3.eth.get_transaction_count(key.address) == 4
+    assert w3.eth.get_balance(sink) == before + sum(1000 + i for i in range(4))
