@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from protocol_model.errors import Revert
-
 from engine_helpers import (
     MAX_AMOUNT,
     MAX_PRICE,
@@ -21,6 +19,7 @@ from engine_helpers import (
     new_feed,
     new_token,
     quote_scale,
+    reverts,
     set_next_timestamp,
     updated_at,
     value_of,
@@ -122,9 +121,7 @@ def test_deposit_cap_allows_up_to_cap_then_reverts(protocol, actors):
     p.deposit(actors.trader, "WETH", 3 * 10**18)
     p.deposit(actors.trader2, "WETH", 2 * 10**18)  # exactly the cap, across two accounts
     p.fund(actors.trader, "WETH", 1)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(weth.address, 1))
-    assert exc.value.reason == "deposit cap"
+    assert reverts(actors.trader, p.engine.functions.deposit(weth.address, 1)) == "deposit cap"
     # Withdrawing frees room under the cap.
     actors.trader2.send(p.engine.functions.withdraw(weth.address, 1))
     actors.trader.send(p.engine.functions.deposit(weth.address, 1))
@@ -155,9 +152,7 @@ def test_deposit_total_bound_allows_up_to_it_then_reverts_deposit_cap(protocol, 
     assert (ev.args.amount, ev.args.cash, ev.args.collateral) == (1, 0, 1)
     assert p.engine.functions.total_collateral(token.address).call() == bound
 
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(token.address, 1))
-    assert exc.value.reason == "deposit cap"
+    assert reverts(actors.trader, p.engine.functions.deposit(token.address, 1)) == "deposit cap"
     assert p.engine.functions.total_collateral(token.address).call() == bound
     assert p.engine.functions.collateral(actors.trader.address, token.address).call() == bound - 1
     assert token.functions.balanceOf(actors.trader.address).call() == 2
@@ -181,35 +176,25 @@ def test_deposit_total_bound_order_and_owner_cap(protocol, actors):
     bound = MAX_TOTAL_COLLATERAL * 10**8
     fund_token(p, actors.trader, token, MAX_AMOUNT + 1)
     # "amount too large" is checked first; an amount within MAX_AMOUNT but above the bound: "deposit cap"
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(token.address, MAX_AMOUNT + 1))
-    assert exc.value.reason == "amount too large"
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(token.address, MAX_AMOUNT))
-    assert exc.value.reason == "deposit cap"
+    assert reverts(actors.trader, p.engine.functions.deposit(token.address, MAX_AMOUNT + 1)) == "amount too large"
+    assert reverts(actors.trader, p.engine.functions.deposit(token.address, MAX_AMOUNT)) == "deposit cap"
     # An owner's cap above the bound does not lift it.
     p.owner.send(p.engine.functions.set_collateral_params(token.address, 5 * 10**17, 6 * 10**17, 5 * 10**16, bound + 10))
     actors.trader.send(p.engine.functions.deposit(token.address, bound))
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(token.address, 1))
-    assert exc.value.reason == "deposit cap"
+    assert reverts(actors.trader, p.engine.functions.deposit(token.address, 1)) == "deposit cap"
     # The quote token has no cap: MAX_AMOUNT is far above the bound of a 6-decimal token.
     p.fund(actors.trader, "USDC", MAX_AMOUNT)
     actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT))
 
 
 def test_deposit_zero_amount_reverts(protocol, actors):
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(protocol.engine.functions.deposit(protocol.quote.address, 0))
-    assert exc.value.reason == "zero amount"
+    assert reverts(actors.trader, protocol.engine.functions.deposit(protocol.quote.address, 0)) == "zero amount"
 
 
 def test_deposit_amount_too_large_reverts(protocol, actors):
     p = protocol
     p.fund(actors.trader, "USDC", MAX_AMOUNT + 1)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT + 1))
-    assert exc.value.reason == "amount too large"
+    assert reverts(actors.trader, p.engine.functions.deposit(p.quote.address, MAX_AMOUNT + 1)) == "amount too large"
     # The bound itself is accepted.
     actors.trader.send(p.engine.functions.deposit(p.quote.address, MAX_AMOUNT))
     assert p.cash(actors.trader.address) == MAX_AMOUNT * quote_scale(p)
@@ -219,20 +204,14 @@ def test_deposit_unlisted_token_reverts(protocol, actors):
     p = protocol
     token = new_token(p, 18, "UNL", name="Unlisted")
     fund_token(p, actors.trader, token, 10**18)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(token.address, 10**18))
-    assert exc.value.reason == "not listed"
+    assert reverts(actors.trader, p.engine.functions.deposit(token.address, 10**18)) == "not listed"
 
 
 def test_deposit_without_allowance_or_balance_reverts_with_token_reason(protocol, actors):
     p = protocol
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(p.quote.address, 10))
-    assert exc.value.reason == "insufficient allowance"
+    assert reverts(actors.trader, p.engine.functions.deposit(p.quote.address, 10)) == "insufficient allowance"
     p.fund(actors.trader, "USDC", 9)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.deposit(p.quote.address, 10))
-    assert exc.value.reason == "insufficient balance"
+    assert reverts(actors.trader, p.engine.functions.deposit(p.quote.address, 10)) == "insufficient balance"
     assert p.cash(actors.trader.address) == 0
 
 
@@ -272,9 +251,7 @@ def test_withdraw_quote_more_than_cash_reverts(any_protocol, actors):
     p, trader = any_protocol, actors.trader
     amount = p.units("USDC", 100)
     p.deposit(trader, "USDC", amount)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.quote.address, amount + 1))
-    assert exc.value.reason == "insufficient cash"
+    assert reverts(trader, p.engine.functions.withdraw(p.quote.address, amount + 1)) == "insufficient cash"
     assert p.cash(trader.address) == amount * quote_scale(p)
 
 
@@ -283,9 +260,7 @@ def test_withdraw_quote_cannot_borrow_against_collateral(protocol, actors):
     p, trader = protocol, actors.trader
     p.deposit(trader, "WETH", 10 * 10**18)
     p.deposit(trader, "USDC", 10**6)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.quote.address, 10**6 + 1))
-    assert exc.value.reason == "insufficient cash"
+    assert reverts(trader, p.engine.functions.withdraw(p.quote.address, 10**6 + 1)) == "insufficient cash"
 
 
 def test_withdraw_quote_limited_by_margin_exact_boundary(protocol, actors):
@@ -300,9 +275,7 @@ def test_withdraw_quote_limited_by_margin_exact_boundary(protocol, actors):
     assert p.health(trader.address)[1] == init == 799 * WAD
     max_units = init // 10**12
 
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.quote.address, max_units + 1))
-    assert exc.value.reason == "insufficient margin"
+    assert reverts(trader, p.engine.functions.withdraw(p.quote.address, max_units + 1)) == "insufficient margin"
     trader.send(p.engine.functions.withdraw(p.quote.address, max_units))
     assert p.health(trader.address)[1] == 0
 
@@ -340,15 +313,12 @@ def test_withdraw_collateral_partial_then_all_clears_bit(any_protocol, actors, s
 def test_withdraw_collateral_more_than_balance_reverts(protocol, actors):
     p, trader = protocol, actors.trader
     p.deposit(trader, "WBTC", 10**8)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.token("WBTC").address, 10**8 + 1))
-    assert exc.value.reason == "insufficient collateral"
+    assert reverts(trader, p.engine.functions.withdraw(p.token("WBTC").address, 10**8 + 1)) == "insufficient collateral"
 
 
 def test_withdraw_collateral_never_deposited_reverts(protocol, actors):
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(protocol.engine.functions.withdraw(protocol.token("WETH").address, 1))
-    assert exc.value.reason == "insufficient collateral"
+    call = protocol.engine.functions.withdraw(protocol.token("WETH").address, 1)
+    assert reverts(actors.trader, call) == "insufficient collateral"
 
 
 def test_withdraw_collateral_limited_by_margin_exact_boundary(protocol, actors):
@@ -369,9 +339,7 @@ def test_withdraw_collateral_limited_by_margin_exact_boundary(protocol, actors):
 
     assert p.health(trader.address)[1] == init_after(0)
     lo = largest_passing(lambda w: init_after(w) >= 0, 0, balance)  # init_after(0) >= 0 > init_after(balance)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(weth.address, lo + 1))
-    assert exc.value.reason == "insufficient margin"
+    assert reverts(trader, p.engine.functions.withdraw(weth.address, lo + 1)) == "insufficient margin"
     trader.send(p.engine.functions.withdraw(weth.address, lo))
     assert p.health(trader.address)[1] == init_after(lo) >= 0
 
@@ -385,9 +353,7 @@ def test_withdraw_while_paused_reverts_then_works_after_unpause(protocol, actors
     p.deposit(trader, "WETH", 10**18)
     p.owner.send(p.engine.functions.pause())
     for token in (p.quote.address, p.token("WETH").address):
-        with pytest.raises(Revert) as exc:
-            trader.send(p.engine.functions.withdraw(token, 1))
-        assert exc.value.reason == "paused"
+        assert reverts(trader, p.engine.functions.withdraw(token, 1)) == "paused"
     p.owner.send(p.engine.functions.unpause())
     trader.send(p.engine.functions.withdraw(p.quote.address, 1))
     assert p.cash(trader.address) == WAD - 10**12
@@ -396,29 +362,21 @@ def test_withdraw_while_paused_reverts_then_works_after_unpause(protocol, actors
 def test_withdraw_zero_amount_reverts(protocol, actors):
     p = protocol
     p.deposit(actors.trader, "USDC", 10**6)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.withdraw(p.quote.address, 0))
-    assert exc.value.reason == "zero amount"
+    assert reverts(actors.trader, p.engine.functions.withdraw(p.quote.address, 0)) == "zero amount"
 
 
 def test_withdraw_amount_too_large_reverts(protocol, actors):
     p = protocol
     p.deposit(actors.trader, "USDC", 10**6)
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT + 1))
-    assert exc.value.reason == "amount too large"
+    assert reverts(actors.trader, p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT + 1)) == "amount too large"
     # At the bound the next check speaks instead.
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT))
-    assert exc.value.reason == "insufficient cash"
+    assert reverts(actors.trader, p.engine.functions.withdraw(p.quote.address, MAX_AMOUNT)) == "insufficient cash"
 
 
 def test_withdraw_unlisted_token_reverts(protocol, actors):
     p = protocol
     token = new_token(p, 18, "UNL", name="Unlisted")
-    with pytest.raises(Revert) as exc:
-        actors.trader.send(p.engine.functions.withdraw(token.address, 1))
-    assert exc.value.reason == "not listed"
+    assert reverts(actors.trader, p.engine.functions.withdraw(token.address, 1)) == "not listed"
 
 
 # ---------------------------------------------------------------- withdraw: prices
@@ -438,13 +396,9 @@ def test_withdraw_stale_price_of_held_collateral_reverts_at_age_limit_plus_one(p
     trader.send(p.engine.functions.withdraw(weth.address, 1))
 
     set_next_timestamp(tester, t0 + max_age + 1)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(weth.address, 1))
-    assert exc.value.reason == "stale price"
+    assert reverts(trader, p.engine.functions.withdraw(weth.address, 1)) == "stale price"
     # A quote withdrawal checks the same held feed.
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.quote.address, 1))
-    assert exc.value.reason == "stale price"
+    assert reverts(trader, p.engine.functions.withdraw(p.quote.address, 1)) == "stale price"
     # A fresh answer makes it usable again.
     p.set_price("ETH", 2000)
     trader.send(p.engine.functions.withdraw(weth.address, 1))
@@ -458,9 +412,7 @@ def test_withdraw_stale_price_with_short_max_age(protocol, actors, tester):
     receipt = p.owner.send(p.engine.functions.set_params(WAD // 2, 5, 10 * WAD))
     assert events(p, receipt, "ParamsSet")[0].args.max_price_age == 5
     set_next_timestamp(tester, updated_at(p, "BTC") + 6)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.token("WBTC").address, 1))
-    assert exc.value.reason == "stale price"
+    assert reverts(trader, p.engine.functions.withdraw(p.token("WBTC").address, 1)) == "stale price"
     # Views read stale prices without reverting.
     value = value_of(10**8, p.price("BTC"), 8)
     assert p.health(trader.address)[0] == value
@@ -480,9 +432,7 @@ def test_withdraw_all_of_a_stale_collateral_needs_no_price(protocol, actors, tes
     p, trader = protocol, actors.trader
     p.deposit(trader, "WETH", 10**18)
     set_next_timestamp(tester, updated_at(p, "ETH") + 3601)
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(p.token("WETH").address, 10**18 - 1))
-    assert exc.value.reason == "stale price"
+    assert reverts(trader, p.engine.functions.withdraw(p.token("WETH").address, 10**18 - 1)) == "stale price"
     trader.send(p.engine.functions.withdraw(p.token("WETH").address, 10**18))
     assert p.engine.functions.held_collaterals(trader.address).call() == 0
 
@@ -494,9 +444,7 @@ def test_withdraw_bad_price_zero_answer_reverts(protocol, actors):
     fund_token(p, trader, token, 10**18)
     trader.send(p.engine.functions.deposit(token.address, 10**18))
     assert feed.functions.latestRoundData().call()[1] == 0
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(token.address, 1))
-    assert exc.value.reason == "bad price"
+    assert reverts(trader, p.engine.functions.withdraw(token.address, 1)) == "bad price"
     # Views read it as worth 0.
     assert p.health(trader.address) == (0, 0, 0)
 
@@ -511,9 +459,7 @@ def test_withdraw_bad_price_above_max_price_reverts(protocol, actors):
     p.owner.send(feed.functions.set_answer(MAX_PRICE // scale))  # the largest usable answer
     trader.send(p.engine.functions.withdraw(token.address, 1))
     p.owner.send(feed.functions.set_answer(MAX_PRICE // scale + 1))
-    with pytest.raises(Revert) as exc:
-        trader.send(p.engine.functions.withdraw(token.address, 1))
-    assert exc.value.reason == "bad price"
+    assert reverts(trader, p.engine.functions.withdraw(token.address, 1)) == "bad price"
     balance = 10**18 - 1
     value = value_of(balance, MAX_PRICE, 18)
     assert p.health(trader.address) == (value, mul_down(value, 5 * 10**17), mul_down(value, 6 * 10**17))
