@@ -731,14 +731,19 @@ def set_collateral_params(state: ProtocolState, sender: str, token: str, init_we
     col.liquidation_discount, col.deposit_cap = Wad(liquidation_discount), Native(deposit_cap)
 
 
-def seed_house(state: ProtocolState, sender: str, amount: int, wallets: Wallets | None = None) -> Wad:
-    """``seed_house(amount)``: quote tokens from the owner into the house's cash; returns that cash."""
+def _owner_amount(state: ProtocolState, sender: str, amount: int) -> None:
+    """The checks of the owner's quote seedings, in the engine's order."""
     _uint256("amount", amount)
     _only_owner(state, sender)
     if amount == 0:
         raise Revert("zero amount")
     if amount > MAX_AMOUNT:
         raise Revert("amount too large")
+
+
+def seed_house(state: ProtocolState, sender: str, amount: int, wallets: Wallets | None = None) -> Wad:
+    """``seed_house(amount)``: quote tokens from the owner into the house's cash; returns that cash."""
+    _owner_amount(state, sender, amount)
     house = _house(state)
     c = checked(house.cash + amount * state.params.quote_scale)
     _move(wallets, [_Transfer(state.params.quote_token, sender, state.engine, amount, state.engine)])
@@ -748,12 +753,7 @@ def seed_house(state: ProtocolState, sender: str, amount: int, wallets: Wallets 
 
 def seed_insurance(state: ProtocolState, sender: str, amount: int, wallets: Wallets | None = None) -> Wad:
     """``seed_insurance(amount)``: quote tokens from the owner into the insurance fund; returns it."""
-    _uint256("amount", amount)
-    _only_owner(state, sender)
-    if amount == 0:
-        raise Revert("zero amount")
-    if amount > MAX_AMOUNT:
-        raise Revert("amount too large")
+    _owner_amount(state, sender, amount)
     fund = _checked_u256(state.insurance_fund + amount * state.params.quote_scale)
     _move(wallets, [_Transfer(state.params.quote_token, sender, state.engine, amount, state.engine)])
     state.insurance_fund = Wad(fund)

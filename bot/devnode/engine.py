@@ -627,15 +627,18 @@ class DevChain:
                 base_fee=int(block.header.base_fee_per_gas),
             )
 
+    def _find_block(self, block_id: BlockId | bytes) -> Any | None:
+        """The canonical block with this hash (bytes), number or tag; None if there is none."""
+        if isinstance(block_id, bytes):
+            return self._canonical_block_by_hash(block_id)
+        try:
+            return self._canonical_block(self._resolve_number(block_id))
+        except ServerError:
+            return None
+
     def transaction_by_block(self, block_id: BlockId | bytes, index: int) -> dict[str, Any] | None:
         with self.lock:
-            if isinstance(block_id, bytes):
-                block = self._canonical_block_by_hash(block_id)
-            else:
-                try:
-                    block = self._canonical_block(self._resolve_number(block_id))
-                except ServerError:
-                    return None
+            block = self._find_block(block_id)
             if block is None or index >= len(block.transactions):
                 return None
             return tx_json(
@@ -656,13 +659,7 @@ class DevChain:
 
     def block_receipts(self, block_id: BlockId | bytes) -> list[dict[str, Any]] | None:
         with self.lock:
-            if isinstance(block_id, bytes):
-                block = self._canonical_block_by_hash(block_id)
-            else:
-                try:
-                    block = self._canonical_block(self._resolve_number(block_id))
-                except ServerError:
-                    return None
+            block = self._find_block(block_id)
             if block is None:
                 return None
             receipts = block.get_receipts(self.chain.chaindb)
