@@ -26,15 +26,18 @@ What runs here is a transcription of the on-chain mode, step for step:
   matters between candidates of exactly equal profit).
 * **Gas** (:class:`GasTable`): a transaction uses its intrinsic gas (21,000 plus its call data,
   computed exactly) plus the execution gas of the path it takes through the engine, keyed by what
-  decides the engine's gas: success or revert reason, the market, the account's active markets and
-  held collaterals (the loops of ``_health``, cold or warm feeds), and for a success how each
-  written storage slot changes (zero / non-zero / unchanged, priced by EIP-2200 and EIP-2929, with
-  the refund of cleared slots). An on-chain run measures ``gas used - intrinsic`` for every key it
-  meets (``report.gas_table``); keys it did not meet use :data:`DEFAULT_PATH_GAS` and
-  :data:`DEFAULT_REVERT_GAS`, measured on the contracts. The engine's rounding helpers branch on
-  their operands, so two transactions with one key can differ by some tens of gas (a few hundred at
-  most): off-chain gas matches on-chain gas to a fraction of a percent, not to the unit, while
-  winners, rewards, reverts, bad debt and timing match exactly.
+  decides the engine's gas: success or revert reason, the market, the account's active markets,
+  short positions and held collaterals (the loops of ``_health``, cold or warm feeds, the signed
+  roundings of short positions), and for a success whether a reward is paid (the token transfer)
+  and how each written storage slot changes (zero / non-zero / unchanged, priced by EIP-2200 and
+  EIP-2929 with the engine's branches, minus the capped refund of cleared slots). An on-chain run
+  measures ``gas used - intrinsic`` for every key it meets (``report.gas_table``); keys it did not
+  meet use the built-in table (:data:`DEFAULT_PATH_GAS`, :data:`DEFAULT_REVERT_GAS`,
+  :data:`BRANCH_GAS`), measured on the contracts by :mod:`bot.sim.calibrate` for every path of the
+  default listing. The engine's rounding helpers also branch on the values of their operands, so
+  two transactions with one key can differ by some tens of gas (about a hundred at most): off-chain
+  gas matches on-chain gas within 0.15 % per transaction (:data:`bot.sim.calibrate.MAX_ERROR`), not
+  to the unit, while winners, rewards, reverts, bad debt and timing match exactly.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from protocol_model.wad import UINT256_MAX
 from ..seeding import TraderPlan, plan_traders
 from ..strategy import Candidate, GasModel, Planner, merge_by_profit, scratch_state
 from ..txs import Fees, classify_revert, strategy_from_config
+from . import gas_table as _builtin
 from .agents import (
     BASE_FEE_FLOOR_WEI,
     COLLATERAL_LIQUIDATION,
@@ -88,76 +92,14 @@ START_TIMESTAMP = 1_700_000_000
 SHOCK_BLOCK = 1                       # off-chain block numbers: setup is block 0
 MAX_UINT = UINT256_MAX
 
-# Execution gas measured on contracts/ with the default listing (DeployConfig: ETH-PERP, BTC-PERP;
-# WETH, WBTC), from on-chain competitions (seeds 1-12, 60-100 traders): a success's path gas
-# (``ok|m<market>|a<active markets>|c<held collaterals>|r<reward paid>``, before its storage writes),
-# and a revert's whole execution gas. See GasTable.
-# Measured on the contracts of tests/__snapshots__/gas.txt by on-chain calibration runs (median per
-# key); keys those runs did not meet are the previous contracts' figures scaled by the measured
-# ratio (reverts x0.625, successes x0.750): estimates until they are re-measured.
-DEFAULT_PATH_GAS: dict[str, int] = {
-    "ok|m0|a1|c0|r1": 63269,
-    "ok|m0|a1|c1|r1": 78623,
-    "ok|m0|a1|c1|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Nn,Nn": 85054,
-    "ok|m0|a1|c1|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Zn,Nn": 102154,
-    "ok|m0|a1|c2|r1": 85056,
-    "ok|m0|a1|c3|r1": 98828,
-    "ok|m0|a1|c3|r1|Nn,Nn,Nn,=,Nn,Nn,=,=,Nn,Nn,Nn": 111023,
-    "ok|m0|a1|c3|r1|Nn,Nn,Nn,=,Nn,Nn,=,=,Nn,Zn,Nn": 128123,
-    "ok|m0|a1|c3|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Zn,Nn": 116505,
-    "ok|m0|a3|c0|r1|Nz,Nz,Nn,Nn,Nn,Nn,=,=,Nn,Zn,Nn": 114674,
-    "ok|m0|a3|c1|r1": 98024,
-    "ok|m0|a3|c1|r1|Nz,Nz,Nn,Nn,Nn,Nn,=,=,Nn,Nn,Nn": 107425,
-    "ok|m0|a3|c2|r1": 98367,
-    "ok|m0|a3|c3|r1": 111978,
-    "ok|m0|a3|c3|r1|Nz,Nz,Nn,Nn,Nn,Nn,=,=,Nn,Nn,Nn": 117276,
-    "ok|m0|a3|c3|r1|Nz,Nz,Nn,Nn,Nn,Nn,=,=,Nn,Zn,Nn": 134376,
-    "ok|m1|a2|c0|r1|Nn,Nn,Nn,=,Nn,Nn,=,=,Nn,Nn,Nn": 86883,
-    "ok|m1|a2|c1|r1": 85056,
-    "ok|m1|a2|c1|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Zn,Nn": 106764,
-    "ok|m1|a2|c2|r1": 78788,
-    "ok|m1|a2|c2|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Nn,Nn": 85274,
-    "ok|m1|a2|c3|r1": 98911,
-    "ok|m1|a2|c3|r1|Nn,Nn,Nn,=,Nn,Nn,=,=,Nn,Nn,Nn": 111085,
-    "ok|m1|a2|c3|r1|Nz,Nz,Nn,Nz,Nn,Nn,=,=,Nn,Nn,Nn": 99515,
-    "ok|m1|a3|c0|r1": 82769,
-    "ok|m1|a3|c1|r1": 98024,
-    "ok|m1|a3|c1|r1|Nz,Nz,Nn,Nn,Nn,Nn,=,=,Nn,Nn,Nn": 107425,
-    "ok|m1|a3|c2|r1": 98106,
-    "ok|m1|a3|c3|r1": 111879,
-}
-DEFAULT_REVERT_GAS: dict[str, int] = {
-    "revert|healthy|m0|a0|c0": 6131,
-    "revert|healthy|m0|a0|c1": 25506,
-    "revert|healthy|m0|a0|c2": 25575,
-    "revert|healthy|m0|a0|c3": 38576,
-    "revert|healthy|m0|a1|c0": 23566,
-    "revert|healthy|m0|a1|c1": 36374,
-    "revert|healthy|m0|a1|c2": 41759,
-    "revert|healthy|m0|a1|c3": 51647,
-    "revert|healthy|m0|a2|c0": 27555,
-    "revert|healthy|m0|a2|c1": 41906,
-    "revert|healthy|m1|a0|c1": 25506,
-    "revert|healthy|m1|a0|c3": 42380,
-    "revert|healthy|m1|a1|c0": 23649,
-    "revert|healthy|m1|a1|c1": 37296,
-    "revert|healthy|m1|a1|c2": 41759,
-    "revert|healthy|m1|a1|c3": 53247,
-    "revert|healthy|m1|a2|c0": 27555,
-    "revert|healthy|m1|a2|c1": 41759,
-    "revert|healthy|m1|a2|c3": 51757,
-    "revert|no position|m0|a0|c1": 28610,
-    "revert|no position|m0|a0|c2": 28318,
-    "revert|no position|m0|a0|c3": 42961,
-    "revert|no position|m0|a2|c1": 44501,
-    "revert|no position|m0|a2|c2": 39254,
-    "revert|no position|m0|a2|c3": 56142,
-    "revert|no position|m1|a0|c1": 28610,
-    "revert|no position|m1|a0|c2": 28720,
-    "revert|no position|m1|a0|c3": 42961,
-    "revert|no position|m1|a1|c0": 26308,
-    "revert|no position|m1|a1|c1": 39116,
-}
+# Execution gas of the default listing (DeployConfig: ETH-PERP, BTC-PERP; WETH, WBTC), measured on
+# the contracts by ``python -m bot.sim.calibrate --write`` (bot/sim/gas_table.py): a success's path
+# gas (``ok|m<market>|a<active markets>|c<held collaterals>|r<reward paid>``, every position long,
+# before its storage writes), a revert's (``revert|<reason>|m|a|c``), and the gas of the engine's
+# branches (:func:`write_gas`, :func:`short_gas`). See GasTable.
+DEFAULT_PATH_GAS: dict[str, int] = dict(_builtin.PATH_GAS)
+DEFAULT_REVERT_GAS: dict[str, int] = dict(_builtin.REVERT_GAS)
+BRANCH_GAS: dict[str, int] = dict(_builtin.BRANCH_GAS)
 FALLBACK_OK_PATH_GAS = 115_000
 FALLBACK_REVERT_GAS = 55_000
 
@@ -288,46 +230,164 @@ class _Slots:
         ))
 
 
-def _masks(state: ProtocolState, account: str) -> tuple[int, int]:
+def _masks(state: ProtocolState, account: str) -> tuple[int, int, int]:
+    """(active markets, short positions, held collaterals) of an account, as bit masks."""
     acc = state.accounts.get(account)
     if acc is None:
-        return 0, 0
-    return acc.active_markets, state.held_mask(acc)
+        return 0, 0, 0
+    shorts = sum(1 << m for m, pos in acc.positions.items() if pos.size < 0)
+    return acc.active_markets, shorts, state.held_mask(acc)
 
 
-def success_key(market: int, masks: tuple[int, int], before: _Slots, after: _Slots, reward: int) -> str:
-    slots = "".join(_slot(o, n) + "," for o, n in zip(before.values, after.values))
-    return f"ok|m{market}|a{masks[0]}|c{masks[1]}|r{int(reward > 0)}|{slots.rstrip(',')}"
+def success_key(market: int, masks: tuple[int, int, int], before: _Slots, after: _Slots, reward: int) -> str:
+    slots = ",".join(_slot(o, n) for o, n in zip(before.values, after.values))
+    return f"ok|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}|r{int(reward > 0)}|{slots}"
 
 
-def revert_key(reason: str, market: int, masks: tuple[int, int]) -> str:
-    return f"revert|{reason}|m{market}|a{masks[0]}|c{masks[1]}"
+def revert_key(reason: str, market: int, masks: tuple[int, int, int]) -> str:
+    return f"revert|{reason}|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}"
+
+
+@dataclass(frozen=True)
+class GasKey:
+    """The parts of a path key (:func:`success_key`, :func:`revert_key`)."""
+
+    reason: str | None                  # None for a success
+    market: int
+    active: int                         # bit masks: markets with a position, short ones, held collaterals
+    shorts: int
+    collaterals: int
+    reward: bool = False
+    slots: tuple[str, ...] = ()         # a success's storage writes by class (:data:`SLOTS`)
+
+    @classmethod
+    def parse(cls, key: str) -> "GasKey":
+        parts = key.split("|")
+        try:
+            if parts[0] == "ok" and len(parts) == 7:
+                m, a, s, c, r = (int(x[1:]) for x in parts[1:6])
+                return cls(None, m, a, s, c, bool(r), tuple(parts[6].split(",")))
+            if parts[0] == "revert" and len(parts) == 6:
+                m, a, s, c = (int(x[1:]) for x in parts[2:6])
+                return cls(parts[1], m, a, s, c)
+        except ValueError:
+            pass
+        raise ConfigError(f"not a gas table key: {key!r}")
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    @property
+    def path(self) -> str:
+        """The key of the tables (:data:`DEFAULT_PATH_GAS`, :data:`DEFAULT_REVERT_GAS`): the path
+        with every position long and, for a success, before its storage writes."""
+        if self.reason is None:
+            return f"ok|m{self.market}|a{self.active}|c{self.collaterals}|r{int(self.reward)}"
+        return f"revert|{self.reason}|m{self.market}|a{self.active}|c{self.collaterals}"
+
+    @property
+    def coarse(self) -> str:
+        """The class of the key: outcome (and reason), number of active markets and of collaterals."""
+        head = "ok" if self.reason is None else f"revert|{self.reason}"
+        return f"{head}|{self.active.bit_count()}|{self.collaterals.bit_count()}"
 
 
 def coarse_key(key: str) -> str:
-    """The class of a full key: outcome (and reason), number of active markets and of collaterals."""
-    parts = key.split("|")
-    if parts[0] == "ok":
-        a, c = int(parts[2][1:]), int(parts[3][1:])
-        return f"ok|{a.bit_count()}|{c.bit_count()}"
-    a, c = int(parts[3][1:]), int(parts[4][1:])
-    return f"revert|{parts[1]}|{a.bit_count()}|{c.bit_count()}"
+    """The class of a key: outcome (and reason), number of active markets and of collaterals."""
+    return GasKey.parse(key).coarse
 
 
-# EIP-2200 / EIP-2929 price of a write to a slot the call already read (warm), by slot class, and
-# the refund of clearing one.
+def _path_class(path: str) -> str:
+    """The class of a table path (:attr:`GasKey.path`), as :func:`coarse_key`."""
+    parts = path.split("|")
+    head, a, c = ("ok", parts[2], parts[3]) if parts[0] == "ok" else (f"revert|{parts[1]}", parts[3], parts[4])
+    return f"{head}|{int(a[1:]).bit_count()}|{int(c[1:]).bit_count()}"
+
+
+# EIP-2200 / EIP-2929 price of one SSTORE to a slot the call has already accessed (warm), whose
+# value is still the transaction's original one (a liquidation writes each slot at most once), by
+# class; and the refund of clearing a slot (EIP-3529).
 SSTORE_GAS = {"=": 100, "Nn": 2_900, "Nz": 2_900, "Zn": 20_000, "Zz": 100}
 CLEAR_REFUND = 4_800
+COLD_SLOAD_GAS = 2_100
+NOMINAL_INTRINSIC_GAS = 21_800         # a liquidate call's intrinsic gas, about (its call data varies)
+# The slots of a success's key (the order of _Slots), and which of them ``liquidate`` writes only in
+# a branch: the account's active-markets word when its position closes (read warm by _health), the
+# house's when its position closes or opens (read cold, only then), and the two quote balances only
+# when a reward is paid (the token's transfer; its cold reads are part of the path's gas, ``r1``).
+SLOTS = ("size", "quote", "cash", "active", "house size", "house quote", "house cash", "house active",
+         "insurance", "keeper balance", "engine balance")
+ACCOUNT_ACTIVE, HOUSE_SIZE, HOUSE_ACTIVE, KEEPER_BALANCE, ENGINE_BALANCE = 3, 4, 7, 9, 10
+_BRANCH_WRITES = (ACCOUNT_ACTIVE, HOUSE_ACTIVE, KEEPER_BALANCE, ENGINE_BALANCE)
 
 
-def _split_ok(key: str) -> tuple[str, list[str]]:
-    parts = key.split("|")
-    return "|".join(parts[:5]), parts[5].split(",")
+def write_gas(slots: tuple[str, ...] | list[str], branches: dict[str, int] | None = None) -> tuple[int, int]:
+    """(gas, refund) of a success's storage writes, slot by slot (:data:`SLOTS`), beyond its path's gas.
+
+    Every slot costs :data:`SSTORE_GAS` by class, except the ones written only in a branch
+    (:data:`_BRANCH_WRITES`): unchanged, they are not written at all (0); the house's active-markets
+    word is read cold before it is written (+ :data:`COLD_SLOAD_GAS`). The code of the branches
+    themselves is priced by ``branches`` (default :data:`BRANCH_GAS`, measured): ``close`` when the
+    account's position closes, ``house_close`` / ``house_open`` when the house's goes to / from
+    zero. Cleared slots earn :data:`CLEAR_REFUND` each (the caller caps the refund)."""
+    b = BRANCH_GAS if branches is None else branches
+    gas = 0
+    for i, s in enumerate(slots):
+        if i in _BRANCH_WRITES and s == "=":
+            continue
+        gas += SSTORE_GAS[s] + (COLD_SLOAD_GAS if i == HOUSE_ACTIVE else 0)
+    if slots[0] == "Nz":
+        gas += b["close"]
+    if slots[HOUSE_SIZE] == "Nz":
+        gas += b["house_close"]
+    elif slots[HOUSE_SIZE] == "Zn":
+        gas += b["house_open"]
+    return gas, CLEAR_REFUND * sum(s == "Nz" for s in slots)
 
 
-def _slot_terms(slots: list[str]) -> tuple[int, int]:
-    """(gas of the writes, refund) of a success's slot classes."""
-    return sum(SSTORE_GAS[s] for s in slots), CLEAR_REFUND * sum(s == "Nz" for s in slots)
+def short_gas(key: GasKey, branches: dict[str, int] | None = None) -> int:
+    """The extra gas of short positions (the engine's signed floor division rounds a negative
+    product down: one more multiplication and comparison): ``short`` for each short position
+    ``_health`` values, and for a success in a short position the plan's own products of its
+    size, ``short_plan`` (``short_close`` when the position closes: one product fewer)."""
+    b = BRANCH_GAS if branches is None else branches
+    gas = b["short"] * (key.shorts & key.active).bit_count()
+    if key.ok and key.shorts >> key.market & 1:
+        gas += b["short_close"] if key.slots[0] == "Nz" else b["short_plan"]
+    return gas
+
+
+def capped_refund(refund: int, gas_before_refund: int) -> int:
+    """The refund a transaction gets: at most a fifth of its gas used before refunds (EIP-3529)."""
+    return min(refund, gas_before_refund // 5)
+
+
+def exec_gas_before_refund(exec_gas: int, refund: int, intrinsic: int = NOMINAL_INTRINSIC_GAS) -> int:
+    """The execution gas before refunds of a transaction that used ``intrinsic + exec_gas`` and
+    earned ``refund`` (the inverse of :func:`capped_refund`)."""
+    if refund <= (intrinsic + exec_gas + refund) // 5:
+        return exec_gas + refund
+    used = intrinsic + exec_gas
+    total = 5 * used // 4 - 2
+    while total - total // 5 < used:
+        total += 1
+    return total - intrinsic
+
+
+@dataclass(frozen=True)
+class GasSample:
+    """One mined liquidation: its path key, ``gas used - intrinsic gas``, its intrinsic gas, and
+    where it comes from (for reports)."""
+
+    key: str
+    exec_gas: int
+    intrinsic: int
+    case: str = ""
+
+    @property
+    def gas_used(self) -> int:
+        return self.intrinsic + self.exec_gas
 
 
 @dataclass
@@ -335,36 +395,41 @@ class GasTable:
     """Execution gas (gas used - intrinsic gas) by path key; see the module docstring.
 
     ``measured`` comes from an on-chain run (``report.gas_table``). A success's execution gas is
-    the gas of its path (market, active markets, held collaterals, reward paid or not) plus the
-    price of its storage writes by class (:data:`SSTORE_GAS`) minus the refunds of cleared slots
-    (capped at a fifth of the gas, as the EVM does); a key not measured takes the path's gas from
-    any measured key of the same path, else :data:`DEFAULT_PATH_GAS`, else the median of its
-    class. A revert's gas is the measured value of its key, else :data:`DEFAULT_REVERT_GAS`, else
-    its class's. ``misses`` counts the lookups that were not exact. Exact to the gas for measured
-    keys, up to the engine's rounding branches (tens of gas) for the rest.
+    the gas of its path (market, active markets, held collaterals, reward paid or not; every
+    position long) plus that of its short positions (:func:`short_gas`) and the price of its
+    storage writes (:func:`write_gas`) minus the refunds of cleared slots (capped at a fifth of the
+    gas, as the EVM does). A revert's is the gas of its path plus that of its short positions. A key
+    not measured takes its path's gas from any measured key of the same path, else from ``paths``
+    / ``reverts`` (default :data:`DEFAULT_PATH_GAS` / :data:`DEFAULT_REVERT_GAS`, with the
+    branches' gas :data:`BRANCH_GAS`), else the median of its class. ``misses`` counts the lookups
+    that were not exact. The built-in tables are measured by :mod:`bot.sim.calibrate` on every path
+    of the default listing; their predictions are within the engine's rounding branches (about a
+    hundred gas at most) of the chain's.
     """
 
     measured: dict[str, int] = field(default_factory=dict)
     misses: int = 0
+    paths: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PATH_GAS))
+    reverts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_REVERT_GAS))
+    branches: dict[str, int] = field(default_factory=lambda: dict(BRANCH_GAS))
 
     def __post_init__(self) -> None:
-        self._paths: dict[str, int] = dict(DEFAULT_PATH_GAS)
-        self._reverts: dict[str, int] = dict(DEFAULT_REVERT_GAS)
+        self._paths: dict[str, int] = dict(self.paths)
+        self._reverts: dict[str, int] = dict(self.reverts)
         for key, gas in self.measured.items():
-            if key.startswith("ok|"):
-                path, slots = _split_ok(key)
-                cost, refund = _slot_terms(slots)
-                self._paths[path] = gas - cost + refund
+            k = GasKey.parse(key)
+            if k.ok:
+                cost, refund = write_gas(k.slots, self.branches)
+                # dev: a capped refund is undone for a typical intrinsic gas (off by a quarter of the difference)
+                self._paths[k.path] = exec_gas_before_refund(gas, refund) - short_gas(k, self.branches) - cost
             else:
-                self._reverts[key] = gas
+                self._reverts[k.path] = gas - short_gas(k, self.branches)
         self._classes: dict[str, list[int]] = {}
-        for path, gas in self._paths.items():
-            self._classes.setdefault(coarse_key(path + "|"), []).append(gas)
-        for key, gas in self._reverts.items():
-            self._classes.setdefault(coarse_key(key), []).append(gas)
+        for path, gas in (*self._paths.items(), *self._reverts.items()):
+            self._classes.setdefault(_path_class(path), []).append(gas)
 
-    def _class(self, key: str, fallback: int) -> int:
-        seen = self._classes.get(coarse_key(key))
+    def _class(self, key: GasKey, fallback: int) -> int:
+        seen = self._classes.get(key.coarse)
         return sorted(seen)[len(seen) // 2] if seen else fallback
 
     def exec_gas(self, key: str, intrinsic: int = 21_000) -> int:
@@ -372,13 +437,13 @@ class GasTable:
         if gas is not None:
             return gas
         self.misses += 1
-        if not key.startswith("ok|"):
-            return self._reverts.get(key) or self._class(key, FALLBACK_REVERT_GAS)
-        path, slots = _split_ok(key)
-        base = self._paths.get(path) or self._class(path + "|", FALLBACK_OK_PATH_GAS)
-        cost, refund = _slot_terms(slots)
-        before = intrinsic + base + cost
-        return base + cost - min(refund, before // 5)
+        k = GasKey.parse(key)
+        extra = short_gas(k, self.branches)
+        if not k.ok:
+            return (self._reverts.get(k.path) or self._class(k, FALLBACK_REVERT_GAS)) + extra
+        base = (self._paths.get(k.path) or self._class(k, FALLBACK_OK_PATH_GAS)) + extra
+        cost, refund = write_gas(k.slots, self.branches)
+        return base + cost - capped_refund(refund, intrinsic + base + cost)
 
 
 # ---------------------------------------------------------------------- the node
@@ -837,8 +902,11 @@ def sweep(scenario: Scenario, strategy: str, counts: Iterable[int] = range(1, 9)
 
 __all__ = [
     "BLOCK_GAS_LIMIT",
+    "BRANCH_GAS",
     "DEFAULT_PATH_GAS",
     "DEFAULT_REVERT_GAS",
+    "GasKey",
+    "GasSample",
     "GasTable",
     "Initial",
     "ModelAgent",

@@ -28,7 +28,8 @@ through the Lens. The blocks are also replayed on the model (the state at ``S`` 
 Lens, each transaction applied with :func:`protocol_model.actions.liquidate`): every receipt's
 status must match the model's (``report.model_mismatches`` lists those that do not), and each
 transaction's ``gas used - intrinsic gas`` is recorded under its path key in ``report.gas_table``,
-the table that lets the off-chain mode reproduce this run's gas exactly.
+the table that lets the off-chain mode reproduce this run's gas exactly (every transaction's key and
+gas are in ``sim.gas_samples``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from .agents import (
     resolve_asset,
     ticks_at,
 )
-from .offchain import GasTable, ModelChain, PoolTx, final_health, shocked_answers
+from .offchain import GasSample, GasTable, ModelChain, PoolTx, final_health, shocked_answers
 from .report import BotResult, CompetitionReport, Liquidated, fmt_pct
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class OnchainSimulation:
         self.agents: list[OnchainAgent] = []
         self.shock_block: int | None = None
         self.end_block: int | None = None
+        self.gas_samples: list[GasSample] = []      # every mined liquidation's key and gas (after run())
 
     def _say(self, text: str) -> None:
         log.info("%s", text)
@@ -292,6 +294,7 @@ class OnchainSimulation:
         eth_price = price(start_state, dep.feeds["ETH"], False)
         replay = ModelChain(start_state, GasTable(), head=S, timestamp=start_state.timestamp)
         measured: dict[str, int] = {}
+        samples: list[GasSample] = []
         mismatches: list[str] = []
         liquidations: list[Liquidated] = []
         shock_base_fee = int(w3.eth.get_block(S)["baseFeePerGas"])
@@ -343,7 +346,10 @@ class OnchainSimulation:
                                       f"model {'ok' if model.ok else 'reverted: ' + str(model.reason)}")
                 # The first measurement of a key stands; later ones may differ by tens of gas (the
                 # engine's rounding helpers branch on their operands).
-                measured.setdefault(model.key, gas_used - intrinsic_gas(data))
+                intrinsic = intrinsic_gas(data)
+                measured.setdefault(model.key, gas_used - intrinsic)
+                samples.append(GasSample(model.key, gas_used - intrinsic, intrinsic, f"block {number} tx {index}"))
+        self.gas_samples = samples
         for entry in pool_view(w3, dep.engine):
             if entry.sender in results:
                 results[entry.sender].pending_at_end += 1
