@@ -55,6 +55,7 @@ from hypothesis.stateful import (
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
+from engine_helpers import ceil_div, mul_down, mul_up, perp_term  # the contract tests' own arithmetic
 from protocol_model.chain import revert_reason
 from protocol_model.errors import Revert
 
@@ -72,26 +73,6 @@ TARGETS = st.sampled_from([0, 1, 2, None, None])  # None: the weakest trader
 MAX_SIZES = st.one_of(st.just(MAX_UINT), st.integers(1, 10 * WAD))
 MAX_REPAYS = st.one_of(st.just(MAX_UINT), st.integers(1, 10**12))
 FUND_WHOLE = {"USDC": 10**9, "WETH": 10**5, "WBTC": 10**4}  # wallet balances minted once per case
-
-
-# ---------------------------------------------------------------- exact integer helpers
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def mul_down(a: int, b: int) -> int:
-    return (a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    return ceil_div(a * b, WAD)
-
-
-def perp_term(size: int, quote: int, price: int, fraction: int) -> int:
-    """upnl minus the requirement at ``fraction``; for size 0 it is the quote that moves to cash."""
-    return mul_down(size, price) + quote - mul_up(mul_up(abs(size), price), fraction)
 
 
 # ---------------------------------------------------------------- chain access

@@ -1,4 +1,5 @@
-"""Helpers shared by the MarginEngine contract tests (``tests/integration/test_engine_*.py``).
+"""Helpers shared by the MarginEngine contract tests (``tests/integration/test_engine_*.py``) and the
+contract invariant tests (``tests/fuzz/test_engine_invariants.py``).
 
 Two kinds: exact integer arithmetic for the expected values, and small chain helpers over the
 ``Protocol`` handle of ``tests/conftest.py`` (which keeps the fixtures; these are plain functions).
