@@ -46,13 +46,13 @@ class Keeper:
 
 
 def parse_shocks(text: str) -> dict[str, int]:
-    """'ETH=-25%,BTC=-15%' -> {"ETH": -25e16, "BTC": -15e16} (WAD fractions)."""
+    """'ETH=-25%,BTC-PERP=-15%' -> {"ETH": -25e16, "BTC": -15e16} (WAD fractions, by feed asset)."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         asset, sep, move = part.partition("=")
         if not sep or not asset.strip():
             raise ConfigError(f"invalid shock {part!r}: write ASSET=PERCENT, e.g. ETH=-20%")
-        out[asset.strip().upper()] = parse_percent(move)
+        out[asset.strip().upper().removesuffix("-PERP")] = parse_percent(move)
     if not out:
         raise ConfigError("no shock given: write e.g. --shock ETH=-20%")
     return out
@@ -81,6 +81,11 @@ def demo(n: int, seed: int, shock_text: str) -> None:
     console = ctx.console
     quiet = ctx.as_json
     shocks = parse_shocks(shock_text)
+    config = DeployConfig()
+    known = [f.asset for f in config.feeds]
+    for asset in shocks:  # unknown assets fail here, before any work
+        if asset not in known:
+            raise ConfigError(f"unknown asset {asset!r} in --shock: known price feeds are {', '.join(known)}")
     t0 = time.monotonic()
 
     def say(text: str) -> None:
@@ -95,9 +100,7 @@ def demo(n: int, seed: int, shock_text: str) -> None:
     rule("1. an in-process chain (eth-tester on py-evm) and the protocol")
     w3 = dev_chain_web3()
     owner = Sender.unlocked(w3)
-    dep = deploy_protocol(w3, owner, DeployConfig())
-    for asset in shocks:
-        dep.feed(asset)  # unknown assets fail here, before any work
+    dep = deploy_protocol(w3, owner, config)
     eng = dep.engine_contract
     say(f"engine {dep.engine} on chain {dep.chain_id}: markets {', '.join(dep.markets)}; "
         f"collateral {', '.join(dep.collaterals)}; house seeded 10,000,000 USDC, insurance fund 100,000 USDC")
