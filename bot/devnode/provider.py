@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from web3 import Web3
-from web3._utils.batching import sort_batch_response_by_response_ids
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
@@ -44,9 +43,8 @@ class DevChainProvider(JSONBaseProvider):
 
     def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCResponse] | RPCResponse:
         response = self._round_trip(self.encode_batch_rpc_request(batch_requests))
-        if not isinstance(response, list):
-            return cast(RPCResponse, response)
-        return cast(list[RPCResponse], sort_batch_response_by_response_ids(response))
+        # The dispatcher answers a batch's members in request order, as web3 expects them.
+        return cast("list[RPCResponse] | RPCResponse", response)
 
 
 def dev_chain_web3(chain: DevChain | None = None) -> Web3:
