@@ -758,6 +758,11 @@ class TxSender:
         new = replace(old, max_fee_wei=fees.max_fee_per_gas, tip_wei=fees.max_priority_fee_per_gas,
                       sent_block=old.sent_block if head_block is None else head_block, replaces=old.hash,
                       replaced_by=None, sent_at=0.0, updated_at=0.0, status="pending")
+        return self._send_replacement(old, new)
+
+    def _send_replacement(self, old: SentTx, new: SentTx) -> SentTx:
+        """Sign and send ``new`` in place of ``old`` (same nonce), follow it with ``old``'s group,
+        record the replacement; raises :class:`TxError` if the node refuses it."""
         sent = self._sign_and_send(new)
         self._track(sent)
         if self.store is not None:
@@ -938,15 +943,10 @@ class TxSender:
         if self.dry_run:  # dev: a dry run never has transactions in flight
             return None
         try:
-            sent = self._sign_and_send(new)
+            sent = self._send_replacement(old, new)
         except TxError as exc:
             log.warning("replacement of %s (nonce %d) rejected: %s", old.hash, old.nonce, exc)
             return None
-        if self.store is not None:
-            self.store.update_tx(old.hash, replaced_by=sent.hash)
-        with self._lock:
-            group.txs.append(sent)
-        self.stats.replacements += 1
         if cancel:
             self.stats.cancels += 1
         log.info("%s stuck %s (nonce %d) with %s: max fee %d -> %d, tip %d -> %d",

@@ -296,13 +296,18 @@ def _has_collateral(state: ProtocolState, acc: Account) -> bool:
 # ---------------------------------------------------------------- account actions
 
 
-def deposit(state: ProtocolState, sender: str, token: str, amount: int, wallets: Wallets | None = None) -> DepositResult:
-    """``deposit(token, amount)`` sent by ``sender``: quote credits cash, a collateral its balance."""
-    _uint256("amount", amount)
+def _token_amount(amount: int) -> None:
+    """The engine's checks of a token amount, in its order: not zero, at most ``MAX_AMOUNT``."""
     if amount == 0:
         raise Revert("zero amount")
     if amount > MAX_AMOUNT:
         raise Revert("amount too large")
+
+
+def deposit(state: ProtocolState, sender: str, token: str, amount: int, wallets: Wallets | None = None) -> DepositResult:
+    """``deposit(token, amount)`` sent by ``sender``: quote credits cash, a collateral its balance."""
+    _uint256("amount", amount)
+    _token_amount(amount)
     acc = _peek(state, sender)
     c = acc.cash
     balance = 0
@@ -333,10 +338,7 @@ def withdraw(state: ProtocolState, sender: str, token: str, amount: int, wallets
     _uint256("amount", amount)
     if state.params.paused:
         raise Revert("paused")
-    if amount == 0:
-        raise Revert("zero amount")
-    if amount > MAX_AMOUNT:
-        raise Revert("amount too large")
+    _token_amount(amount)
     acc = _peek(state, sender)
     c = acc.cash
     balance = 0
@@ -735,10 +737,7 @@ def _owner_amount(state: ProtocolState, sender: str, amount: int) -> None:
     """The checks of the owner's quote seedings, in the engine's order."""
     _uint256("amount", amount)
     _only_owner(state, sender)
-    if amount == 0:
-        raise Revert("zero amount")
-    if amount > MAX_AMOUNT:
-        raise Revert("amount too large")
+    _token_amount(amount)
 
 
 def seed_house(state: ProtocolState, sender: str, amount: int, wallets: Wallets | None = None) -> Wad:
