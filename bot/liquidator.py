@@ -492,8 +492,6 @@ class Liquidator:
         of the raw transactions that passed, its store writes in one transaction. The first
         liquidations go out after a few preflights instead of after all of them, at the cost of a
         few more round trips (about log2 of the count)."""
-        if self.sender is None:  # dev
-            raise ChainError("the bot is not started")
         failed: set[str] = set()
         any_sent = False
         breaker: CircuitOpen | None = None
