@@ -4,7 +4,7 @@
     python bench/bot_bench.py --accounts 2000 --seed 7 --idle-blocks 5
     python bench/bot_bench.py --node http://127.0.0.1:8545   # against another node (see below)
 
-For each number of accounts N, on a fresh in-process dev node (``bot.devnode.DevNode``, eth-tester on
+For each number of accounts N, on a fresh in-process dev node (``devnode.DevNode``, eth-tester on
 py-evm), or with ``--node URL`` on any node that has an unlocked funded account and the usual
 dev-node methods ``evm_setAutomine``, ``evm_mine``, ``evm_snapshot`` and ``evm_revert`` (anvil,
 ``npx hardhat node``, ``xmargin node``), every block mined by hand with ``evm_mine``:
@@ -78,7 +78,7 @@ from web3.contract import Contract  # noqa: E402
 from web3.exceptions import ContractLogicError  # noqa: E402
 from web3.middleware import Web3Middleware  # noqa: E402
 
-from bot.devnode import DevNode  # noqa: E402
+from devnode import DevNode  # noqa: E402
 from bot.rpc import CountingRpc  # noqa: E402
 from protocol_model.chain import Sender  # noqa: E402
 from protocol_model.deploy import DeployConfig, Deployment, FeedSpec, deploy_protocol  # noqa: E402

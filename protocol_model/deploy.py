@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import contracts
 from web3 import Web3
 from web3.contract import Contract
 
@@ -24,9 +24,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 WAD = 10**18
-# XMARGIN_CONTRACTS_DIR lets a contract change be tested from a copy before it replaces contracts/.
-CONTRACTS_DIR = Path(os.environ.get("XMARGIN_CONTRACTS_DIR") or Path(__file__).resolve().parent.parent / "contracts")
-CONTRACT_NAMES = ("MarginEngine", "PriceFeed", "Token", "Lens")
+CONTRACT_NAMES = contracts.NAMES
 MAX_PRICE = 2**100  # the engine's largest usable price, USD WAD
 DEPLOYMENT_VERSION = 1
 
@@ -43,11 +41,12 @@ def compile_contracts() -> dict[str, Artifact]:
     """Compile every contract once per process (about a second); later calls hit the cache."""
     from vyper.compiler import compile_code
 
-    if not CONTRACTS_DIR.is_dir():
-        raise ConfigError(f"contract sources not found at {CONTRACTS_DIR}: install xmargin from its source tree (pip install -e .)")
+    folder = contracts.sources_dir()
+    if not all((folder / f"{name}.vy").is_file() for name in CONTRACT_NAMES):
+        raise ConfigError(f"contract sources not found in {folder}: reinstall xmargin (pip install xmargin)")
     out: dict[str, Artifact] = {}
     for name in CONTRACT_NAMES:
-        source = (CONTRACTS_DIR / f"{name}.vy").read_text()
+        source = contracts.source(name)
         compiled = compile_code(source, contract_path=f"{name}.vy", output_formats=["abi", "bytecode"])
         out[name] = Artifact(name, compiled["abi"], compiled["bytecode"])
     return out

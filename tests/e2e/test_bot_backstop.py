@@ -17,9 +17,9 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
-from bot.devnode import DevNode, mining_in_background
+from devnode import DevNode, mining_in_background
 from bot.liquidator import Liquidator
-from bot.seeding import seed_accounts
+from protocol_model.seeding import seed_accounts
 from protocol_model.chain import Sender
 from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
 from protocol_model.loader import load_accounts, load_protocol

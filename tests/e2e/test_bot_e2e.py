@@ -1,6 +1,6 @@
 """The liquidation bot end to end, against a real JSON-RPC node over HTTP.
 
-One in-process :class:`~bot.devnode.DevNode` per module with a one-hour block time, so blocks are
+One in-process :class:`~devnode.DevNode` per module with a one-hour block time, so blocks are
 mined only when a test calls ``mine()``: every liquidation the bots send in a block's tick waits
 in the node's fee-priority mempool and lands in the next block, exactly as on a live chain. The
 bots talk to it through plain ``Web3(HTTPProvider(url))``, so nothing here depends on eth-tester.
@@ -37,13 +37,13 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 from web3.middleware import Web3Middleware
 
-from bot.cli import cli
+from cli import cli
 from bot.config import BotConfig
-from bot.devnode import DevNode, mining_in_background
+from devnode import DevNode, mining_in_background
 from bot.errors import RpcError
 from bot.keys import write_keystore
 from bot.liquidator import Liquidator, TickReport
-from bot.seeding import seed_accounts
+from protocol_model.seeding import seed_accounts
 from bot.store import Store
 from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
@@ -602,7 +602,7 @@ def test_cli_bot_stops_cleanly_on_sigterm(chain: Chain, tmp_path: Path) -> None:
     env = dict(os.environ, XMARGIN_PRIVATE_KEY=chain.liquidator_key, XMARGIN_POLL_INTERVAL_S="0.05",
                PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from bot.cli import main; main()", "bot", "run", "--rpc", chain.node.url,
+        [sys.executable, "-c", "from cli import main; main()", "bot", "run", "--rpc", chain.node.url,
          "--deployment", str(deployment), "--db", str(tmp_path / "bot.sqlite3")],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -645,4 +645,4 @@ def _last_block(db_path: str, dep: Deployment) -> int:
         return store.last_block
 
 
-logging.getLogger("bot.devnode").setLevel(logging.WARNING)
+logging.getLogger("devnode").setLevel(logging.WARNING)

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bot.cli import cli
+from cli import cli
 
 
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "node", "--port", "0", "--accounts", "3"],
+        [sys.executable, "-m", "cli", "node", "--port", "0", "--accounts", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from web3 import Web3
 
-from bot.cli import cli
+from cli import cli
 
 
 def _free_port() -> int:

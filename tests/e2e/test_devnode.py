@@ -1,7 +1,7 @@
-"""End-to-end tests of the dev node (bot.devnode) through plain JSON-RPC over HTTP.
+"""End-to-end tests of the dev node (devnode) through plain JSON-RPC over HTTP.
 
 The automine and block-time nodes used by web3 clients run in separate processes
-(``python -m bot.devnode``); the fee-ordering / mempool tests drive an in-process
+(``python -m devnode``); the fee-ordering / mempool tests drive an in-process
 ``DevNode(block_time=...)`` whose block thread never fires, mining with ``mine_block()`` or
 ``evm_mine`` so the outcome is deterministic.
 """
@@ -27,7 +27,7 @@ from vyper.compiler import compile_code
 from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractLogicError
 
-from bot.devnode import DevNode
+from devnode import DevNode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GWEI = 10**9
@@ -104,13 +104,13 @@ def signed_transfer(
 
 
 class SpawnedNode:
-    """``python -m bot.devnode`` in a child process."""
+    """``python -m devnode`` in a child process."""
 
     def __init__(self, *args: str) -> None:
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.devnode", "--port", "0", *args],
+            [sys.executable, "-m", "devnode", "--port", "0", *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -535,7 +535,7 @@ def test_set_automine_switches_between_mempool_and_instant_blocks(blocktime_node
 
 
 def test_in_process_provider_answers_like_the_http_node() -> None:
-    from bot.devnode.provider import DevChainProvider
+    from devnode.provider import DevChainProvider
 
     w3 = Web3(DevChainProvider())
     assert w3.is_connected() and w3.client_version.startswith("xmargin-devnode/")

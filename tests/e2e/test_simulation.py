@@ -11,8 +11,8 @@ Two small on-chain scenarios run once per module (and the first once more, for r
 * MIXED: three bots with fixed and profit-share tips, each winning some liquidations;
 * REBID: a reactive re-bidder against a fixed and a profit-share bot; it outbids both.
 
-The off-chain mode's built-in gas table (:mod:`bot.sim.gas_table`) is held to every transaction of
-both runs; a slow test measures it again (:mod:`bot.sim.calibrate`) and compares.
+The off-chain mode's built-in gas table (:mod:`simulator.competition.gas_table`) is held to every transaction of
+both runs; a slow test measures it again (:mod:`simulator.competition.calibrate`) and compares.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import pytest
 from click.testing import CliRunner
 from web3 import Web3
 
-from bot.cli import cli
-from bot.sim.agents import (
+from cli import cli
+from simulator.competition.agents import (
     AGENT_FUNDS_WEI,
     BASE_FEE_FLOOR_WEI,
     PoolEntry,
@@ -41,9 +41,9 @@ from bot.sim.agents import (
     rebid_fees,
     ticks_at,
 )
-from bot.sim import gas_table
-from bot.sim.calibrate import BRANCHES, MAX_ERROR, builtin, contracts_hash, errors, fit, measure
-from bot.sim.offchain import (
+from simulator.competition import gas_table
+from simulator.competition.calibrate import BRANCHES, MAX_ERROR, builtin, contracts_hash, errors, fit, measure
+from simulator.competition.offchain import (
     DEFAULT_PATH_GAS,
     DEFAULT_REVERT_GAS,
     GasKey,
@@ -55,8 +55,8 @@ from bot.sim.offchain import (
     sweep,
     write_gas,
 )
-from bot.sim.onchain import OnchainSimulation
-from bot.sim.report import CompetitionReport
+from simulator.competition.onchain import OnchainSimulation
+from simulator.competition.report import CompetitionReport
 from bot.txs import bump
 from protocol_model.deploy import compile_contracts
 from protocol_model.errors import ConfigError
@@ -72,7 +72,7 @@ REBID = (Scenario(12, 17, SHOCK, 4), "fixed:2gwei,profit-share:50%,rebid")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Off-chain gas matches on-chain gas to a fraction of a percent (the engine's rounding helpers branch
 # on their operands). With the run's measured table: the first transaction of each key sets it.
-# With the built-in table: every transaction within MAX_ERROR (0.15 %; see bot/sim/calibrate.py:
+# With the built-in table: every transaction within MAX_ERROR (0.15 %; see simulator/competition/calibrate.py:
 # the calibration's largest error is 0.11 %), so every sum of gas is too.
 GAS_TOLERANCE_MEASURED = 0.005
 GAS_TOLERANCE_BUILTIN = MAX_ERROR
@@ -227,7 +227,7 @@ def test_with_profit_share_bidding_the_tip_share_grows_with_the_number_of_compet
 def test_the_builtin_gas_table_was_measured_on_these_contracts() -> None:
     assert gas_table.CONTRACTS_HASH == contracts_hash(), (
         "the engine, token or feed changed since the simulator's gas table was measured: "
-        "run python -m bot.sim.calibrate --write")
+        "run python -m simulator.competition.calibrate --write")
 
 
 def test_the_builtin_gas_table_has_every_path_of_the_default_listing() -> None:

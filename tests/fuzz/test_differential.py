@@ -44,7 +44,6 @@ import copy
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -56,6 +55,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from web3 import Web3
 
+import contracts
 import protocol_model as pm
 from protocol_model import WAD, Revert
 from protocol_model.wad import MAX_AMOUNT, MAX_PRICE, MAX_SIZE, MAX_TOTAL_COLLATERAL, UINT256_MAX
@@ -63,7 +63,6 @@ from protocol_model.wad import MAX_AMOUNT, MAX_PRICE, MAX_SIZE, MAX_TOTAL_COLLAT
 MAX_UINT = UINT256_MAX
 GAS = 5_000_000
 DAY = 86_400
-CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 OUTCOMES: dict[str, int] = {}   # step outcome -> count over the session (printed with -s)
 RUNS = {"examples": 0, "rules": 0}
 
@@ -152,7 +151,7 @@ def storage_slots(contract: str) -> dict[str, int]:
     """Variable -> slot, from the compiler's storage layout of ``contracts/<contract>.vy``."""
     from vyper.compiler import compile_code
 
-    layout = compile_code((CONTRACTS / f"{contract}.vy").read_text(), contract_path=f"{contract}.vy",
+    layout = compile_code(contracts.source(contract), contract_path=f"{contract}.vy",
                           output_formats=["layout"])["layout"]["storage_layout"]
     return {name: int(v["slot"]) for name, v in layout.items()}
 

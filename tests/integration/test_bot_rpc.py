@@ -271,7 +271,7 @@ def test_lifecycle_stops_cleanly_on_sigterm(bot_w3):
 def test_batches_are_counted_retried_and_fail_as_one_request(fake_time):
     """A JSON-RPC batch (the bot's preflights and raw transactions) on a chain that can batch: an
     injected fault for any member fails the whole batch, which is retried with the same backoff."""
-    from bot.devnode.provider import DevChainProvider
+    from devnode.provider import DevChainProvider
 
     w3 = Web3(DevChainProvider())
     rpc = CountingRpc(w3, retries=3, backoff_s=0.5, backoff_max_s=1.5, breaker_threshold=10,

@@ -371,7 +371,7 @@ def test_batch_members_refused_as_nonce_too_high_go_again_in_order():
     """A node that runs a batch's members concurrently and mines each at once (Hardhat's automine)
     refuses nonces whose predecessors it has not mined yet ("nonce too high"). The sender sends
     those again one by one, in nonce order, and nothing is lost or sent twice."""
-    from bot.devnode.provider import DevChainProvider
+    from devnode.provider import DevChainProvider
     from bot.txs import Preflight, TxRequest
 
     w3 = Web3(DevChainProvider())

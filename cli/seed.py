@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.seeding import seed_accounts
+from protocol_model.seeding import seed_accounts
 
 from . import cli
 from .common import common_options, get_ctx, handle_errors

@@ -1,14 +1,14 @@
 """The on-chain mode: K real liquidation bots racing on an in-process dev node.
 
-Setup (:meth:`OnchainSimulation.setup`): a :class:`~bot.devnode.DevNode` with a one-hour block time
+Setup (:meth:`OnchainSimulation.setup`): a :class:`~devnode.DevNode` with a one-hour block time
 (blocks are mined only when the simulator says so, so rounds are deterministic), the protocol
-deployed by the node's first dev account, ``N`` traders seeded by :func:`bot.seeding.seed_accounts`,
-one key per agent (:func:`bot.sim.agents.agent_account`) funded with gas money, empty blocks until
+deployed by the node's first dev account, ``N`` traders seeded by :func:`protocol_model.seeding.seed_accounts`,
+one key per agent (:func:`simulator.competition.agents.agent_account`) funded with gas money, empty blocks until
 the base fee rests at EIP-1559's floor (7 wei), and every agent's :class:`~bot.liquidator.Liquidator`
 started (its mirror loaded at the block before the shock).
 
 Run (:meth:`OnchainSimulation.run`): the shock block ``S`` publishes every feed (the shocked ones
-moved), then ``B`` rounds of the schedule in :mod:`bot.sim.agents`: the agents that tick at the
+moved), then ``B`` rounds of the schedule in :mod:`simulator.competition.agents`: the agents that tick at the
 head call :meth:`Liquidator.tick` in agent order, the re-bidders answer rivals they see in
 ``txpool_content``, and one block is mined.
 
@@ -48,10 +48,10 @@ from protocol_model.health import price
 from protocol_model.loader import load_protocol, load_state
 from protocol_model.logs import ENGINE, decode_log
 
-from ..devnode import DevNode, mining_in_background
-from ..liquidator import Liquidator
-from ..seeding import seed_accounts
-from ..txs import Fees
+from devnode import DevNode, mining_in_background
+from bot.liquidator import Liquidator
+from protocol_model.seeding import seed_accounts
+from bot.txs import Fees
 from .agents import (
     AGENT_FUNDS_WEI,
     BASE_FEE_FLOOR_WEI,

@@ -14,8 +14,8 @@ from . import cli
 from .common import get_ctx, handle_errors, json_option, parse_percent
 
 # The bots log every lost race and revert; in a simulation those are the point, not news.
-_CHATTY = ("bot.liquidator", "bot.txs", "bot.mirror", "bot.scanner", "bot.lifecycle", "bot.devnode",
-           "bot.seeding", "bot.sim")
+_CHATTY = ("bot.liquidator", "bot.txs", "bot.mirror", "bot.scanner", "bot.lifecycle", "devnode",
+           "protocol_model.seeding", "simulator.competition")
 
 
 @contextmanager
@@ -84,9 +84,9 @@ def competition(bots: int, strategy: str, accounts: int, shocks: tuple[str, ...]
         --strategy fixed:2gwei,profit-share:50%,rebid@1 \\
         --shock ETH=-15% --shock BTC=-15% --json --plot out.png
     """
-    from bot.sim.agents import Scenario, parse_strategies
-    from bot.sim.offchain import Initial, run_offchain, sweep
-    from bot.sim.report import plot
+    from simulator.competition.agents import Scenario, parse_strategies
+    from simulator.competition.offchain import Initial, run_offchain, sweep
+    from simulator.competition.report import plot
 
     ctx = get_ctx()
     click_ctx = click.get_current_context()
@@ -97,7 +97,7 @@ def competition(bots: int, strategy: str, accounts: int, shocks: tuple[str, ...]
     initial = None
     with _quiet(verbose == 0):
         if mode == "onchain":
-            from bot.sim.onchain import run_onchain
+            from simulator.competition.onchain import run_onchain
 
             report = run_onchain(scenario, agents)
             gas_table = report.gas_table

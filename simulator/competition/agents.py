@@ -58,8 +58,8 @@ from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
 from protocol_model.wad import WAD
 
-from ..config import BotConfig
-from ..txs import DEFAULT_MAX_FEE_CAP_WEI, MIN_BUMP_WAD, Fees, bump
+from bot.config import BotConfig
+from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, MIN_BUMP_WAD, Fees, bump
 
 GWEI = 10**9
 Kind = Literal["fixed", "profit-share", "rebid"]
@@ -109,7 +109,7 @@ class SimSettings:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One competition: ``accounts`` seeded traders (:func:`bot.seeding.plan_traders` with ``seed``),
+    """One competition: ``accounts`` seeded traders (:func:`protocol_model.seeding.plan_traders` with ``seed``),
     the price ``shocks`` (asset -> signed WAD fraction, ``-2 * 10**17`` = -20 %), ``blocks`` mined
     after the shock."""
 

@@ -3,13 +3,13 @@
 What runs here is a transcription of the on-chain mode, step for step:
 
 * **The state.** :func:`build_initial_state` lists the default deployment (:class:`DeployConfig`) in
-  a :class:`ProtocolState` and seeds the same traders as :func:`bot.seeding.seed_accounts` (the same
-  :func:`bot.seeding.plan_traders`, deposits and trades applied with :mod:`protocol_model.actions`),
+  a :class:`ProtocolState` and seeds the same traders as :func:`protocol_model.seeding.seed_accounts` (the same
+  :func:`protocol_model.seeding.plan_traders`, deposits and trades applied with :mod:`protocol_model.actions`),
   so the state equals what the Lens reads after on-chain seeding. The shock publishes every feed
   in block ``S`` (the shocked ones moved by :func:`protocol_model.scenarios.moved_answer`).
 * **The node** (:class:`ModelChain`): a pool keyed by sender and nonce with the dev node's
   replacement rule (both fees at least 10 % higher), and blocks built like
-  :class:`bot.devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
+  :class:`devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
   priority fee first, ties by arrival; a transaction whose gas limit does not fit what is left of
   the block waits (its sender's later nonces too). Each liquidation executes with
   :func:`protocol_model.actions.liquidate` on the block's state, so rewards and revert reasons are
@@ -33,10 +33,10 @@ What runs here is a transcription of the on-chain mode, step for step:
   EIP-2929 with the engine's branches, minus the capped refund of cleared slots). An on-chain run
   measures ``gas used - intrinsic`` for every key it meets (``report.gas_table``); keys it did not
   meet use the built-in table (:data:`DEFAULT_PATH_GAS`, :data:`DEFAULT_REVERT_GAS`,
-  :data:`BRANCH_GAS`), measured on the contracts by :mod:`bot.sim.calibrate` for every path of the
+  :data:`BRANCH_GAS`), measured on the contracts by :mod:`simulator.competition.calibrate` for every path of the
   default listing. The engine's rounding helpers also branch on the values of their operands, so
   two transactions with one key can differ by some tens of gas (about a hundred at most): off-chain
-  gas matches on-chain gas within 0.15 % per transaction (:data:`bot.sim.calibrate.MAX_ERROR`), not
+  gas matches on-chain gas within 0.15 % per transaction (:data:`simulator.competition.calibrate.MAX_ERROR`), not
   to the unit, while winners, rewards, reverts, bad debt and timing match exactly.
 """
 
@@ -61,9 +61,9 @@ from protocol_model.scenarios import moved_answer
 from protocol_model.state import Collateral, Feed, Market, Params, Position, ProtocolState
 from protocol_model.wad import UINT256_MAX
 
-from ..seeding import TraderPlan, plan_traders
-from ..strategy import Candidate, GasModel, Planner, merge_by_profit, scratch_state
-from ..txs import Fees, classify_revert, strategy_from_config
+from protocol_model.seeding import TraderPlan, plan_traders
+from bot.strategy import Candidate, GasModel, Planner, merge_by_profit, scratch_state
+from bot.txs import Fees, classify_revert, strategy_from_config
 from . import gas_table as _builtin
 from .agents import (
     BASE_FEE_FLOOR_WEI,
@@ -93,7 +93,7 @@ SHOCK_BLOCK = 1                       # off-chain block numbers: setup is block 
 MAX_UINT = UINT256_MAX
 
 # Execution gas of the default listing (DeployConfig: ETH-PERP, BTC-PERP; WETH, WBTC), measured on
-# the contracts by ``python -m bot.sim.calibrate --write`` (bot/sim/gas_table.py): a success's path
+# the contracts by ``python -m simulator.competition.calibrate --write`` (simulator/competition/gas_table.py): a success's path
 # gas (``ok|m<market>|a<active markets>|c<held collaterals>|r<reward paid>``, every position long,
 # before its storage writes), a revert's (``revert|<reason>|m|a|c``), and the gas of the engine's
 # branches (:func:`write_gas`, :func:`short_gas`). See GasTable.
@@ -157,7 +157,7 @@ def listed_state(config: DeployConfig, dep: Deployment, timestamp: int = START_T
 
 def build_initial_state(accounts: int, seed: int, config: DeployConfig | None = None,
                         dep: Deployment | None = None) -> tuple[ProtocolState, list[TraderPlan]]:
-    """The default deployment seeded with ``accounts`` traders as :func:`bot.seeding.seed_accounts`
+    """The default deployment seeded with ``accounts`` traders as :func:`protocol_model.seeding.seed_accounts`
     does on chain (``dep`` gives real addresses; by default made-up ones)."""
     config = config or DeployConfig()
     dep = dep or synthetic_deployment(config)
@@ -402,7 +402,7 @@ class GasTable:
     not measured takes its path's gas from any measured key of the same path, else from ``paths``
     / ``reverts`` (default :data:`DEFAULT_PATH_GAS` / :data:`DEFAULT_REVERT_GAS`, with the
     branches' gas :data:`BRANCH_GAS`), else the median of its class. ``misses`` counts the lookups
-    that were not exact. The built-in tables are measured by :mod:`bot.sim.calibrate` on every path
+    that were not exact. The built-in tables are measured by :mod:`simulator.competition.calibrate` on every path
     of the default listing; their predictions are within the engine's rounding branches (about a
     hundred gas at most) of the chain's.
     """
@@ -744,7 +744,7 @@ class ModelAgent:
 
     # re-bidding -------------------------------------------------------------------------
     def rebid(self, chain: ModelChain) -> bool:
-        """Outbid rivals on this agent's pending liquidations (see :func:`~bot.sim.agents.rebid_fees`)."""
+        """Outbid rivals on this agent's pending liquidations (see :func:`~simulator.competition.agents.rebid_fees`)."""
         changed = False
         # This agent's replacements do not change its rivals' entries: one view serves the call.
         rivals = by_target(chain.pending_entries(), self.address)

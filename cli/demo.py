@@ -22,8 +22,8 @@ from web3 import Web3
 
 from bot.config import BotConfig
 from bot.liquidator import Liquidator
-from bot.seeding import seed_accounts
-from bot.devnode.provider import dev_chain_web3
+from protocol_model.seeding import seed_accounts
+from devnode.provider import dev_chain_web3
 from protocol_model.chain import Sender
 from protocol_model.deploy import DeployConfig, deploy_protocol
 from protocol_model.errors import ConfigError

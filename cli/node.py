@@ -24,7 +24,7 @@ from .common import EXIT_BAD_INPUT, fail, handle_errors
 @handle_errors
 def node(host: str, port: int, block_time: float | None, accounts: int, export_keys: str | None) -> None:
     """Run a local chain (eth-tester on py-evm) until Ctrl-C, like anvil."""
-    from bot.devnode import DevNode
+    from devnode import DevNode
 
     dev = DevNode(block_time=block_time, port=port, host=host, accounts=accounts)
     try:

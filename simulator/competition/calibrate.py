@@ -1,13 +1,13 @@
-"""Measure the off-chain simulator's built-in gas table (:mod:`bot.sim.gas_table`) on a chain.
+"""Measure the off-chain simulator's built-in gas table (:mod:`simulator.competition.gas_table`) on a chain.
 
-    python -m bot.sim.calibrate              # measure on an in-process dev node, print the fit
-    python -m bot.sim.calibrate --write      # ... and rewrite bot/sim/gas_table.py
-    python -m bot.sim.calibrate --check      # exit 1 unless bot/sim/gas_table.py equals the measurement
-    python -m bot.sim.calibrate --rpc URL    # on another node (its account 0 unlocked and funded)
+    python -m simulator.competition.calibrate              # measure on an in-process dev node, print the fit
+    python -m simulator.competition.calibrate --write      # ... and rewrite simulator/competition/gas_table.py
+    python -m simulator.competition.calibrate --check      # exit 1 unless simulator/competition/gas_table.py equals the measurement
+    python -m simulator.competition.calibrate --rpc URL    # on another node (its account 0 unlocked and funded)
 
 :func:`measure` (about a minute) deploys the default listing (:class:`~protocol_model.deploy.DeployConfig`)
 and sends, from traders and keepers it creates, every kind of ``liquidate`` the simulator meets,
-mirrored on the model (:class:`~bot.sim.offchain.ModelChain`) so that each receipt gets the path
+mirrored on the model (:class:`~simulator.competition.offchain.ModelChain`) so that each receipt gets the path
 key the simulator gives it:
 
 * **successes** on every path ``(market, active markets, held collaterals, reward paid or not)``:
@@ -30,7 +30,7 @@ receipt's status must match the model's, and every case ends by comparing the mo
 house and insurance fund with the chain's.
 
 :func:`fit` turns the samples into the table. The execution gas of a transaction is modelled as
-in :class:`~bot.sim.offchain.GasTable`: its path's gas, plus the gas of the engine's branches
+in :class:`~simulator.competition.offchain.GasTable`: its path's gas, plus the gas of the engine's branches
 (:data:`BRANCHES`: a position closed, the house's position to or from zero, short positions)
 times how often the transaction runs them, plus its storage writes at their EIP-2200/2929 prices,
 minus its capped refund. The branches' gas is the least-squares fit over all samples (exact
@@ -457,7 +457,7 @@ def measure(w3: Web3 | None = None, progress: Progress | None = None) -> list[Ga
     compile_contracts()
     if w3 is not None:
         return _Calibration(_Chain(w3), progress).run()
-    from ..devnode import DevNode
+    from devnode import DevNode
 
     node = DevNode(port=0)
     node.start()
@@ -475,7 +475,7 @@ BRANCHES = ("close", "house_close", "house_open", "short", "short_plan", "short_
 
 @dataclass
 class Table:
-    """A built-in gas table (:mod:`bot.sim.gas_table`): paths, reverts, branches, and what it was fit to."""
+    """A built-in gas table (:mod:`simulator.competition.gas_table`): paths, reverts, branches, and what it was fit to."""
 
     paths: dict[str, int]
     reverts: dict[str, int]
@@ -528,7 +528,7 @@ def fit(samples: list[GasSample]) -> Table:
     """The table that fits ``samples`` best (least squares, in exact arithmetic: reproducible).
 
     Each sample's gas is its path's gas plus the branches' (:data:`BRANCHES`) times their
-    coefficients (:func:`~bot.sim.offchain.write_gas`, :func:`~bot.sim.offchain.short_gas`); a
+    coefficients (:func:`~simulator.competition.offchain.write_gas`, :func:`~simulator.competition.offchain.short_gas`); a
     success's before its refund is capped, so the cap is undone first. The branches' gas comes
     from the samples with their paths' means taken out (each path's gas is then the mean of its
     samples'), rounded to whole gas.
@@ -596,12 +596,11 @@ def contracts_hash() -> str:
     """keccak of the runtime code of the contracts a liquidation runs (engine, token, feed)."""
     from vyper.compiler import compile_code
 
-    from protocol_model.deploy import CONTRACTS_DIR
+    import contracts
 
     h = b""
     for name in GAS_CONTRACTS:
-        source = (CONTRACTS_DIR / f"{name}.vy").read_text()
-        code = compile_code(source, contract_path=f"{name}.vy", output_formats=["bytecode_runtime"])
+        code = compile_code(contracts.source(name), contract_path=f"{name}.vy", output_formats=["bytecode_runtime"])
         h += name.encode() + bytes.fromhex(code["bytecode_runtime"].removeprefix("0x"))
     return "0x" + keccak(h).hex()
 
@@ -610,7 +609,7 @@ GAS_CONTRACTS = ("MarginEngine", "Token", "PriceFeed")
 
 
 def render(table: Table, errs: list[Error]) -> str:
-    """The source of :mod:`bot.sim.gas_table` for ``table`` fit to the samples of ``errs``."""
+    """The source of :mod:`simulator.competition.gas_table` for ``table`` fit to the samples of ``errs``."""
     worst = max(errs, key=lambda e: abs(e.relative))
 
     def block(name: str, d: dict[str, int], comment: str) -> str:
@@ -618,8 +617,8 @@ def render(table: Table, errs: list[Error]) -> str:
         return f"# {comment}\n{name}: dict[str, int] = {{\n{lines}}}\n"
 
     return (
-        '"""The off-chain simulator\'s built-in gas table (see :class:`bot.sim.offchain.GasTable`).\n\n'
-        "Generated by ``python -m bot.sim.calibrate --write``; do not edit. Measured on the contracts whose\n"
+        '"""The off-chain simulator\'s built-in gas table (see :class:`simulator.competition.offchain.GasTable`).\n\n'
+        "Generated by ``python -m simulator.competition.calibrate --write``; do not edit. Measured on the contracts whose\n"
         f"runtime code hashes to ``CONTRACTS_HASH``, from {table.samples} liquidations of every path; against them\n"
         f"its largest error is {max(abs(e.gas) for e in errs)} gas, {abs(worst.relative) * 100:.2f} % of a "
         "transaction's gas used.\n"
@@ -632,7 +631,7 @@ def render(table: Table, errs: list[Error]) -> str:
 
 
 def builtin() -> Table:
-    """The committed table (:mod:`bot.sim.gas_table`)."""
+    """The committed table (:mod:`simulator.competition.gas_table`)."""
     from . import gas_table
 
     return Table(dict(gas_table.PATH_GAS), dict(gas_table.REVERT_GAS), dict(gas_table.BRANCH_GAS),
@@ -657,7 +656,7 @@ def summary(errs: list[Error]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bot.sim.calibrate",
+    ap = argparse.ArgumentParser(prog="python -m simulator.competition.calibrate",
                                  description="Measure the off-chain simulator's built-in gas table on a chain.")
     ap.add_argument("--rpc", help="a node's JSON-RPC URL (default: a new in-process dev node)")
     mode = ap.add_mutually_exclusive_group()
@@ -687,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {TABLE_PATH}")
     elif args.check:
         if builtin().values() != table.values():
-            print(f"{TABLE_PATH} is stale: run python -m bot.sim.calibrate --write", file=sys.stderr)
+            print(f"{TABLE_PATH} is stale: run python -m simulator.competition.calibrate --write", file=sys.stderr)
             return 1
         say(f"{TABLE_PATH} is up to date")
     return 0

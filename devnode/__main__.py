@@ -1,4 +1,4 @@
-"""``python -m bot.devnode [--host H] [--port P] [--block-time S] [--accounts N]``.
+"""``python -m devnode [--host H] [--port P] [--block-time S] [--accounts N]``.
 
 Prints ``listening on http://HOST:PORT`` on stdout once the node accepts connections, then serves
 until Ctrl-C or SIGTERM. The dev accounts and their keys are logged on stderr.
@@ -36,7 +36,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bot.devnode", description="Local Ethereum JSON-RPC dev node (eth-tester)."
+        prog="python -m devnode", description="Local Ethereum JSON-RPC dev node (eth-tester)."
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8545, help="port (0 picks a free one)")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    log = logging.getLogger("bot.devnode")
+    log = logging.getLogger("devnode")
     node = DevNode(block_time=args.block_time, port=args.port, host=args.host, accounts=args.accounts)
     node.start()
     for index, (address, _key) in enumerate(node.accounts):

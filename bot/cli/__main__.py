@@ -1,5 +1,0 @@
-"""``python -m bot.cli``: the same as the ``xmargin`` console script."""
-
-from . import main
-
-main()
