@@ -796,12 +796,38 @@ class DevChain:
                 self.tester.revert_to_snapshot(snapshot_id)
             except SnapshotNotFound:
                 return False
-            head = self.head_number()
-            for flt in self._filters.values():
-                flt.cursor = min(flt.cursor, head)
-            for stale in self.pool.drop_stale(self._state_nonce):
-                logger.info("removed stale transaction %s after revert", hexdata(stale.hash))
+            self._after_rewind()
             return True
+
+    def reorg(self, depth: int) -> None:
+        """Replace the last ``depth`` blocks with as many new empty ones, like anvil's
+        ``anvil_reorg(depth, [])``: the transactions of the dropped blocks are gone (not back in
+        the pool), and the new blocks have later timestamps, hence other hashes."""
+        with self.lock:
+            head = self.head_number()
+            if not 0 < depth <= head:
+                raise ServerError(f"reorg depth {depth} must be between 1 and the head block {head}")
+            fork = self.chain.get_canonical_block_header_by_number(head - depth)
+            # An eth-tester snapshot is the hash of its head block: this one is the fork point.
+            self.tester.backend.revert_to_snapshot(fork.hash)
+            self._after_rewind()
+            waiting = list(self.pool)
+            for ptx in waiting:
+                self.pool.remove(ptx.hash)
+            try:
+                for _ in range(depth):
+                    self.mine()
+            finally:
+                for ptx in waiting:
+                    self.pool.add(ptx)
+
+    def _after_rewind(self) -> None:
+        """Filters and the pool after the head went back (a revert or a reorg)."""
+        head = self.head_number()
+        for flt in self._filters.values():
+            flt.cursor = min(flt.cursor, head)
+        for stale in self.pool.drop_stale(self._state_nonce):
+            logger.info("removed stale transaction %s after the chain went back", hexdata(stale.hash))
 
     # ------------------------------------------------------------------ fees and pool views
 

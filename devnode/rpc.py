@@ -124,6 +124,7 @@ class RpcDispatcher:
             ),
             "evm_setNextBlockTimestamp": self._set_next_block_timestamp,
             "evm_setAutomine": self._set_automine,
+            "anvil_reorg": self._reorg,
             "txpool_content": lambda p: self.chain.txpool_content(),
             "txpool_status": lambda p: self.chain.txpool_status(),
         }
@@ -297,6 +298,14 @@ class RpcDispatcher:
         leaves new transactions in the mempool until a block is mined."""
         self.chain.automine = parse_bool(param(params, 0, "enabled"), "enabled")
         return True
+
+    def _reorg(self, params: Sequence[Any]) -> None:
+        """anvil's ``anvil_reorg(depth, [])``; replacement transactions are not supported."""
+        depth = parse_quantity(param(params, 0, "depth"), "depth")
+        if param(params, 1, "transactions", None):
+            raise InvalidParams("anvil_reorg with transactions is not supported: send them after the reorg")
+        self.chain.reorg(depth)
+        return None
 
     def _evm_mine(self, params: Sequence[Any]) -> str:
         value = param(params, 0, "options", None)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from web3 import Web3
 
 from protocol_model.chain import Sender, memory_chain, tester_of
+from nodes import NODE_KINDS, require_anvil
 from protocol_model.deploy import (
     WAD,
     CollateralSpec,
@@ -207,3 +208,12 @@ def protocol(deployments: dict[str, Protocol]) -> Protocol:
 def any_protocol(request: pytest.FixtureRequest, deployments: dict[str, Protocol]) -> Protocol:
     """Each decimals case in turn, for tests where token decimals matter."""
     return deployments[request.param]
+
+
+@pytest.fixture(scope="module", params=NODE_KINDS)
+def node_kind(request: pytest.FixtureRequest) -> str:
+    """Each local node of ``tests/nodes.py`` in turn (module scope: one node per module and kind).
+    The anvil half is skipped only where npm is missing, never in CI (see ``require_anvil``)."""
+    if request.param == "anvil":
+        require_anvil()
+    return str(request.param)

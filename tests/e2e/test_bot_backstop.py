@@ -1,6 +1,7 @@
 """Backstop mode end to end: bankrupt accounts are closed at a gas-only loss and their bad debt settled.
 
-A dev node over HTTP (as in test_bot_e2e.py), one deployment with 30 traders. A deep crash makes
+Each node of ``tests/nodes.py`` over HTTP (the dev node and anvil, as in test_bot_e2e.py), one
+deployment with 30 traders. A deep crash makes
 some of them bankrupt (equity < 0): they pay no penalty, so a profit-seeking bot leaves their
 positions open. A bot with ``backstop=True`` closes them and then sends ``settle_bad_debt``; the
 oracles are the engine's own views and its BadDebtSettled events.
@@ -17,13 +18,14 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
-from devnode import DevNode, mining_in_background
 from bot.liquidator import Liquidator
 from protocol_model.seeding import seed_accounts
 from protocol_model.chain import Sender
 from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
+
+from nodes import start_node
 
 
 WAD = 10**18
@@ -32,19 +34,13 @@ N_TRADERS, SEED = 30, 7
 CRASH_PCT = 55          # ETH and BTC fall 45 %: many liquidatable traders, some bankrupt
 
 
-def mining(node: DevNode, every_s: float = 0.05) -> Any:
-    """Mine whatever waits in the mempool every ``every_s`` seconds (for setup that waits for receipts)."""
-    return mining_in_background(node, every_s)
-
-
 @pytest.fixture(scope="module")
-def setup() -> Iterator[dict[str, Any]]:
+def setup(node_kind: str) -> Iterator[dict[str, Any]]:
     compile_contracts()
-    node = DevNode(block_time=3600, port=0)
-    node.start()
+    node = start_node(node_kind)
     try:
         w3 = Web3(HTTPProvider(node.url))
-        with mining(node):
+        with node.automine():
             owner = Sender.unlocked(w3, 0)
             dep = deploy_protocol(w3, owner, DeployConfig())
             for i in (5, 6):
@@ -64,8 +60,7 @@ def _set_prices(s: dict[str, Any], pct: int) -> None:
 
 
 def _mine(s: dict[str, Any]) -> int:
-    s["node"].mine_block()
-    return int(s["w3"].eth.block_number)
+    return int(s["node"].mine())
 
 
 def _state(s: dict[str, Any], block: int) -> Any:

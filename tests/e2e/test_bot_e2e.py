@@ -1,9 +1,10 @@
 """The liquidation bot end to end, against a real JSON-RPC node over HTTP.
 
-One in-process :class:`~devnode.DevNode` per module with a one-hour block time, so blocks are
-mined only when a test calls ``mine()``: every liquidation the bots send in a block's tick waits
-in the node's fee-priority mempool and lands in the next block, exactly as on a live chain. The
-bots talk to it through plain ``Web3(HTTPProvider(url))``, so nothing here depends on eth-tester.
+Every test runs twice, on each node of ``tests/nodes.py`` (the ``node_kind`` fixture): the dev
+node (eth-tester on py-evm) and anvil (Foundry's node, which nobody here wrote). Both mine only
+when a test calls ``mine()``: every liquidation the bots send in a block's tick waits in the
+node's fee-priority mempool and lands in the next block, exactly as on a live chain. The bots talk
+to it through plain ``Web3(HTTPProvider(url))``, so nothing here depends on eth-tester.
 
 The module deploys the protocol and seeds 50 traders once, plus a second deployment with 10 traders
 (the steady-state comparison); each test starts from a snapshot and reverts to it (always backwards:
@@ -39,7 +40,6 @@ from web3.middleware import Web3Middleware
 
 from cli import cli
 from bot.config import BotConfig
-from devnode import DevNode, mining_in_background
 from bot.errors import RpcError
 from bot.keys import write_keystore
 from bot.liquidator import Liquidator, TickReport
@@ -49,6 +49,8 @@ from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
+
+from nodes import LocalNode, start_node
 
 WAD = 10**18
 GWEI = 10**9
@@ -68,7 +70,7 @@ PAYS = 5 * WAD
 
 @dataclass
 class Chain:
-    node: DevNode
+    node: LocalNode
     w3: Web3                     # the test's own connection (not the bots')
     dep: Deployment
     owner: str
@@ -80,8 +82,7 @@ class Chain:
 
     def mine(self) -> int:
         """Mine one block from the mempool; its number."""
-        self.node.mine_block()
-        return int(self.w3.eth.block_number)
+        return self.node.mine()
 
     def owner_tx(self, fn: Any) -> None:
         """Send a transaction from the owner without waiting (it lands in the next mined block)."""
@@ -140,33 +141,14 @@ class Chain:
         return decode_logs(logs, self.dep.engine)
 
 
-def mining(node: DevNode, every_s: float = 0.05) -> Any:
-    """Mine whatever waits in the mempool every ``every_s`` seconds (for setup that waits for receipts)."""
-    return mining_in_background(node, every_s)
-
-
-def block_ticker(node: DevNode, every_s: float) -> Any:
-    """A block every ``every_s`` seconds, empty or not: a chain that moves on by itself."""
-    return mining_in_background(node, every_s, empty_blocks=True)
-
-
-def clear_mempool(node: DevNode) -> None:
-    def clear() -> None:
-        for ptx in list(node.chain.pool):
-            node.chain.pool.remove(ptx.hash)
-
-    node.chain.run_locked(clear)
-
-
 @pytest.fixture(scope="module")
-def module_chain() -> Iterator[Chain]:
+def module_chain(node_kind: str) -> Iterator[Chain]:
     compile_contracts()
-    node = DevNode(block_time=3600, port=0)
-    node.start()
+    node = start_node(node_kind)
     try:
         w3 = Web3(HTTPProvider(node.url))
         liquidator_key, rival_key = node.accounts[5][1], node.accounts[6][1]
-        with mining(node):
+        with node.automine():
             owner = Sender.unlocked(w3, 0)
             dep = deploy_protocol(w3, owner, DeployConfig())
             usdc = dep.quote_contract
@@ -187,13 +169,13 @@ def module_chain() -> Iterator[Chain]:
 def chain(module_chain: Chain) -> Iterator[Chain]:
     """The full population, restored after the test."""
     node = module_chain.node
-    clear_mempool(node)
-    snap = node.chain.snapshot()
+    node.clear_mempool()
+    snap = node.snapshot()
     try:
         yield module_chain
     finally:
-        node.chain.revert(snap)
-        clear_mempool(node)
+        node.revert(snap)
+        node.clear_mempool()
 
 
 def bot_config(tmp_path: Path, name: str, **overrides: Any) -> BotConfig:
@@ -532,13 +514,13 @@ def test_reorg_rewinds_and_rereads_the_touched_accounts(chain: Chain, tmp_path: 
     bot = make_bot(chain, tmp_path)
     try:
         fork_block = warm_up(chain, bot)
-        snap = chain.node.chain.snapshot()
+        snap = chain.node.snapshot()
         chain.set_prices(CRASH_PCT)                  # a branch where prices crash ...
         chain.mine()
         branch = bot.tick()
         assert branch.liquidatable and branch.sent
-        clear_mempool(chain.node)
-        chain.node.chain.revert(snap)                 # ... replaced by a longer one where they do not
+        chain.node.clear_mempool()
+        chain.node.revert(snap)                       # ... replaced by a longer one where they do not
         chain.set_prices(100)
         chain.mine()
         head = chain.mine()
@@ -581,7 +563,7 @@ def test_cli_dry_run_for_a_few_blocks(chain: Chain, tmp_path: Path) -> None:
     db = tmp_path / "bot.sqlite3"
     chain.set_prices(CRASH_PCT)
     chain.mine()
-    with block_ticker(chain.node, every_s=0.3):
+    with chain.node.ticking(every_s=0.3):
         result = CliRunner(env={"XMARGIN_POLL_INTERVAL_S": "0.05"}).invoke(cli, [
             "bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--dry-run",
             "--db", str(db), "--max-blocks", "3", "--min-profit", "0.5", "--json",

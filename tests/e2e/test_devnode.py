@@ -551,3 +551,36 @@ def test_in_process_provider_answers_like_the_http_node() -> None:
     assert balance == before + 7 and block.transactions == [receipt.transactionHash]
     response = w3.provider.make_request("no_such_method", [])  # type: ignore[arg-type]
     assert response["error"]["code"] == -32601 and "does not exist" in response["error"]["message"]
+
+
+def test_anvil_reorg_replaces_the_last_blocks_as_anvil_does(node_kind: str) -> None:
+    """``anvil_reorg(depth, [])`` on the dev node and on anvil itself: the head keeps its number,
+    the last ``depth`` blocks get other hashes and lose their transactions (not put back in the
+    pool), a transaction still waiting in the pool stays there; a depth beyond the head is an
+    error."""
+    from nodes import NodeRpcError, start_node
+
+    with start_node(node_kind) as node:
+        w3 = Web3(HTTPProvider(node.url))
+        sender, receiver = node.accounts[0][0], node.accounts[1][0]
+        node.mine(3)
+        kept = w3.eth.send_transaction({"from": sender, "to": receiver, "value": 1})
+        fork = node.mine()
+        dropped = w3.eth.send_transaction({"from": sender, "to": receiver, "value": 2})
+        head = node.mine(2)
+        old = {n: w3.eth.get_block(n)["hash"] for n in range(fork, head + 1)}
+        waiting = w3.eth.send_transaction({"from": sender, "to": receiver, "value": 3})
+        node.reorg(head - fork)
+        assert node.block_number() == head
+        assert w3.eth.get_block(fork)["hash"] == old[fork]
+        assert w3.eth.get_block(fork + 1)["parentHash"] == old[fork]
+        for number in range(fork + 1, head + 1):
+            block = w3.eth.get_block(number)
+            assert block["hash"] != old[number] and block["transactions"] == []
+        assert node.request("eth_getTransactionReceipt", "0x" + kept.hex()) is not None
+        assert node.request("eth_getTransactionByHash", "0x" + dropped.hex()) is None
+        assert w3.eth.get_transaction_count(sender, "latest") == 1
+        assert node.request("eth_getTransactionByHash", "0x" + waiting.hex()) is not None
+        assert node.pending_count() == 1
+        with pytest.raises(NodeRpcError):
+            node.request("anvil_reorg", head + 1, [])
