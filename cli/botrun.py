@@ -34,6 +34,7 @@ from .common import (
     get_ctx,
     handle_errors,
     parse_decimal,
+    require_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         logging.getLogger("bot").setLevel(logging.INFO)   # the one-line-per-event log, without -v too
     w3 = ctx.w3 if ctx.w3 is not None else connect(cfg.rpc_url, timeout=cfg.rpc_timeout_s)
     dep = Deployment.load(cfg.deployment_path or DEFAULT_DEPLOYMENT, w3)
+    require_engine(w3, dep)
     liquidator = Liquidator(w3, dep, account, cfg, collateral_liquidation=not no_collateral)
     result = liquidator.run(max_blocks=max_blocks)
     totals = liquidator.store_totals()

@@ -54,11 +54,15 @@ class Context:
         return self.w3
 
     def dep(self) -> Deployment:
+        """The deployment file, checked against the node: its chain id, and code at its engine."""
         if self.deployment is None:
             path = self.deployment_path or DEFAULT_DEPLOYMENT
-            self.deployment = Deployment.load(path, self.chain())
+            deployment = Deployment.load(path, self.chain())
+            require_engine(self.chain(), deployment)
+            self.deployment = deployment
         elif self.deployment.w3 is None:
             self.deployment.bind(self.chain())
+            require_engine(self.chain(), self.deployment)
         return self.deployment
 
     def sender(self, keystore: str | None = None, password_file: str | None = None) -> Sender:
@@ -76,6 +80,15 @@ class Context:
             click.echo(json.dumps(data, indent=2, default=_json_default))
         else:
             human(self.console)
+
+
+def require_engine(w3: Web3, deployment: Deployment) -> None:
+    """Refuse a deployment whose engine has no code on the node (one ``eth_getCode``): a node
+    restarted since ``xmargin deploy`` (same chain id, empty chain) or a file from another chain
+    that happens to share its chain id. Raises :class:`ConfigError` (exit code 2)."""
+    if not bytes(w3.eth.get_code(Web3.to_checksum_address(deployment.engine))):
+        raise ConfigError(f"no engine at {deployment.engine} on this chain: was the node restarted? "
+                          "redeploy with `xmargin deploy`")
 
 
 def _json_default(obj: Any) -> Any:
