@@ -18,7 +18,6 @@ both runs; a slow test measures it again (:mod:`simulator.competition.calibrate`
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,13 +197,11 @@ def test_offchain_same_seed_gives_the_same_report_and_another_seed_another() -> 
     assert other.comparable() != first.comparable()
 
 
-def test_offchain_runs_thousands_of_rounds_in_seconds() -> None:
+def test_offchain_runs_thousands_of_rounds() -> None:
+    """A long run completes and liquidates; how fast it is, is shown by bench/simulate_bench.py."""
     scenario = Scenario(60, 3, (("ETH", -15 * PCT), ("BTC", -15 * PCT)), 2_000)
-    t0 = time.monotonic()
     report = run_offchain(scenario, bots("fixed:2gwei,profit-share:50%,rebid,fixed:1gwei@2", 4))
-    elapsed = time.monotonic() - t0
     assert len(report.liquidations) >= 5
-    assert elapsed < 20, f"2,000 rounds took {elapsed:.1f}s"
 
 
 @pytest.mark.parametrize("seed", [3, 7])

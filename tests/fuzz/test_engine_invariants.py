@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 from eth_tester.exceptions import TransactionFailed
-from hypothesis import HealthCheck, note, settings
+from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -540,6 +540,6 @@ def test_engine_invariants(funded, actors, tester):
     EngineMachine.tester = tester
     run_state_machine_as_test(
         EngineMachine,
-        settings=settings(settings.default, suppress_health_check=list(HealthCheck)),
+        settings=settings(),   # the loaded profile (conftest.py): its numbers and its health checks
     )
     print("engine invariants, outcomes over all examples:", dict(sorted(OUTCOMES.items())))
