@@ -43,7 +43,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import takewhile
 from typing import Any
 
 from eth_abi import encode as abi_encode
@@ -62,6 +61,7 @@ from protocol_model.state import ProtocolState
 from protocol_model.wad import UINT256_MAX, WAD
 
 from .config import BotConfig
+from .decide import after_refusal, decide, unexpired
 from .errors import CircuitOpen
 from .lifecycle import DEFAULT_EXPECTED_ERRORS, Lifecycle, RunResult
 from .metrics import BotMetrics, start_metrics_server
@@ -75,10 +75,8 @@ from .strategy import (
     Candidate,
     GasModel,
     Planner,
-    can_settle,
     fmt_units,
     fmt_wad,
-    merge_by_profit,
 )
 from .txs import Preflight, SendResult, TxOutcome, TxRequest, TxSender, strategy_from_config
 
@@ -435,56 +433,24 @@ class Liquidator:
     # ------------------------------------------------------------------ deciding and sending
 
     def _liquidate(self, head: Head, report: TickReport) -> None:
-        sender, store, state, book = self.sender, self.store, self.state, self.book
+        sender, store = self.sender, self.store
         if sender is None or self.eth_feed is None:  # dev
             raise ChainError("the bot is not started")
         backoffs = store.backoffs(head.number)
-        self._suppressed = {k: v for k, v in self._suppressed.items() if v >= head.number}
-        base_fee = head.base_fee_wei or 0
-        eth_price = book.price(self.eth_feed)
-        budget: int | None = None
-        chains: list[list[Candidate]] = []
-        for address in report.liquidatable:
-            if self.config.backstop and can_settle(state, address):
-                continue   # nothing to liquidate: settled below
-            if address in backoffs:
-                report.backed_off.append(address)
-                continue
-            if sender.pending_for(address):
-                continue   # wait for the outcome of what is in flight for this account
-            quote_budget = 0
-            if self.planner.needs_quote(state, address):
-                if budget is None:
-                    budget = self._quote_balance()
-                quote_budget = budget
-            plan = self.planner.plan(state, address, base_fee_wei=base_fee, eth_price_wad=eth_price,
-                                     quote_budget=quote_budget)
-            report.candidates.extend(plan.evaluated)
-            # A step the chain refused lately ends the account's sequence: later steps build on it.
-            chosen = list(takewhile(lambda c: (c.account, str(c.target)) not in self._suppressed, plan.chosen))
-            if plan.skipped and not plan.chosen:
-                log.debug("not liquidating %s: %s", address, plan.skipped)
-            if chosen:
-                chains.append(chosen)
-                if budget is not None:
-                    budget -= sum(c.repay_native for c in chosen)
-        report.chosen = merge_by_profit(chains)
-        if self.config.backstop:
-            report.chosen.extend(self._settlements(report, backoffs))
+        self._suppressed = unexpired(self._suppressed, head.number)
+        decision = decide(
+            self.state, report.liquidatable, self.planner,
+            base_fee_wei=head.base_fee_wei or 0, eth_price_wad=self.book.price(self.eth_feed),
+            backoffs=backoffs, suppressed=self._suppressed, in_flight=lambda a: bool(sender.pending_for(a)),
+            quote_balance=self._quote_balance, backstop=self.config.backstop,
+        )
+        for address, why in decision.skipped.items():
+            log.debug("not liquidating %s: %s", address, why)
+        report.candidates.extend(decision.evaluated)
+        report.backed_off.extend(decision.backed_off)
+        report.chosen = decision.chosen
         if report.chosen:
             self._send_chosen(report, head)
-
-    def _settlements(self, report: TickReport, backoffs: dict[str, int]) -> list[Candidate]:
-        """Backstop mode: ``settle_bad_debt`` for every account left with nothing but negative cash."""
-        sender, state = self.sender, self.state
-        out: list[Candidate] = []
-        for address in report.liquidatable:
-            if address in backoffs or (address, address) in self._suppressed or not can_settle(state, address):
-                continue
-            if sender is not None and sender.pending_for(address):
-                continue
-            out.append(Candidate(address, SETTLE, address, "bad debt", 0, 0, 0, 0, None, 0))
-        return out
 
     def _send_chosen(self, report: TickReport, head: Head) -> None:
         """Preflight and send the chosen transactions, most profitable first, in waves of growing
@@ -602,20 +568,22 @@ class Liquidator:
             self._suppressed[(cand.account, str(cand.target))] = head.number + 1
             log.info("not settling %s: %s", cand.account, reason)
             return
-        if result.preflight.lost_race:
-            self._lost(cand.account, cand.target, cand.kind, head.number, None, 0, reason)
+        reaction, until = after_refusal(cand.step, result.preflight.lost_race, head.number,
+                                        self.config.lost_race_backoff_blocks)
+        if reaction == "back_off":
+            self._lost(cand.account, cand.target, cand.kind, head.number, until, None, 0, reason)
             return
         # The model said yes, the chain says no for another reason: do not retry it every block.
-        until = head.number + max(1, self.config.lost_race_backoff_blocks)
         self._suppressed[(cand.account, str(cand.target))] = until
         log.warning("preflight of %s %s reverted (%s): skipped until block %d", cand.account, cand.target_name,
                     reason, until)
 
-    def _lost(self, account: str, target: int | str, kind: str, block: int, tx_hash: str | None, gas_cost_wei: int,
-              reason: str) -> None:
+    def _lost(self, account: str, target: int | str, kind: str, block: int, until: int, tx_hash: str | None,
+              gas_cost_wei: int, reason: str) -> None:
+        """A race lost in ``block``: the account is backed off until ``until`` (:func:`after_refusal`)."""
         store = self.store
-        blocks = self.config.lost_race_backoff_blocks
-        store.back_off(account, block + blocks, reason=f"lost race ({reason})")
+        blocks = until - block
+        store.back_off(account, until, reason=f"lost race ({reason})")
         store.record_liquidation(LiquidationRecord(account=account, target=target, kind=kind, outcome="lost",
                                                    block=block, tx_hash=tx_hash, gas_cost_wei=gas_cost_wei,
                                                    reason=reason))
@@ -648,11 +616,14 @@ class Liquidator:
                     reason=outcome.revert_reason or ""))
                 log.info("settlement of %s not needed any more (%s)", tx.account, outcome.revert_reason)
             elif outcome.lost_race:
-                self._lost(tx.account, tx.target, tx.kind, tx.mined_block or head.number, tx.hash,
-                           outcome.gas_cost_wei, outcome.revert_reason or "")
+                block = tx.mined_block or head.number
+                _, until = after_refusal(0, True, block, self.config.lost_race_backoff_blocks)
+                self._lost(tx.account, tx.target, tx.kind, block, until, tx.hash, outcome.gas_cost_wei,
+                           outcome.revert_reason or "")
             else:
                 self.metrics.add_gas(outcome.gas_cost_wei)
-                self._suppressed[(tx.account, tx.target)] = head.number + max(1, self.config.lost_race_backoff_blocks)
+                _, until = after_refusal(0, False, head.number, self.config.lost_race_backoff_blocks)
+                self._suppressed[(tx.account, tx.target)] = until
                 log.warning("liquidation of %s %s reverted in block %s: %s (tx %s)", tx.account,
                             self._target_name(tx.target), tx.mined_block, outcome.revert_reason, tx.hash)
         else:

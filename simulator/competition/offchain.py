@@ -1,6 +1,6 @@
 """The off-chain mode: the same agents, node and ordering on :mod:`protocol_model`, no EVM.
 
-What runs here is a transcription of the on-chain mode, step for step:
+What runs here mirrors the on-chain mode step for step, with the keeper's own decision function:
 
 * **The state.** :func:`build_initial_state` lists the default deployment (:class:`DeployConfig`) in
   a :class:`ProtocolState` and seeds the same traders as :func:`protocol_model.seeding.seed_accounts` (the same
@@ -15,13 +15,11 @@ What runs here is a transcription of the on-chain mode, step for step:
   :func:`protocol_model.actions.liquidate` on the block's state, so rewards and revert reasons are
   exact. The base fee follows EIP-1559 from the gas used; the block gas limit is eth-tester's
   constant one.
-* **The bots** (:class:`ModelAgent`): what :class:`bot.liquidator.Liquidator` does in one tick,
-  with its own parts: settle the in-flight transactions mined since the last tick (a lost race
-  backs the account off for ``lost_race_backoff_blocks`` after the block it was lost in, any other
-  revert suppresses that account and market as long), then for each liquidatable account not backed
-  off and without a transaction in flight, :class:`bot.strategy.Planner` (the same object the bot
-  uses, so the same previews, gas pricing and minimum profit), :func:`bot.strategy.merge_by_profit`,
-  a preflight on the head state (the bot's ``eth_call``), and the fees of
+* **The bots** (:class:`ModelAgent`): one :class:`bot.liquidator.Liquidator` tick, deciding with the
+  bot's own decision function :func:`bot.decide.decide` (the same :class:`bot.strategy.Planner`, so
+  the same previews, gas pricing, minimum profit and sequencing) and booking refusals with
+  :func:`bot.decide.after_refusal`: settle the in-flight transactions mined since the last tick,
+  decide, then a preflight on the head state (the bot's ``eth_call``) and the fees of
   :func:`bot.txs.strategy_from_config`. Accounts are visited in address order (the bot's order only
   matters between candidates of exactly equal profit).
 * **Gas** (:class:`GasTable`): a transaction uses its intrinsic gas (21,000 plus its call data,
@@ -62,7 +60,8 @@ from protocol_model.state import Collateral, Feed, Market, Params, Position, Pro
 from protocol_model.wad import UINT256_MAX
 
 from protocol_model.seeding import TraderPlan, plan_traders
-from bot.strategy import Candidate, GasModel, Planner, merge_by_profit, scratch_state
+from bot.decide import Reaction, after_refusal, decide, unexpired
+from bot.strategy import AccountPlan, Candidate, GasModel, Planner, scratch_state
 from bot.txs import Fees, classify_revert, strategy_from_config
 from . import gas_table as _builtin
 from .agents import (
@@ -653,7 +652,7 @@ class ModelAgent:
         self.in_flight: dict[int, PoolTx] = {}                # nonce -> newest transaction
         self.next_nonce = 0
         self.rebids = 0
-        self._plans: dict[str, tuple[tuple[int, int, int, bool], list[Candidate]]] = {}
+        self._plans: dict[str, tuple[tuple[int, int, int, bool], AccountPlan]] = {}
 
     # one tick ------------------------------------------------------------------------
     def tick(self, chain: ModelChain, eth_feed: str) -> None:
@@ -673,15 +672,20 @@ class ModelAgent:
             del self.in_flight[nonce]
             if r.ok:
                 continue
-            if classify_revert(r.reason) == "lost_race":
-                self._back_off(tx.account, r.block + blocks)
-            else:
-                self.suppressed[(tx.account, str(tx.market))] = head + max(1, blocks)
+            lost = classify_revert(r.reason) == "lost_race"
+            reaction, until = after_refusal(0, lost, r.block if lost else head, blocks)
+            self._mark(reaction, tx.account, str(tx.market), until)
 
-    def _back_off(self, account: str, until: int) -> None:
-        self.backoffs[account] = max(self.backoffs.get(account, until), until)
+    def _mark(self, reaction: Reaction, account: str, target: str, until: int) -> None:
+        """Book a refusal as the bot does (its store's back-off: a later deadline wins)."""
+        if reaction == "back_off":
+            self.backoffs[account] = max(self.backoffs.get(account, until), until)
+        elif reaction == "suppress":
+            self.suppressed[(account, target)] = until
 
-    def _plan(self, chain: ModelChain, address: str, base_fee: int, eth_price: int) -> list[Candidate]:
+    def _plan(self, chain: ModelChain, address: str, base_fee: int, eth_price: int) -> AccountPlan:
+        """The planner's plan, cached while the account, the fees, the ETH price and the feeds'
+        freshness stay the same (the agents hold no quote: the budget is always 0)."""
         age = chain.state.params.max_price_age
         fresh = all(f.updated_at >= chain.timestamp or chain.timestamp - f.updated_at <= age
                     for f in chain.state.feeds.values())
@@ -690,28 +694,23 @@ class ModelAgent:
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = self.planner.plan(chain.state, address, base_fee_wei=base_fee, eth_price_wad=eth_price, quote_budget=0)
-        self._plans[address] = (key, plan.chosen)
-        return plan.chosen
+        self._plans[address] = (key, plan)
+        return plan
 
     def _liquidate(self, chain: ModelChain, head: int, liquidatable: list[str], eth_feed: str) -> None:
         state = chain.state
         # store.backoffs(head): expired entries go; the rest are skipped
-        self.backoffs = {a: u for a, u in self.backoffs.items() if u >= head}
-        self.suppressed = {k: v for k, v in self.suppressed.items() if v >= head}
+        self.backoffs = unexpired(self.backoffs, head)
+        self.suppressed = unexpired(self.suppressed, head)
         base_fee = chain.base_fee
         eth_price = price(state, eth_feed, False)
-        chains: list[list[Candidate]] = []
         in_flight = {tx.account for tx in self.in_flight.values()}      # the sender's pending_for()
-        for address in liquidatable:
-            if address in self.backoffs or address in in_flight:
-                continue
-            chosen = [c for c in self._plan(chain, address, base_fee, eth_price)
-                      if (c.account, str(c.target)) not in self.suppressed]
-            if chosen:
-                chains.append(chosen)
+        decision = decide(state, liquidatable, self.planner, base_fee_wei=base_fee, eth_price_wad=eth_price,
+                          backoffs=self.backoffs, suppressed=self.suppressed, in_flight=in_flight.__contains__,
+                          plan=lambda address, _budget: self._plan(chain, address, base_fee, eth_price))
         failed: set[str] = set()
         blocks = self.config.lost_race_backoff_blocks
-        for cand in merge_by_profit(chains):
+        for cand in decision.chosen:
             if cand.account in failed:
                 continue
             reason = self._preflight(state, cand)
@@ -727,12 +726,8 @@ class ModelAgent:
                                                      cand.expected_profit_wei)
                 continue
             failed.add(cand.account)
-            if cand.step > 0:
-                continue
-            if classify_revert(reason) == "lost_race":
-                self._back_off(cand.account, head + blocks)
-            else:
-                self.suppressed[(cand.account, str(cand.target))] = head + max(1, blocks)
+            reaction, until = after_refusal(cand.step, classify_revert(reason) == "lost_race", head, blocks)
+            self._mark(reaction, cand.account, str(cand.target), until)
 
     def _preflight(self, state: ProtocolState, cand: Candidate) -> str | None:
         """The bot's ``eth_call`` at the head: None when it passes, else the revert reason."""
