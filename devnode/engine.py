@@ -240,20 +240,18 @@ class DevChain:
         selector = BlockSelector(self.pool, self._state_nonce, base_fee)
         included: list[PoolTx] = []
         dropped: list[tuple[PoolTx, str]] = []
+
+        def include(ptx: PoolTx) -> bool:
+            try:
+                chain.apply_transaction(ptx.tx)
+            except Exception as exc:  # noqa: BLE001 - any failure drops just this tx
+                dropped.append((ptx, str(exc) or type(exc).__name__))
+                return False
+            included.append(ptx)
+            return True
+
         try:
-            while max_txs is None or len(included) < max_txs:
-                ptx = selector.pop()
-                if ptx is None:
-                    break
-                if ptx.gas > gas_limit - int(chain.header.gas_used):
-                    continue  # does not fit: this sender waits for a later block
-                try:
-                    chain.apply_transaction(ptx.tx)
-                except Exception as exc:  # noqa: BLE001 - any failure drops just this tx
-                    dropped.append((ptx, str(exc) or type(exc).__name__))
-                    continue
-                included.append(ptx)
-                selector.advance(ptx)
+            selector.fill(lambda: gas_limit - int(chain.header.gas_used), include, max_txs)
             built_header = chain.header
             block_hash: bytes | None = None
             if dry_run or (require_txs and not included):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import ServerError
 
@@ -40,6 +40,10 @@ class PoolTx:
     seq: int = field(default=0)  # arrival order, assigned by the pool
 
     @property
+    def gas_limit(self) -> int:
+        return self.gas
+
+    @property
     def max_cost(self) -> int:
         """The most wei the sender can be charged: ``gas * maxFeePerGas + value``."""
         return self.gas * self.max_fee_per_gas + self.value
@@ -53,6 +57,14 @@ class PoolTx:
 
 def _bumped(old: int) -> int:
     return old * (100 + REPLACEMENT_BUMP_PERCENT) // 100
+
+
+def outbids(old_fee_cap: int, old_tip: int, new_fee_cap: int, new_tip: int) -> bool:
+    """Whether a transaction may replace a pooled one with the same sender and nonce: both its fee
+    cap and its tip strictly higher and at least :data:`REPLACEMENT_BUMP_PERCENT` higher (geth's rule)."""
+    fee_ok = new_fee_cap > old_fee_cap and new_fee_cap >= _bumped(old_fee_cap)
+    tip_ok = new_tip > old_tip and new_tip >= _bumped(old_tip)
+    return fee_ok and tip_ok
 
 
 class Mempool:
@@ -93,14 +105,8 @@ class Mempool:
         by_nonce = self._by_sender.setdefault(ptx.sender, {})
         old = by_nonce.get(ptx.nonce)
         if old is not None:
-            fee_ok = ptx.max_fee_per_gas > old.max_fee_per_gas and ptx.max_fee_per_gas >= _bumped(
-                old.max_fee_per_gas
-            )
-            tip_ok = (
-                ptx.max_priority_fee_per_gas > old.max_priority_fee_per_gas
-                and ptx.max_priority_fee_per_gas >= _bumped(old.max_priority_fee_per_gas)
-            )
-            if not (fee_ok and tip_ok):
+            if not outbids(old.max_fee_per_gas, old.max_priority_fee_per_gas, ptx.max_fee_per_gas,
+                           ptx.max_priority_fee_per_gas):
                 raise ServerError("replacement transaction underpriced")
             del self._by_hash[old.hash]
         stamped = PoolTx(
@@ -163,38 +169,84 @@ class Mempool:
         return pending, queued
 
 
-class BlockSelector:
+S = TypeVar("S", bound=Hashable)
+
+
+class Pooled(Protocol):
+    """What the block selector needs of a pooled transaction (this pool's :class:`PoolTx`, or a
+    model's, e.g. :class:`simulator.competition.offchain.PoolTx`)."""
+
+    @property
+    def sender(self) -> Any: ...
+    @property
+    def nonce(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def gas_limit(self) -> int: ...
+    def effective_tip(self, base_fee: int) -> int | None: ...
+
+
+T = TypeVar("T", bound=Pooled)
+
+
+class TxPool(Protocol[T]):
+    """A pool by sender and nonce, as the block selector reads it (:class:`Mempool` is one)."""
+
+    def senders(self) -> Iterable[Any]: ...
+    def tx_at(self, sender: Any, nonce: int) -> T | None: ...
+
+
+class BlockSelector(Generic[T]):
     """Hands out pool transactions in block order for one block at a fixed base fee.
 
     ``pop()`` returns the best next candidate (or ``None``). If the caller includes it, it must call
     ``advance(ptx)`` so the sender's next nonce becomes a candidate; if it does not (the tx does not
-    fit or failed), the sender's later nonces wait for a later block.
+    fit or failed), the sender's later nonces wait for a later block. :meth:`fill` is that loop.
+    The dev node builds its blocks with it, and so does the competition simulator's model node.
     """
 
-    def __init__(self, pool: Mempool, state_nonce: Callable[[bytes], int], base_fee: int) -> None:
+    def __init__(self, pool: TxPool[T], state_nonce: Callable[[Any], int], base_fee: int) -> None:
         self._pool = pool
         self._base_fee = base_fee
-        self._heap: list[tuple[int, int, bytes]] = []
-        self._txs: dict[bytes, PoolTx] = {}
+        self._heap: list[tuple[int, int]] = []
+        self._txs: dict[int, T] = {}
         for sender in pool.senders():
             head = pool.tx_at(sender, state_nonce(sender))
             if head is not None:
                 self._push(head)
 
-    def _push(self, ptx: PoolTx) -> None:
+    def _push(self, ptx: T) -> None:
         tip = ptx.effective_tip(self._base_fee)
         if tip is None:
             return  # fee cap below the base fee: this sender waits
-        self._txs[ptx.hash] = ptx
-        heapq.heappush(self._heap, (-tip, ptx.seq, ptx.hash))
+        self._txs[ptx.seq] = ptx
+        heapq.heappush(self._heap, (-tip, ptx.seq))
 
-    def pop(self) -> PoolTx | None:
+    def pop(self) -> T | None:
         if not self._heap:
             return None
-        _neg_tip, _seq, tx_hash = heapq.heappop(self._heap)
-        return self._txs.pop(tx_hash)
+        _neg_tip, seq = heapq.heappop(self._heap)
+        return self._txs.pop(seq)
 
-    def advance(self, included: PoolTx) -> None:
+    def advance(self, included: T) -> None:
         successor = self._pool.tx_at(included.sender, included.nonce + 1)
         if successor is not None:
             self._push(successor)
+
+    def fill(self, room: Callable[[], int], include: Callable[[T], bool], max_txs: int | None = None) -> int:
+        """Fill one block: take the transactions in block order; one whose gas limit exceeds
+        ``room()`` (the gas left in the block) waits for a later block, its sender's later nonces
+        too; ``include(tx)`` applies one and says whether it went in (False: dropped, its sender's
+        later nonces wait). Stops after ``max_txs`` inclusions. Returns the number included."""
+        count = 0
+        while max_txs is None or count < max_txs:
+            ptx = self.pop()
+            if ptx is None:
+                break
+            if ptx.gas_limit > room():
+                continue
+            if include(ptx):
+                count += 1
+                self.advance(ptx)
+        return count

@@ -8,8 +8,8 @@ What runs here mirrors the on-chain mode step for step, with the keeper's own de
   so the state equals what the Lens reads after on-chain seeding. The shock publishes every feed
   in block ``S`` (the shocked ones moved by :func:`protocol_model.scenarios.moved_answer`).
 * **The node** (:class:`ModelChain`): a pool keyed by sender and nonce with the dev node's
-  replacement rule (both fees at least 10 % higher), and blocks built like
-  :class:`devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
+  replacement rule (:func:`devnode.mempool.outbids`: both fees at least 10 % higher), and blocks
+  built by the dev node's own :class:`devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
   priority fee first, ties by arrival; a transaction whose gas limit does not fit what is left of
   the block waits (its sender's later nonces too). Each liquidation executes with
   :func:`protocol_model.actions.liquidate` on the block's state, so rewards and revert reasons are
@@ -41,7 +41,6 @@ What runs here mirrors the on-chain mode step for step, with the keeper's own de
 from __future__ import annotations
 
 import copy
-import heapq
 import itertools
 import logging
 import time
@@ -60,6 +59,7 @@ from protocol_model.state import Collateral, Feed, Market, Params, Position, Pro
 from protocol_model.wad import UINT256_MAX
 
 from protocol_model.seeding import TraderPlan, plan_traders
+from devnode.mempool import BlockSelector, outbids
 from bot.decide import Reaction, after_refusal, decide, unexpired
 from bot.strategy import AccountPlan, Candidate, GasModel, Planner, scratch_state
 from bot.txs import Fees, classify_revert, strategy_from_config
@@ -555,12 +555,9 @@ class ModelChain:
                gas_limit: int, expected_profit_wei: int) -> PoolTx:
         """Add a transaction (or replace the sender's one with this nonce, by the dev node's rule)."""
         old = self.pool.get((sender, nonce))
-        if old is not None:
-            fee_ok = fees.max_fee_per_gas > old.max_fee_wei and fees.max_fee_per_gas >= old.max_fee_wei * 110 // 100
-            tip_ok = (fees.max_priority_fee_per_gas > old.tip_wei
-                      and fees.max_priority_fee_per_gas >= old.tip_wei * 110 // 100)
-            if not (fee_ok and tip_ok):
-                raise ConfigError("replacement transaction underpriced")  # dev: re-bids bump by 12.5 %
+        if old is not None and not outbids(old.max_fee_wei, old.tip_wei, fees.max_fee_per_gas,
+                                           fees.max_priority_fee_per_gas):
+            raise ConfigError("replacement transaction underpriced")  # dev: re-bids bump by 12.5 %
         seq = next(self._seq)
         tx = PoolTx(f"{sender}:{nonce}:{seq}", sender, nonce, account, market, max_size,
                     liquidate_calldata(account, market, max_size), gas_limit, fees.max_fee_per_gas,
@@ -569,36 +566,34 @@ class ModelChain:
         return tx
 
     # blocks ------------------------------------------------------------------------
+    def senders(self) -> set[str]:
+        """The senders with a pooled transaction (the pool as :class:`devnode.mempool.BlockSelector` reads it)."""
+        return {s for s, _ in self.pool}
+
+    def tx_at(self, sender: str, nonce: int) -> PoolTx | None:
+        return self.pool.get((sender, nonce))
+
     def mine(self) -> list[Receipt]:
-        """Build and mine the next block from the pool (the dev node's BlockSelector order)."""
+        """Build and mine the next block from the pool with the dev node's :class:`BlockSelector`."""
         base = self.next_base_fee
         number = self.head + 1
         self.timestamp += 1
         self.state.timestamp = self.timestamp
-        heap: list[tuple[int, int, tuple[str, int]]] = []
-
-        def push(tx: PoolTx | None) -> None:
-            if tx is None:
-                return
-            tip = tx.effective_tip(base)
-            if tip is not None:
-                heapq.heappush(heap, (-tip, tx.seq, (tx.sender, tx.nonce)))
-
-        for sender in {s for s, _ in self.pool}:
-            push(self.pool.get((sender, self.nonces.get(sender, 0))))
         used = 0
         receipts: list[Receipt] = []
-        while heap:
-            neg_tip, _seq, key = heapq.heappop(heap)
-            tx = self.pool[key]
-            if tx.gas_limit > self.gas_limit - used:
-                continue      # does not fit: this sender waits for a later block
-            r = self.execute(tx, number, len(receipts), base, -neg_tip)
+
+        def include(tx: PoolTx) -> bool:
+            nonlocal used
+            # dev: the selector hands out only transactions that pay the base fee (tip not None)
+            r = self.execute(tx, number, len(receipts), base, tx.effective_tip(base) or 0)
             used += r.gas_used
             receipts.append(r)
-            del self.pool[key]
+            del self.pool[(tx.sender, tx.nonce)]
             self.nonces[tx.sender] = tx.nonce + 1
-            push(self.pool.get((tx.sender, tx.nonce + 1)))
+            return True
+
+        BlockSelector(self, lambda sender: self.nonces.get(sender, 0), base).fill(lambda: self.gas_limit - used,
+                                                                                 include)
         self.head = number
         self.base_fee = base
         self.head_gas_used = used
