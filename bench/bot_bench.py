@@ -82,10 +82,10 @@ from devnode import DevNode  # noqa: E402
 from bot.rpc import CountingRpc  # noqa: E402
 from protocol_model.chain import Sender  # noqa: E402
 from protocol_model.deploy import DeployConfig, Deployment, FeedSpec, deploy_protocol  # noqa: E402
+from protocol_model.wad import WAD  # noqa: E402
 
 log = logging.getLogger("bench.bot_bench")
 
-WAD = 10**18
 BENCH_CONTRACTS = Path(__file__).resolve().parent / "contracts"
 
 # Targets of the issue (10,000 accounts).

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from protocol_model.chain import Sender, memory_chain  # noqa: E402
-from protocol_model.deploy import WAD, DeployConfig, deploy_contract, deploy_protocol  # noqa: E402
+from protocol_model.deploy import DeployConfig, deploy_contract, deploy_protocol  # noqa: E402
+from protocol_model.wad import UINT256_MAX, WAD  # noqa: E402
 
 SNAPSHOT = ROOT / "tests" / "__snapshots__" / "gas.txt"
-MAX_UINT = 2**256 - 1
 
 # Targets from the issue: (function label prefix, gas ceiling).
 TARGETS = {
@@ -45,7 +45,7 @@ def measure() -> dict[str, int]:
 
     def fund(actor: Sender, token: Any, amount: int) -> None:
         owner.send(token.functions.mint(actor.address, amount))
-        actor.send(token.functions.approve(eng.address, MAX_UINT))
+        actor.send(token.functions.approve(eng.address, UINT256_MAX))
 
     # Tokens and feeds ---------------------------------------------------------
     fund(trader, usdc, 1_000_000 * 10**6)
@@ -70,12 +70,12 @@ def measure() -> dict[str, int]:
     trader.send(eng.functions.deposit(wbtc.address, 10**7))
 
     # Trades: the trader ends with 2 positions and 2 collaterals -----------------
-    rec("MarginEngine.trade (open, 1 position + 2 collaterals)", trader, eng.functions.trade(0, 20 * WAD, MAX_UINT))
-    rec("MarginEngine.trade (open second market, 2 positions + 2 collaterals)", trader, eng.functions.trade(1, WAD // 10, MAX_UINT))
-    rec("MarginEngine.trade (increase, 2 positions + 2 collaterals)", trader, eng.functions.trade(1, WAD // 10, MAX_UINT))
+    rec("MarginEngine.trade (open, 1 position + 2 collaterals)", trader, eng.functions.trade(0, 20 * WAD, UINT256_MAX))
+    rec("MarginEngine.trade (open second market, 2 positions + 2 collaterals)", trader, eng.functions.trade(1, WAD // 10, UINT256_MAX))
+    rec("MarginEngine.trade (increase, 2 positions + 2 collaterals)", trader, eng.functions.trade(1, WAD // 10, UINT256_MAX))
     rec("MarginEngine.trade (reduce, 2 positions + 2 collaterals)", trader, eng.functions.trade(0, -WAD, 0))
-    trader.send(eng.functions.trade(0, WAD, MAX_UINT))
-    trader.send(eng.functions.trade(1, WAD // 10, MAX_UINT))
+    trader.send(eng.functions.trade(0, WAD, UINT256_MAX))
+    trader.send(eng.functions.trade(1, WAD // 10, UINT256_MAX))
     rec("MarginEngine.trade (close, 2 positions + 2 collaterals)", trader, eng.functions.trade(1, -WAD // 10, 0))
 
     # Withdrawals with 2 positions and 2 collaterals ------------------------------
@@ -98,19 +98,19 @@ def measure() -> dict[str, int]:
     owner.send(eth_feed.functions.set_answer(1_500 * 10**8))
     rec(
         "MarginEngine.liquidate (close whole, 2 positions + 2 collaterals)",
-        liquidator, eng.functions.liquidate(trader.address, 0, MAX_UINT),
+        liquidator, eng.functions.liquidate(trader.address, 0, UINT256_MAX),
     )
 
     # ETH 2600: trader2 is bankrupt (equity < 0); its position closes with no penalty, then its
     # collateral is bought at a discount, leaving bad debt to settle.
     owner.send(eth_feed.functions.set_answer(2_600 * 10**8))
-    liquidator.send(eng.functions.liquidate(trader2.address, 0, MAX_UINT))
-    liquidator.send(usdc.functions.approve(eng.address, MAX_UINT))
+    liquidator.send(eng.functions.liquidate(trader2.address, 0, UINT256_MAX))
+    liquidator.send(usdc.functions.approve(eng.address, UINT256_MAX))
     rec(
         "MarginEngine.liquidate_collateral (1 collateral, negative cash)",
         liquidator, eng.functions.liquidate_collateral(trader2.address, weth.address, 1_000 * 10**6),
     )
-    liquidator.send(eng.functions.liquidate_collateral(trader2.address, weth.address, MAX_UINT))
+    liquidator.send(eng.functions.liquidate_collateral(trader2.address, weth.address, UINT256_MAX))
     rec("MarginEngine.settle_bad_debt", rival, eng.functions.settle_bad_debt(trader2.address))
 
     # Admin --------------------------------------------------------------------
@@ -122,7 +122,7 @@ def measure() -> dict[str, int]:
     rec("MarginEngine.set_collateral_params", owner, eng.functions.set_collateral_params(token3.address, 6 * 10**17, 75 * 10**16, 5 * 10**16, 10**15))
     rec("MarginEngine.set_params", owner, eng.functions.set_params(WAD // 2, 3600, 10 * WAD))
     owner.send(usdc.functions.mint(owner.address, 2 * 10**6))
-    owner.send(usdc.functions.approve(eng.address, MAX_UINT))
+    owner.send(usdc.functions.approve(eng.address, UINT256_MAX))
     rec("MarginEngine.seed_house", owner, eng.functions.seed_house(10**6))
     rec("MarginEngine.seed_insurance", owner, eng.functions.seed_insurance(10**6))
     rec("MarginEngine.pause", owner, eng.functions.pause())

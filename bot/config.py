@@ -29,13 +29,13 @@ from decimal import Decimal, Inexact, localcontext
 from typing import Any
 from urllib.parse import urlsplit
 
+from protocol_model.wad import ETHER, GWEI, WAD
+
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "XMARGIN_"
-WAD = 10**18
-GWEI = 10**9
 MIN_REPLACEMENT_BUMP_WAD = 125 * 10**15  # 12.5 %: what geth/erigon/nethermind require, and more
 GAS_STRATEGIES = ("fixed", "profit_share")
 
@@ -247,7 +247,7 @@ def redact_url(url: str) -> str:
 
 # ---------------------------------------------------------------------- parsing
 
-_WEI_UNITS = {"wei": 1, "gwei": GWEI, "eth": 10**18, "ether": 10**18}
+_WEI_UNITS = {"wei": 1, "gwei": GWEI, "eth": ETHER, "ether": ETHER}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

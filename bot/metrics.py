@@ -35,13 +35,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol_model.wad import WAD
+
 if TYPE_CHECKING:
     from .rpc import CountingRpc
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "xmargin"
-WAD = 10**18
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 
 

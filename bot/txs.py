@@ -42,7 +42,9 @@ from web3._utils.error_formatters_utils import raise_contract_logic_error_on_rev
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError, Web3TypeError
 
 from protocol_model.chain import revert_reason
+from protocol_model.wad import GWEI, WAD
 
+from .config import MIN_REPLACEMENT_BUMP_WAD
 from .errors import CircuitOpen, RpcError, TxError
 from .store import SentTx, Store, normalize_target
 
@@ -59,9 +61,6 @@ except ImportError:  # eth_account signs (slower)
 
 log = logging.getLogger(__name__)
 
-WAD = 10**18
-GWEI = 10**9
-MIN_BUMP_WAD = 125 * 10**15          # 12.5 %
 DEFAULT_MAX_FEE_CAP_WEI = 500 * GWEI
 CANCEL_GAS = 21_000
 LOST_RACE_REASONS = frozenset({"healthy", "no position", "no debt", "no collateral", "no bad debt"})
@@ -163,20 +162,20 @@ def strategy_from_config(config: "BotConfig") -> FeeStrategy:
     return FixedTip(config.fixed_tip_wei, config.max_fee_cap_wei)
 
 
-def bump(value: int, bump_wad: int = MIN_BUMP_WAD) -> int:
+def bump(value: int, bump_wad: int = MIN_REPLACEMENT_BUMP_WAD) -> int:
     """``value * (1 + bump)`` rounded up, with the bump never below 12.5 %."""
-    bump_wad = max(bump_wad, MIN_BUMP_WAD)
+    bump_wad = max(bump_wad, MIN_REPLACEMENT_BUMP_WAD)
     return value + -(-value * bump_wad // WAD)
 
 
-def bump_fees(fees: Fees, bump_wad: int = MIN_BUMP_WAD) -> Fees:
+def bump_fees(fees: Fees, bump_wad: int = MIN_REPLACEMENT_BUMP_WAD) -> Fees:
     """Both fees raised by at least ``bump_wad`` (>= 12.5 %), rounded up: what a replacement needs."""
     tip = bump(fees.max_priority_fee_per_gas, bump_wad)
     max_fee = max(bump(fees.max_fee_per_gas, bump_wad), tip)
     return Fees(max_fee, tip)
 
 
-def replacement_fees(old: Fees, fresh: Fees, bump_wad: int = MIN_BUMP_WAD) -> Fees:
+def replacement_fees(old: Fees, fresh: Fees, bump_wad: int = MIN_REPLACEMENT_BUMP_WAD) -> Fees:
     """Fees of a replacement: the bumped old ones, or the strategy's current ones where higher."""
     bumped = bump_fees(old, bump_wad)
     tip = max(bumped.max_priority_fee_per_gas, fresh.max_priority_fee_per_gas)
@@ -401,13 +400,13 @@ class TxSender:
         nonces: NonceManager | None = None,
         store: Store | None = None,
         max_fee_cap_wei: int | None = None,
-        bump_wad: int = MIN_BUMP_WAD,
+        bump_wad: int = MIN_REPLACEMENT_BUMP_WAD,
         stuck_after_blocks: int = 3,
         dry_run: bool = False,
         gas_margin_wad: int = 12 * WAD // 10,
         chain_id: int | None = None,
     ) -> None:
-        if bump_wad < MIN_BUMP_WAD:
+        if bump_wad < MIN_REPLACEMENT_BUMP_WAD:
             raise ValueError("bump_wad must be at least 12.5% (125 * 10**15)")
         self.w3 = w3
         self._account = account

@@ -23,6 +23,7 @@ import click
 from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ConfigError
+from protocol_model.wad import WAD
 
 from . import cli
 from .common import (
@@ -39,7 +40,6 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-WAD = 10**18
 STRATEGIES = {"fixed": "fixed", "profit-share": "profit_share"}
 
 

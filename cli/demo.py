@@ -29,12 +29,11 @@ from protocol_model.deploy import DeployConfig, deploy_protocol
 from protocol_model.errors import ConfigError
 from protocol_model.loader import load_state
 from protocol_model.scenarios import price_shock
-from protocol_model.wad import WAD
+from protocol_model.wad import GWEI, WAD
 
 from . import cli
 from .common import get_ctx, handle_errors, json_option, parse_percent
 
-GWEI = 10**9
 
 
 @dataclass

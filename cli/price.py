@@ -8,11 +8,11 @@ import click
 from web3 import Web3
 
 from protocol_model.errors import ConfigError
+from protocol_model.wad import WAD
 
 from . import cli
 from .common import common_options, fmt_usd, get_ctx, handle_errors, parse_decimal, parse_percent
 
-WAD = 10**18
 
 
 def _feed_for(dep, symbol: str):  # type: ignore[no-untyped-def]

@@ -20,12 +20,11 @@ from web3.contract import Contract
 
 from .chain import Sender
 from .errors import ConfigError
+from .wad import MAX_PRICE, WAD
 
 log = logging.getLogger(__name__)
 
-WAD = 10**18
 CONTRACT_NAMES = contracts.NAMES
-MAX_PRICE = 2**100  # the engine's largest usable price, USD WAD
 DEPLOYMENT_VERSION = 1
 
 

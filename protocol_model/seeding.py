@@ -22,11 +22,10 @@ from web3 import Web3
 from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ChainError
+from protocol_model.wad import UINT256_MAX, WAD
 
 log = logging.getLogger(__name__)
 
-WAD = 10**18
-MAX_UINT = 2**256 - 1
 GAS_ETH = 10**17                 # wei of ETH each trader receives for gas
 GAS = {"approve": 70_000, "deposit": 160_000, "trade": 350_000, "transfer": 21_000, "mint": 80_000}
 
@@ -170,7 +169,7 @@ def seed_accounts(
         tn = 0
         for tok, amount in ((usdc, p.usdc), (weth, p.weth), (wbtc, p.wbtc)):
             if amount:
-                trader.submit(tok.functions.approve(eng.address, MAX_UINT), GAS["approve"], tn, max_fee=max_fee, chain_id=chain_id)
+                trader.submit(tok.functions.approve(eng.address, UINT256_MAX), GAS["approve"], tn, max_fee=max_fee, chain_id=chain_id)
                 hashes.append(trader.submit(eng.functions.deposit(tok.address, amount), GAS["deposit"], tn + 1, max_fee=max_fee, chain_id=chain_id))
                 tn += 2
         tick()
@@ -185,7 +184,7 @@ def seed_accounts(
         tn = 2 * sum(1 for amount in (p.usdc, p.weth, p.wbtc) if amount)
         for market, size in ((0, p.eth_size), (1, p.btc_size)):
             if size:
-                limit = MAX_UINT if size > 0 else 0
+                limit = UINT256_MAX if size > 0 else 0
                 hashes.append(trader.submit(eng.functions.trade(market, size, limit), GAS["trade"], tn, max_fee=max_fee, chain_id=chain_id))
                 tn += 1
         tick()

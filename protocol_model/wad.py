@@ -16,6 +16,8 @@ BaseWad = NewType("BaseWad", int)  # base-asset units scaled by 10**18 (perp siz
 Native = NewType("Native", int)    # a token's native units (10**decimals per token)
 
 WAD = 10**18
+GWEI = 10**9                       # wei per gwei
+ETHER = 10**18                     # wei per ether
 INT256_MIN = -(2**255)
 INT256_MAX = 2**255 - 1
 UINT256_MAX = 2**256 - 1

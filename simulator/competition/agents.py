@@ -56,12 +56,12 @@ from eth_utils import keccak
 
 from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
-from protocol_model.wad import WAD
+from protocol_model.wad import ETHER, GWEI, WAD
 
 from bot.config import BotConfig
-from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, MIN_BUMP_WAD, Fees, bump
+from bot.config import MIN_REPLACEMENT_BUMP_WAD
+from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump
 
-GWEI = 10**9
 Kind = Literal["fixed", "profit-share", "rebid"]
 KINDS: tuple[Kind, ...] = ("fixed", "profit-share", "rebid")
 _ALIASES: dict[str, Kind] = {
@@ -74,7 +74,7 @@ DEFAULT_PROFIT_SHARE_WAD = WAD // 10
 MAX_REBID_ROUNDS = 32
 MAX_LATENCY = 1_000
 BASE_FEE_FLOOR_WEI = 7          # EIP-1559: an empty block keeps a base fee of 7 wei (7 * 1 // 8 == 0)
-AGENT_FUNDS_WEI = 1_000 * 10**18  # gas money each agent key receives on the local chain
+AGENT_FUNDS_WEI = 1_000 * ETHER  # gas money each agent key receives on the local chain
 # Liquidations are planned and paid only for positions: the agents hold no quote tokens, so they
 # never liquidate collateral (which needs the liquidator to repay debt).
 COLLATERAL_LIQUIDATION = False
@@ -255,7 +255,7 @@ def parse_share(text: str, what: str = "share") -> int:
     return int(value)
 
 
-_WEI_UNITS = (("gwei", GWEI), ("ether", 10**18), ("eth", 10**18), ("wei", 1))
+_WEI_UNITS = (("gwei", GWEI), ("ether", ETHER), ("eth", ETHER), ("wei", 1))
 
 
 def parse_wei(text: str, what: str = "tip") -> int:
@@ -328,9 +328,9 @@ def rebid_fees(own: PoolEntry, rivals: list[PoolEntry], *, next_base_fee_wei: in
                 if r.sender != own.sender and r.account == own.account and r.market == own.market), default=None)
     if best is None or best <= own.effective_tip(next_base_fee_wei):
         return None
-    tip = bump(best, MIN_BUMP_WAD)
+    tip = bump(best, MIN_REPLACEMENT_BUMP_WAD)
     limit = max(expected_profit_wei, 0) // settings.gas_estimate
-    max_fee = max(2 * head_base_fee_wei + tip, bump(own.max_fee_wei, MIN_BUMP_WAD))
+    max_fee = max(2 * head_base_fee_wei + tip, bump(own.max_fee_wei, MIN_REPLACEMENT_BUMP_WAD))
     if tip > limit or max_fee > settings.max_fee_cap_wei:
         return None
     return Fees(max_fee, tip)

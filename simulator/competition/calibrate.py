@@ -59,7 +59,8 @@ from web3 import HTTPProvider, Web3
 
 from protocol_model.actions import deposit, liquidate, set_answer, trade
 from protocol_model.chain import Sender, connect
-from protocol_model.deploy import WAD, DeployConfig, Deployment, compile_contracts, contract_at, deploy_protocol
+from protocol_model.deploy import DeployConfig, Deployment, compile_contracts, contract_at, deploy_protocol
+from protocol_model.wad import ETHER, UINT256_MAX, WAD
 from protocol_model.errors import ChainError, ConfigError, Revert
 from protocol_model.health import health, price
 from protocol_model.loader import load_state
@@ -72,8 +73,7 @@ from .offchain import GasKey, GasSample, GasTable, ModelChain, PoolTx, exec_gas_
 log = logging.getLogger(__name__)
 
 TABLE_PATH = Path(__file__).with_name("gas_table.py")
-MAX_UINT = 2**256 - 1
-FUNDS_WEI = 10**18                 # gas money of each calibration key
+FUNDS_WEI = ETHER                  # gas money of each calibration key
 LIQUIDATE_GAS = 600_000            # gas limit of every liquidation (reverts are mined, not estimated)
 SETUP_GAS = 400_000
 SHOCK_STEP = WAD // 400            # 0.25 %: the search grid of price moves
@@ -172,12 +172,12 @@ class _Venue:
             if not amount:
                 continue
             chain.send(chain.owner, contract.functions.mint(trader.address, amount), SETUP_GAS)
-            chain.send(trader, contract.functions.approve(eng.address, MAX_UINT), SETUP_GAS)
+            chain.send(trader, contract.functions.approve(eng.address, UINT256_MAX), SETUP_GAS)
             r = chain.send(trader, eng.functions.deposit(token, amount), SETUP_GAS)
             self._mirror(r, "deposit", lambda: deposit(self.state, trader.address, token, amount))
         for market, size in zip(MARKETS, sizes):
             if size:
-                limit = MAX_UINT if size > 0 else 0
+                limit = UINT256_MAX if size > 0 else 0
                 r = chain.send(trader, eng.functions.trade(market, size, limit), SETUP_GAS)
                 self._mirror(r, "trade", lambda: trade(self.state, trader.address, market, size, limit))
         return trader
@@ -388,11 +388,11 @@ class _Calibration:
         address = self.account(venue, spec)
 
         def closes(s: ProtocolState) -> bool:
-            p = _plan(s, address, market, MAX_UINT)
+            p = _plan(s, address, market, UINT256_MAX)
             return p is not None and p.size == 0 and (p.keeper_reward == 0 and p.penalty == 0) == bankrupt
 
         venue.set_prices(_find_shock(venue, address, closes, case))
-        venue.liquidate(keeper, address, market, MAX_UINT, case)
+        venue.liquidate(keeper, address, market, UINT256_MAX, case)
         for m in MARKETS:
             if m == market or _liquidatable(venue.state, address):
                 venue.liquidate(self.fresh_keeper(), address, m, 1, case)

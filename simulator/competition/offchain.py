@@ -51,12 +51,12 @@ from typing import Any
 from eth_utils import keccak, to_checksum_address
 
 from protocol_model.actions import LiquidationPlan, deposit, liquidate, seed_house, seed_insurance, set_answer, trade
-from protocol_model.deploy import MAX_PRICE, DeployConfig, Deployment
+from protocol_model.deploy import DeployConfig, Deployment
 from protocol_model.errors import ConfigError, Revert
 from protocol_model.health import health, price
 from protocol_model.scenarios import moved_answer
 from protocol_model.state import Collateral, Feed, Market, Params, Position, ProtocolState
-from protocol_model.wad import UINT256_MAX
+from protocol_model.wad import MAX_PRICE, UINT256_MAX
 
 from protocol_model.seeding import TraderPlan, plan_traders
 from devnode.mempool import BlockSelector, outbids
@@ -89,7 +89,6 @@ BLOCK_GAS_LIMIT = 30_029_122          # eth-tester's block gas limit (constant f
 SET_ANSWER_GAS = 45_000               # about one feed update: only decides the shock block's base fee change
 START_TIMESTAMP = 1_700_000_000
 SHOCK_BLOCK = 1                       # off-chain block numbers: setup is block 0
-MAX_UINT = UINT256_MAX
 
 # Execution gas of the default listing (DeployConfig: ETH-PERP, BTC-PERP; WETH, WBTC), measured on
 # the contracts by ``python -m simulator.competition.calibrate --write`` (simulator/competition/gas_table.py): a success's path
@@ -172,7 +171,7 @@ def build_initial_state(accounts: int, seed: int, config: DeployConfig | None = 
         for p in plans:
             for market, size in ((0, p.eth_size), (1, p.btc_size)):
                 if size:
-                    trade(state, p.address, market, size, MAX_UINT if size > 0 else 0)
+                    trade(state, p.address, market, size, UINT256_MAX if size > 0 else 0)
     except Revert as exc:  # dev: the plans are built to pass
         raise ConfigError(f"seeding the model failed: {exc.reason}") from exc
     state.block = 0

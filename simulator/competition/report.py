@@ -28,7 +28,6 @@ from typing import Any
 
 from protocol_model.wad import WAD
 
-ETH = 10**18
 
 
 def _ceil_div(a: int, b: int) -> int:

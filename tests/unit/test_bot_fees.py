@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bot.config import BotConfig
 from bot.txs import (
     GWEI,
-    MIN_BUMP_WAD,
+    MIN_REPLACEMENT_BUMP_WAD,
     WAD,
     FeeStrategy,
     Fees,
@@ -76,7 +76,7 @@ def test_bump_exact_values():
 def test_bump_is_at_least_12_5_percent_rounded_up_and_minimal(max_fee, tip, bump_wad):
     tip = min(tip, max_fee)
     new = bump_fees(Fees(max_fee, tip), bump_wad)
-    effective = max(bump_wad, MIN_BUMP_WAD)
+    effective = max(bump_wad, MIN_REPLACEMENT_BUMP_WAD)
     for old, bumped in ((max_fee, new.max_fee_per_gas), (tip, new.max_priority_fee_per_gas)):
         assert bumped * WAD >= old * (WAD + effective)            # at least the bump
         assert (bumped - 1) * WAD < old * (WAD + effective)       # and rounded up, not more
