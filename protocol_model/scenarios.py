@@ -550,6 +550,66 @@ def cascade(
     )
 
 
+
+# ---------------------------------------------------------------- stepping
+
+
+class Stepper:
+    """A copy of ``state`` that evolves step by step under the cascade's rules, for engines that
+    replay many price moves (the stress engine): :meth:`publish` sets a feed's answer, :meth:`move`
+    moves it by a fraction exactly as a shock or a cascade impact does, :meth:`liquidatable` and
+    :meth:`liquidate_round` are one round of :func:`cascade` (the same keeper rules), and
+    :meth:`own` / :meth:`touched` let another keeper policy act on the copy through
+    :mod:`protocol_model.actions` and keep the health index current. The caller's state is never
+    written (copy on write, as the scenarios do)."""
+
+    def __init__(self, state: ProtocolState) -> None:
+        _check_state(state)
+        self._sim = _Sim(state)
+        self._labels = _labels(self._sim.state)
+
+    @property
+    def state(self) -> ProtocolState:
+        return self._sim.state
+
+    @property
+    def book(self) -> HealthBook:
+        return self._sim.book
+
+    def publish(self, feed_address: str, answer: int, timestamp: int) -> None:
+        """The feed answers ``answer`` (clamped to what it can publish) from ``timestamp`` on."""
+        sim = self._sim.state
+        feed = sim.feeds[feed_address]
+        lo, hi = _answer_bounds(feed)
+        actions.set_answer(sim, feed_address, min(max(answer, lo), hi), timestamp)
+        self._sim.book.update_price(feed_address, feed.answer, feed.updated_at, feed.round_id)
+
+    def move(self, feed_address: str, fraction: int) -> PriceMove:
+        """Move a feed by a signed WAD fraction as a shock or a cascade round does (clamped)."""
+        return _move_feed(self._sim.state, self._sim.book, feed_address, fraction, self._labels.get(feed_address, ""))
+
+    def liquidatable(self) -> list[str]:
+        """Liquidatable accounts, worst ``maint_health`` first (ties by address)."""
+        return self._sim.liquidatable()
+
+    def liquidate_round(self, addresses: list[str], keeper: str = SCENARIO_KEEPER
+                        ) -> tuple[Totals, list[AccountOutcome], dict[str, int]]:
+        """One cascade round over ``addresses``: totals, outcomes, and the signed net notional
+        bought per feed (USD WAD; feed it to :func:`impact_fraction`)."""
+        return _liquidate_all(self._sim, addresses, keeper)
+
+    def own(self, address: str) -> Account:
+        """The copy's account at ``address``, safe to change with :mod:`protocol_model.actions`."""
+        return self._sim.own(address)
+
+    def touched(self, address: str) -> Health | None:
+        """Re-index an account (or the house) after an action changed it."""
+        acc = self._sim.state.house if address == self._sim.state.engine else self._sim.state.accounts[address]
+        return self._sim.book.apply_account(acc)
+
+    def house_equity(self) -> Wad:
+        return self._sim.house_equity()
+
 __all__ = [
     "AccountOutcome",
     "CascadeReport",
@@ -558,6 +618,7 @@ __all__ = [
     "PriceMove",
     "SCENARIO_KEEPER",
     "ShockReport",
+    "Stepper",
     "Totals",
     "cascade",
     "impact_fraction",
