@@ -191,7 +191,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
       xmargin simulate stress --accounts 1000 --paths 200 --seed 1
       xmargin simulate stress --paths 100 --sweep imf=0.08:0.14:0.02 --sweep liquidation_fee=0.01:0.03:0.01 --plot out/
     """
-    from simulator.stress.engine import GWEI, KeeperSettings
+    from protocol_model.wad import GWEI, WAD
+    from simulator.stress.engine import KeeperSettings
     from simulator.stress.paths import PathModel, load_path_file
     from simulator.stress.runner import default_workers, import_ray, parse_sweep, parse_target
     from simulator.stress.study import chain_state, feed_map, gas_feed, run_study, seeded_state
@@ -245,7 +246,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     step_seconds = max(1, int((horizon if not path_file else 1.0) * 86400 / max(1, len(paths.answers(seed, 0)))))
     keepers = KeeperSettings(
         policy=keeper, latency=latency, base_fee_wei=int(gas_gwei * GWEI), tip_wei=int(tip_gwei * GWEI),
-        min_profit_usd_wad=int(Decimal(str(min_profit)) * 10**18), backstop=backstop, impact_per_notional=impact_wad,
+        min_profit_usd_wad=int(Decimal(str(min_profit)) * WAD), backstop=backstop, impact_per_notional=impact_wad,
         max_rounds=max_rounds, step_seconds=min(step_seconds, state.params.max_price_age), gas_feed=gas_feed(state),
     )
     n_workers = workers or default_workers()

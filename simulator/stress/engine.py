@@ -9,13 +9,15 @@
 2. **Keepers.** An account is *eligible* once it has been liquidatable for ``latency`` steps
    (``latency = 0``: at once). Two policies:
 
-   * ``bot`` (default): the live bot's decision function, :class:`bot.strategy.Planner`, for every
-     eligible account at the step's gas price (``base_fee_wei`` + the fixed tip ``tip_wei``, priced
-     in USD with the ETH feed), its minimum profit and, with ``backstop``, the operator's backstop
-     (bankrupt accounts closed at a gas-only loss, then ``settle_bad_debt``); the plans of all
-     accounts are sent most profitable first (:func:`bot.strategy.merge_by_profit`) and executed
-     with :mod:`protocol_model.actions` (a reverting plan ends that account's sequence). The keeper's
-     quote budget for collateral liquidations is unlimited.
+   * ``bot`` (default): the live bot's decision function, :func:`bot.decide.decide` (its
+     :class:`bot.strategy.Planner`), over the eligible accounts at the step's gas price
+     (``base_fee_wei`` + the fixed tip ``tip_wei``, priced in USD with the ETH feed), with its
+     minimum profit and, with ``backstop``, the operator's backstop (bankrupt accounts closed at a
+     gas-only loss, then ``settle_bad_debt``); its orders are executed in its order with
+     :mod:`protocol_model.actions` (a refused step ends that account's sequence and is suppressed for
+     the rest of the step, as the bot suppresses it for a block). Each round is one tick; nothing is
+     in flight between ticks (a step is at least a block). The keeper's quote budget for collateral
+     liquidations is unlimited.
    * ``reference``: the model's own keeper (:meth:`Stepper.liquidate_round`, the rules of
      :func:`protocol_model.scenarios.cascade`): worst account first, everything it can do.
 
@@ -43,18 +45,18 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
 
-from bot.strategy import LIQUIDATE, GasModel, Planner, can_settle, merge_by_profit
+from bot.decide import decide
+from bot.strategy import LIQUIDATE, SETTLE, GasModel, Planner
 from bot.txs import FixedTip
 from protocol_model.actions import liquidate, liquidate_collateral, settle_bad_debt
 from protocol_model.errors import ConfigError, Revert
 from protocol_model.health import price
 from protocol_model.scenarios import SCENARIO_KEEPER, Stepper, impact_fraction
 from protocol_model.state import ProtocolState
-from protocol_model.wad import WAD, mul_up
+from protocol_model.wad import GWEI, WAD, mul_up
 
 Policy = Literal["bot", "reference"]
 POLICIES: tuple[str, ...] = ("bot", "reference")
-GWEI = 10**9
 KEEPER_QUOTE_BUDGET = 10**40          # native quote units: an unlimited budget for collateral liquidations
 
 
@@ -141,27 +143,34 @@ def _reference_round(st: Stepper, eligible: list[str], tally: _Tally) -> tuple[i
     return totals.actions, flow
 
 
-def _bot_round(st: Stepper, planner: Planner, k: KeeperSettings, eligible: list[str], tally: _Tally) -> tuple[int, dict[str, int]]:
+def _bot_round(st: Stepper, planner: Planner, k: KeeperSettings, eligible: list[str], tally: _Tally,
+               refused: set[tuple[str, str]]) -> tuple[int, dict[str, int]]:
+    """One tick of the live bot's decision function (:func:`bot.decide.decide`) on the step's state;
+    a refused step is suppressed for the rest of the step (a step is at least a block)."""
     state = st.state
     eth_price = int(price(state, k.gas_feed, False)) if k.gas_feed else 0
-    plans = [planner.plan(state, a, base_fee_wei=k.base_fee_wei, eth_price_wad=eth_price,
-                          quote_budget=KEEPER_QUOTE_BUDGET) for a in eligible]
+    decision = decide(state, eligible, planner, base_fee_wei=k.base_fee_wei, eth_price_wad=eth_price,
+                      backoffs=(), suppressed=refused, in_flight=lambda _a: False,
+                      quote_balance=lambda: KEEPER_QUOTE_BUDGET, backstop=k.backstop)
     flow: dict[str, int] = {}
     failed: set[str] = set()
     touched: list[str] = []
     actions = 0
     qs = state.params.quote_scale
-    for c in merge_by_profit(p.chosen for p in plans):
+    for c in decision.chosen:
         if c.account in failed:
             continue
         st.own(c.account)
         try:
             if c.kind == LIQUIDATE:
                 plan = liquidate(state, planner.liquidator, c.account, int(c.target), c.amount)
+            elif c.kind == SETTLE:
+                settled = settle_bad_debt(state, c.account)
             else:
                 liquidate_collateral(state, planner.liquidator, c.account, str(c.target), c.amount)
         except Revert:
             failed.add(c.account)      # the rest of its sequence was planned on this step's result
+            refused.add((c.account, str(c.target)))
             continue
         actions += 1
         tally.gas += c.gas.cost_usd_wad if c.gas is not None else 0
@@ -172,21 +181,14 @@ def _bot_round(st: Stepper, planner: Planner, k: KeeperSettings, eligible: list[
             tally.rewards += plan.keeper_reward * qs
             feed = state.markets[int(c.target)].feed
             flow[feed] = flow.get(feed, 0) + (notional if plan.size_delta > 0 else -notional)
+        elif c.kind == SETTLE:
+            tally.settlements += 1
+            tally.covered += settled.covered
+            tally.socialised += settled.socialised
         else:
             tally.collateral_liquidations += 1
         if c.account not in touched:
             touched.append(c.account)
-    if k.backstop:
-        for a in eligible:
-            if can_settle(state, a):
-                st.own(a)
-                s = settle_bad_debt(state, a)
-                actions += 1
-                tally.settlements += 1
-                tally.covered += s.covered
-                tally.socialised += s.socialised
-                if a not in touched:
-                    touched.append(a)
     for a in touched:
         st.touched(a)
     if touched:
@@ -206,6 +208,7 @@ def run_path(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed: 
     impact: dict[str, Fraction] = {}
     others = [f for f in sim.feeds if f not in paths.feeds]
     first_seen: dict[str, int] = {}
+    refused: set[tuple[str, str]] = set()
     for t, row in enumerate(paths.answers(seed, index), start=1):
         sim.timestamp += keepers.step_seconds
         for feed, answer in zip(paths.feeds, row):
@@ -214,6 +217,7 @@ def run_path(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed: 
         for feed in others:
             st.publish(feed, sim.feeds[feed].answer, sim.timestamp)
         before = {f: feed.answer for f, feed in sim.feeds.items()}
+        refused.clear()
         for _ in range(keepers.max_rounds):
             liquidatable = st.liquidatable()
             for a in liquidatable:
@@ -224,7 +228,7 @@ def run_path(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed: 
             if keepers.policy == "reference":
                 acted, flow = _reference_round(st, eligible, tally)
             else:
-                acted, flow = _bot_round(st, planner, keepers, eligible, tally)
+                acted, flow = _bot_round(st, planner, keepers, eligible, tally, refused)
             if not acted:
                 break
             out.rounds += 1
@@ -256,4 +260,4 @@ def run_path(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed: 
     return out
 
 
-__all__ = ["GWEI", "KeeperSettings", "POLICIES", "PathResult", "Paths", "run_path"]
+__all__ = ["KeeperSettings", "POLICIES", "PathResult", "Paths", "run_path"]

@@ -25,7 +25,7 @@ from simulator.stress.runner import (
 )
 from simulator.stress.study import seeded_state
 
-WAD = 10**18
+from protocol_model.wad import WAD
 
 
 @pytest.fixture(scope="module")
