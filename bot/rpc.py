@@ -6,8 +6,9 @@ the requests that reach the node, whatever the provider: ``HTTPProvider`` for a 
 ``EthereumTesterProvider`` for the in-process chain. For each request it
 
 * counts it, in total and per method (what the metrics and the benchmarks read);
-* retries a *transient* failure with exponential backoff: connection errors, timeouts, HTTP 408,
-  425, 429 and 5xx, and JSON-RPC error responses that mean "rate limited" or "try again"
+* retries a *transient* failure with exponential backoff: connection errors and resets, timeouts,
+  HTTP 408, 425, 429 and 5xx, a body that is not JSON (cut short by a proxy or a dropped
+  connection), an answer with neither ``result`` nor ``error``, and JSON-RPC error responses that mean "rate limited" or "try again"
   (``-32005`` and friends). Execution reverts, bad parameters, nonce errors and ``eth_getLogs``
   range limits are answers, not failures: they are passed through untouched (the log scanner
   handles range limits by shrinking its block range);
@@ -26,6 +27,7 @@ connection error before they reach the node: the fault-injection hook of the res
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,6 +59,8 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.RequestException,  # ConnectionError, Timeout, HTTPError, ChunkedEncodingError, ...
     ProviderConnectionError,
     TooManyRequests,
+    json.JSONDecodeError,       # a body cut short by a proxy or a dropped connection
+    UnicodeDecodeError,         # the same, cut inside a multi-byte character
 )
 _RATE_LIMIT_WORDS = (
     "rate limit", "rate-limit", "ratelimit", "too many requests", "request rate", "requests per",
@@ -145,6 +149,8 @@ def transient_exception(exc: BaseException) -> str | None:
         return "timeout"
     if isinstance(exc, TooManyRequests):
         return "rate limited"
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return "malformed answer (truncated body)"
     if isinstance(exc, _TRANSPORT_ERRORS):
         return f"connection error ({type(exc).__name__})"
     return None
@@ -499,7 +505,10 @@ class CountingRpc:
                 raise
             else:
                 error = response.get("error") if isinstance(response, Mapping) else None
-                reason = transient_error_response(method, error) if isinstance(error, Mapping) else None
+                if not isinstance(response, Mapping) or ("result" not in response and error is None):
+                    reason = "malformed answer (neither result nor error)"
+                else:
+                    reason = transient_error_response(method, error) if isinstance(error, Mapping) else None
                 if reason is None:
                     self.breaker.record_success()
                     if method == "eth_chainId" and isinstance(response, Mapping) and "result" in response:
@@ -550,6 +559,7 @@ class CountingRpc:
             with self._lock:
                 for method in methods:
                     self._by_method[method] += 1
+            cause: BaseException | None = None
             try:
                 fault = next((f for f in (self._take_fault(m) for m in dict.fromkeys(methods)) if f), None)
                 if fault is not None:
@@ -560,10 +570,22 @@ class CountingRpc:
                 if reason is None:
                     self.breaker.record_success()
                     raise
-                cause: BaseException = exc
+                cause = exc
             else:
-                self.breaker.record_success()
-                return response
+                if isinstance(response, list) and len(response) == len(requests_info) and all(
+                        isinstance(r, Mapping) and ("result" in r or "error" in r) for r in response):
+                    self.breaker.record_success()
+                    return response
+                if isinstance(response, Mapping) and isinstance(response.get("error"), Mapping):
+                    # One error object for the whole batch: a node that refuses batches, or a
+                    # rate limit. The former is the caller's answer; the latter is retried.
+                    reason = transient_error_response("batch", response["error"])
+                    if reason is None:
+                        self.breaker.record_success()
+                        return response
+                else:
+                    reason = "malformed batch answer"
+                cause = None
             self._transient_failure(label, methods, reason, attempt, cause)
             attempt += 1
 

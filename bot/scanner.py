@@ -72,6 +72,10 @@ class LogScanner:
         *,
         grow_after: int = 3,
         forget_ceiling_after: int = 64,
+        min_range_retries: int = 5,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
         if not 1 <= min_chunk <= chunk <= max_chunk:
             raise ValueError("need 1 <= min_chunk <= chunk <= max_chunk")
@@ -88,6 +92,10 @@ class LogScanner:
         self.max_chunk = max_chunk
         self.grow_after = grow_after
         self.forget_ceiling_after = forget_ceiling_after
+        self.min_range_retries = min_range_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
         self.stats = ScanStats()
         self._ceiling: int | None = None   # largest range believed to pass (smallest refused - 1)
         self._streak = 0                   # consecutive successful requests
@@ -96,7 +104,8 @@ class LogScanner:
     def from_config(cls, w3: Web3, config: "BotConfig", addresses: str | Sequence[str],
                     topics: Sequence[Any] | None, start_block: int) -> "LogScanner":
         return cls(w3, addresses, topics, start_block, config.log_chunk_initial_blocks,
-                   config.log_chunk_min_blocks, config.log_chunk_max_blocks)
+                   config.log_chunk_min_blocks, config.log_chunk_max_blocks, min_range_retries=config.rpc_retries,
+                   backoff_s=config.rpc_backoff_s, backoff_max_s=config.rpc_backoff_max_s)
 
     # cursor ----------------------------------------------------------------
     def rewind(self, block: int) -> None:
@@ -147,7 +156,12 @@ class LogScanner:
         return out
 
     def _fetch_adaptive(self, lo: int, hi: int) -> tuple[list[LogReceipt], int]:
-        """Fetch ``[lo, hi]``, shrinking ``hi`` until the provider accepts; returns (logs, hi used)."""
+        """Fetch ``[lo, hi]``, shrinking ``hi`` until the provider accepts; returns (logs, hi used).
+
+        A refusal at the smallest range cannot be a range limit the scanner can satisfy: it is a
+        rate limit in disguise (some providers answer both with ``-32005``), so the same request
+        is retried after a backoff, ``min_range_retries`` times, before :class:`LogRangeError`."""
+        floor_refusals = 0
         while True:
             try:
                 logs = self._get_logs(lo, hi)
@@ -157,10 +171,18 @@ class LogScanner:
                 size = hi - lo + 1
                 self.stats.refused += 1
                 if size <= self.min_chunk:
-                    raise LogRangeError(
-                        f"eth_getLogs is refused even for {size} block(s) at block {lo} "
-                        f"({_short(exc)}): use a node without log limits or lower XMARGIN_LOG_CHUNK_MIN_BLOCKS"
-                    ) from exc
+                    if floor_refusals >= self.min_range_retries:
+                        raise LogRangeError(
+                            f"eth_getLogs is refused even for {size} block(s) at block {lo} after "
+                            f"{floor_refusals + 1} attempts ({_short(exc)}): use a node without log limits, "
+                            "or lower XMARGIN_LOG_CHUNK_MIN_BLOCKS"
+                        ) from exc
+                    delay = min(self.backoff_s * 2 ** floor_refusals, self.backoff_max_s)
+                    floor_refusals += 1
+                    log.warning("eth_getLogs refused %d block(s) at block %d (%s): a rate limit, retry %d/%d in %.2fs",
+                                size, lo, _short(exc), floor_refusals, self.min_range_retries, delay)
+                    self._sleep(delay)
+                    continue
                 self._ceiling = size - 1 if self._ceiling is None else min(self._ceiling, size - 1)
                 self.chunk = max(self.min_chunk, size // 2)
                 self._streak = 0

@@ -165,13 +165,39 @@ def test_chunk_grows_back_after_successes(protocol, bot_w3):
 
 def test_smallest_range_refused_is_a_clear_error_and_keeps_the_cursor(protocol, bot_w3):
     lo, hi = protocol.dep.block, protocol.w3.eth.block_number
-    RangeLimit(bot_w3, 0, {"code": -32005, "message": "limit exceeded"})
-    scanner = LogScanner(bot_w3, protocol.engine.address, engine_topics(protocol), start_block=lo, chunk=16)
+    limit = RangeLimit(bot_w3, 0, {"code": -32005, "message": "limit exceeded"})
+    waits: list[float] = []
+    scanner = LogScanner(bot_w3, protocol.engine.address, engine_topics(protocol), start_block=lo, chunk=16,
+                         min_range_retries=3, backoff_s=0.5, backoff_max_s=1.5, sleep=waits.append)
     with pytest.raises(LogRangeError) as info:
         scanner.scan(hi)
-    assert f"refused even for 1 block(s) at block {lo}" in str(info.value)
+    assert f"refused even for 1 block(s) at block {lo} after 4 attempts" in str(info.value)
     assert "\n" not in str(info.value)
     assert scanner.next_block == lo  # nothing returned, nothing skipped
+    assert waits == [0.5, 1.0, 1.5]   # the one-block request was retried after a growing backoff
+    assert limit.refused == 4 + 4      # 16, 8, 4 and 2 blocks refused once each, then 1 block 4 times
+
+
+def test_a_rate_limit_on_one_block_backs_off_and_retries(protocol, bot_w3):
+    """-32005 is both "too many results" and "slow down" (Infura): refused at one block, it is a rate
+    limit; the same request goes again after a backoff instead of failing the scan."""
+    lo, hi = protocol.dep.block, protocol.w3.eth.block_number
+    limit = RangeLimit(bot_w3, 0, {"code": -32005, "message": "limit exceeded"})
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            limit.max_blocks = 10_000   # the provider lets requests through again
+
+    scanner = LogScanner(bot_w3, protocol.engine.address, engine_topics(protocol), start_block=lo, chunk=4,
+                         min_range_retries=5, backoff_s=0.25, sleep=sleep)
+    logs = scanner.scan(hi)
+    assert waits == [0.25, 0.5]
+    assert scanner.next_block == hi + 1
+    assert logs == sorted(bot_w3.eth.get_logs({"fromBlock": lo, "toBlock": hi, "address": protocol.engine.address,
+                                               "topics": engine_topics(protocol)}),
+                          key=lambda e: (e["blockNumber"], e["logIndex"]))
 
 
 def test_other_errors_propagate_unchanged(protocol, bot_w3):
