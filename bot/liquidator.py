@@ -254,7 +254,9 @@ class Liquidator:
                 "point --rpc at the right node"
             )
         if self._store is None:
-            self._store = Store(self.config.db_path, chain_id, self.deployment.engine, self.deployment.block)
+            anchor = self.w3.eth.get_block(self.deployment.block)
+            self._store = Store(self.config.db_path, chain_id, self.deployment.engine, self.deployment.block,
+                                deployment_block_hash=anchor["hash"])
         self.sender = TxSender.from_config(self.w3, self._signer, self.config, store=self._store, chain_id=chain_id)
         restored = self.sender.restore()
         self.watcher.poll()

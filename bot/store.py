@@ -3,8 +3,10 @@
 Everything a restart needs to go on where it stopped, without rescanning from the deployment
 block and without liquidating anything twice:
 
-* ``meta``: chain id, engine address and deployment block the database belongs to (a database of
-  another chain or engine is refused), the last processed block and its hash;
+* ``meta``: chain id, engine address, deployment block and the hash of that block the database
+  belongs to (a database of another chain or engine is refused: a new chain with the same chain id
+  and addresses, such as a restarted dev node, has another deployment block hash), the last
+  processed block and its hash;
 * ``blocks``: the hashes of the processed blocks of the lookback window, so that a reorg can be
   detected (:func:`bot.scanner.find_fork_point`) and undone (:meth:`Store.rewind_to`);
 * ``accounts``: every account discovered from the engine's events, with the block it was first
@@ -212,11 +214,12 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str], chain_id: int, engine: str, deployment_block: int,
-                 *, lock: bool = True) -> None:
+                 *, lock: bool = True, deployment_block_hash: str | bytes | None = None) -> None:
         self.path = str(path)
         self.chain_id = int(chain_id)
         self.engine = _addr(engine)
         self.deployment_block = int(deployment_block)
+        self.deployment_block_hash = _hash(deployment_block_hash) if deployment_block_hash is not None else None
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_fd: int | None = None
@@ -347,6 +350,8 @@ class Store:
             with self.transaction():
                 self._set_meta(chain_id=self.chain_id, engine=self.engine, deployment_block=self.deployment_block,
                                last_block=self.deployment_block - 1, created_at=time.time())
+                if self.deployment_block_hash is not None:
+                    self._set_meta(deployment_block_hash=self.deployment_block_hash)
             log.info("new bot database %s for engine %s on chain %d", self.path, self.engine, self.chain_id)
             return
         if int(meta["chain_id"]) != self.chain_id or meta["engine"].lower() != self.engine.lower():
@@ -359,6 +364,18 @@ class Store:
                 f"database {self.path} was created for a deployment at block {meta['deployment_block']}, "
                 f"not {self.deployment_block}: give another --db path"
             )
+        stored = meta.get("deployment_block_hash") or None
+        if self.deployment_block_hash is not None:
+            if stored is None:
+                self._set_meta(deployment_block_hash=self.deployment_block_hash)
+            elif stored != self.deployment_block_hash:
+                # Same chain id, engine address and deployment block, another block there: a new
+                # chain (a restarted dev node, a new anvil), not a reorg of the old one.
+                raise StoreError(
+                    f"database {self.path} was written on another chain: its deployment block "
+                    f"{self.deployment_block} had hash {stored[:10]}…, the node's has {self.deployment_block_hash[:10]}… "
+                    "(a restarted node?): start fresh with --fresh-db, or give another --db path"
+                )
 
     def _meta(self) -> dict[str, str]:
         return {row["key"]: row["value"] for row in self._query("SELECT key, value FROM meta")}
@@ -623,6 +640,22 @@ class Store:
     def clear_backoff(self, account: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM backoffs WHERE account = ?", (_addr(account),))
+
+
+def archive_database(path: str | os.PathLike[str]) -> Path | None:
+    """Move the database at ``path`` (with its WAL and shared-memory files) aside, to
+    ``PATH.TIMESTAMP.old``, so that the next open starts fresh; returns where it went (None when
+    there was nothing). Nothing is deleted: the old history can still be read with ``bot status``."""
+    src = Path(path)
+    if not src.exists():
+        return None
+    dest = src.with_name(f"{src.name}.{time.strftime('%Y%m%dT%H%M%S')}.old")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(str(src) + suffix)
+        if part.exists():
+            part.rename(Path(str(dest) + suffix))
+    log.warning("moved the old bot database %s to %s: starting fresh", src, dest)
+    return dest
 
 
 def normalize_target(target: str | int) -> str:

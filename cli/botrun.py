@@ -79,11 +79,14 @@ def _settings_epilog() -> str:
 @click.option("--backstop", is_flag=True, default=False,
               help="the protocol operator's keeper: also closes positions of bankrupt accounts at a gas-only "
                    "loss and settles bad debt [XMARGIN_BACKSTOP]")
+@click.option("--fresh-db", is_flag=True, default=False,
+              help="move an existing --db aside (to DB.TIMESTAMP.old) and start a new one, e.g. after the node "
+                   "was restarted")
 @handle_errors
 def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
             db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
             profit_share: str | None, max_blocks: int | None, no_collateral: bool,
-            backstop: bool = False) -> None:
+            backstop: bool = False, fresh_db: bool = False) -> None:
     """Watch every account and liquidate those under maintenance margin, most profitable first."""
     from bot.config import BotConfig
     from bot.keys import PRIVATE_KEY_ENV, load_account
@@ -123,6 +126,10 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
     w3 = ctx.w3 if ctx.w3 is not None else connect(cfg.rpc_url, timeout=cfg.rpc_timeout_s)
     dep = Deployment.load(cfg.deployment_path or DEFAULT_DEPLOYMENT, w3)
     require_engine(w3, dep)
+    if fresh_db:
+        from bot.store import archive_database
+
+        archive_database(cfg.db_path)   # logs where the old one went
     liquidator = Liquidator(w3, dep, account, cfg, collateral_liquidation=not no_collateral)
     result = liquidator.run(max_blocks=max_blocks)
     totals = liquidator.store_totals()

@@ -213,3 +213,41 @@ def test_transaction_groups_writes_atomically(store):
         store.add_accounts([(TRADER, 120)])
         store.mark_processed(120, h(120))
     assert store.account_count() == 1 and store.last_block == 120
+
+
+def test_a_new_chain_with_the_same_chain_id_and_addresses_is_refused_not_rewound(db_path):
+    """A restarted dev node or a new anvil: same chain id, same deterministic engine address and
+    deployment block, but another block there. One line that says how to start fresh."""
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(1)) as s:
+        s.mark_processed(130, h(130))
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(1)) as s:
+        assert s.last_block == 130          # the same chain: resumed
+    with pytest.raises(StoreError) as info:
+        Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(2))
+    text = str(info.value)
+    assert "another chain" in text and "--fresh-db" in text and "\n" not in text
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK) as s:   # bot status: no hash to compare, reads
+        assert s.last_block == 130
+
+
+def test_a_database_written_before_the_binding_takes_the_hash_on_first_open(db_path):
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK) as s:
+        s.mark_processed(110, h(110))
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(1)):
+        pass
+    with pytest.raises(StoreError, match="another chain"):
+        Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(3))
+
+
+def test_archive_moves_the_database_aside_and_the_next_open_starts_fresh(db_path):
+    from bot.store import archive_database
+
+    assert archive_database(db_path) is None     # nothing there yet
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(1)) as s:
+        s.mark_processed(130, h(130))
+    moved = archive_database(db_path)
+    assert moved is not None and moved.exists() and not db_path.exists()
+    with Store(moved, CHAIN, ENGINE, DEPLOY_BLOCK, lock=False) as old:
+        assert old.last_block == 130             # the old history is kept
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK, deployment_block_hash=h(2)) as s:
+        assert s.last_block == DEPLOY_BLOCK - 1
