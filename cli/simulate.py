@@ -218,7 +218,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     jm, js = _fraction(jump_mean, "--jump-mean"), _fraction(jump_std, "--jump-std")
     import_ray()   # exit 2 with the install hint before any work
 
-    if ctx.rpc or ctx.deployment_path:
+    if ctx.rpc or ctx.deployment_path or ctx.w3 is not None or ctx.deployment is not None:
         state = chain_state(ctx.chain(), ctx.dep())
         population = f"loaded from the chain at block {state.block}"
     else:

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -102,3 +103,20 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "ray", None)      # import ray -> ImportError
     code, _, err = stress("--accounts", "5", "--paths", "2")
     assert code == 2 and err.strip() == "error: ray is not installed: install the stress extra, e.g. pip install -e '.[stress]'"
+
+
+def test_a_population_loaded_from_a_chain_is_the_seeded_one(protocol: Any) -> None:
+    from cli.common import Context
+    from protocol_model.seeding import seed_accounts
+
+    seed_accounts(protocol.w3, protocol.dep, protocol.owner, 12, 6)
+    args = ["simulate", "stress", "--paths", "4", "--steps", "4", "--seed", "6", "--jump-rate", "60", "--json"]
+    loaded = CliRunner().invoke(cli, args, obj=Context(w3=protocol.w3, deployment=protocol.dep))
+    assert loaded.exit_code == 0, loaded.stderr
+    seeded = CliRunner().invoke(cli, [*args, "--accounts", "12"])
+    on_chain, off_chain = json.loads(loaded.stdout), json.loads(seeded.stdout)
+    assert on_chain["settings"]["accounts"] == 12
+    assert on_chain["settings"]["population"].startswith("loaded from the chain at block")
+    assert on_chain["sets"][0]["figures"]["liquidations_mean"] > 0
+    # The model seeds exactly what `xmargin seed` creates on chain: the same figures, path for path.
+    assert on_chain["sets"] == off_chain["sets"]
