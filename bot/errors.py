@@ -11,7 +11,7 @@ Messages never contain a private key or a keystore password.
 from __future__ import annotations
 
 from protocol_model.errors import ConfigError as _ProtocolConfigError
-from protocol_model.errors import XmarginError
+from protocol_model.errors import LogRangeError, XmarginError
 
 
 class BotError(XmarginError):
@@ -41,10 +41,6 @@ class CircuitOpen(RpcError):
         self.retry_in_s = retry_in_s
 
 
-class LogRangeError(RpcError):
-    """``eth_getLogs`` keeps failing with a provider limit even at the smallest allowed block range."""
-
-
 class StaleHead(RpcError):
     """The node's head has not advanced for longer than the configured stale-head limit."""
 
@@ -63,3 +59,7 @@ class TxError(BotError):
     def __init__(self, message: str, kind: str = "other") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+__all__ = ["BotError", "CircuitOpen", "ConfigError", "KeyLoadError", "LogRangeError", "RpcError", "StaleHead",
+           "StoreError", "TxError"]

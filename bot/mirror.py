@@ -4,7 +4,7 @@ Startup (:meth:`ChainMirror.start`), at the head block ``B``:
 
 * a reorg check of the blocks the last run processed (stored hashes), rewinding the store if needed;
 * discovery of depositors from ``Deposit`` logs, from the store's next block (the deployment block
-  on a first start) through ``B``, with the adaptive :class:`~bot.scanner.LogScanner`; progress is
+  on a first start) through ``B``, with the adaptive :class:`~protocol_model.logscan.LogScanner`; progress is
   saved chunk by chunk, so an interrupted first scan resumes where it stopped;
 * one ``Lens.protocol`` call and one ``Lens.accounts`` call per ``lens_batch_size`` accounts, all
   pinned to ``B``: a consistent snapshot, without replaying old logs (after a restart: the stored
@@ -45,10 +45,11 @@ from protocol_model.errors import ChainError
 from protocol_model.health import HealthBook
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import ENGINE, FEED, Event, apply_event, decode_log, engine_topic
+from protocol_model.logscan import LogScanner
 from protocol_model.state import ProtocolState
 
 from .config import BotConfig
-from .scanner import Head, LogScanner, _hex, find_fork_point
+from .scanner import Head, _hex, find_fork_point, log_scanner
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class ChainMirror:
         return len(addresses)
 
     def _discover(self, start: int, end: int) -> None:
-        scanner = LogScanner.from_config(self.w3, self.config, self.engine, [[engine_topic("Deposit")]], start)
+        scanner = log_scanner(self.w3, self.config, self.engine, [[engine_topic("Deposit")]], start)
         found = 0
         for lo, hi, logs in scanner.iter_chunks(end):
             self._note_scan(lo, hi)
@@ -149,7 +150,7 @@ class ChainMirror:
         self._snapshot_block = head.number
         self._seen.clear()
         self._touched.clear()
-        self._scanner = LogScanner.from_config(self.w3, self.config, self._log_addresses(), None, head.number + 1)
+        self._scanner = log_scanner(self.w3, self.config, self._log_addresses(), None, head.number + 1)
 
     def _log_addresses(self) -> list[str]:
         if self.state is None:

@@ -41,6 +41,8 @@ from web3 import Web3
 from web3.exceptions import ProviderConnectionError, TooManyRequests, Web3RPCError
 from web3.middleware import Web3Middleware
 
+from protocol_model.logscan import error_fields, is_log_range_error, is_rate_limited, is_revert
+
 from .errors import CircuitOpen, RpcError
 
 if TYPE_CHECKING:
@@ -62,70 +64,17 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     json.JSONDecodeError,       # a body cut short by a proxy or a dropped connection
     UnicodeDecodeError,         # the same, cut inside a multi-byte character
 )
-_RATE_LIMIT_WORDS = (
-    "rate limit", "rate-limit", "ratelimit", "too many requests", "request rate", "requests per",
-    "per second", "compute units", "credits", "throughput", "capacity", "throttl",
-)
 _RETRY_WORDS = ("try again", "temporarily unavailable", "header not found", "timed out", "timeout", "busy")
-_LOG_RANGE_WORDS = (
-    "range", "too many", "limit", "exceed", "response size", "too large", "more than", "max results",
-)
-_REVERT_CODES = frozenset({3})  # geth/anvil: execution reverted
 
 
 # ---------------------------------------------------------------------- error classification
-
-
-def error_fields(error: BaseException | Mapping[str, Any] | None) -> tuple[int | None, str]:
-    """``(code, lower-case message)`` of a JSON-RPC error object, a web3 RPC error or an HTTP error."""
-    if error is None:
-        return None, ""
-    if isinstance(error, Mapping):
-        code = error.get("code")
-        return (code if isinstance(code, int) else None), str(error.get("message", "")).lower()
-    if isinstance(error, Web3RPCError):
-        response = error.rpc_response if isinstance(error.rpc_response, Mapping) else None
-        inner = response.get("error") if response else None
-        if isinstance(inner, Mapping):
-            return error_fields(inner)
-        return None, str(error.message).lower()
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        return error.response.status_code, f"http {error.response.status_code} {error.response.reason or ''}".lower()
-    return None, str(error).lower()
-
-
-def is_rate_limited(code: int | None, message: str) -> bool:
-    """A rate-limit / over-capacity answer: retry later, do not change the request."""
-    return code == 429 or any(word in message for word in _RATE_LIMIT_WORDS)
-
-
-def is_log_range_error(error: BaseException | Mapping[str, Any]) -> bool:
-    """An ``eth_getLogs`` answer meaning "ask for fewer blocks / fewer results".
-
-    Matches the shapes providers use: ``-32005`` (Infura "query returned more than 10000 results",
-    "limit exceeded"), ``-32602`` mentioning a range (QuickNode, Alchemy "block range"), HTTP 413,
-    and messages with "range", "limit", "too many", "exceed", "response size", "more than"
-    (geth "query timeout exceeded", Alchemy "Log response size exceeded", Cloudflare "Exceeded
-    max range limit"). A rate limit ("request rate exceeded") is not a range error.
-    """
-    code, message = error_fields(error)
-    if code in _REVERT_CODES or "revert" in message:
-        return False
-    if is_rate_limited(code, message):
-        return False
-    if code == 413:
-        return True
-    if code == -32005:
-        return True
-    if code == -32602:
-        return "range" in message or "block" in message
-    return any(word in message for word in _LOG_RANGE_WORDS)
+# (error_fields, is_log_range_error, is_rate_limited, is_revert: protocol_model.logscan)
 
 
 def transient_error_response(method: str, error: Mapping[str, Any]) -> str | None:
     """Why a JSON-RPC error response is worth retrying, or ``None`` when it is a final answer."""
     code, message = error_fields(error)
-    if code in _REVERT_CODES or "revert" in message:
+    if is_revert(code, message):
         return None
     if method == "eth_getLogs" and is_log_range_error(error):
         return None  # the scanner shrinks its range instead

@@ -13,9 +13,10 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.types import TxReceipt
+from web3.exceptions import BlockNotFound
+from web3.types import BlockIdentifier, TxReceipt
 
-from .errors import ChainError, Revert
+from .errors import ChainError, ConfigError, Revert
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,27 @@ class Sender:
         if receipt["status"] != 1:
             raise Revert("")
         return receipt
+
+
+def decimals_of_scale(scale: int) -> int:
+    """``d`` such that ``scale == 10**(18 - d)``: the decimals behind an engine price/quote scale."""
+    d = 18
+    s = scale
+    while s > 1 and s % 10 == 0:
+        s //= 10
+        d -= 1
+    if s != 1 or d < 0:
+        raise ChainError(f"scale {scale} is not 10**(18 - decimals): is this an xmargin engine?")
+    return d
+
+
+def resolve_block(w3: Web3, block_identifier: BlockIdentifier) -> int:
+    """A block number for ``block_identifier`` (an int is returned as is, a tag costs one header read)."""
+    if isinstance(block_identifier, int) and not isinstance(block_identifier, bool):
+        if block_identifier < 0:
+            raise ConfigError(f"block number {block_identifier} is negative: give a block number >= 0 or 'latest'")
+        return block_identifier
+    try:
+        return int(w3.eth.get_block(block_identifier)["number"])
+    except (BlockNotFound, ValueError) as exc:  # an unknown block, or a tag the node rejects
+        raise ChainError(f"cannot resolve block {block_identifier!r}: {exc}") from exc

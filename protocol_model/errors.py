@@ -19,6 +19,10 @@ class ChainError(XmarginError, ConnectionError):
     """The chain cannot be reached or answered something unusable."""
 
 
+class LogRangeError(ChainError):
+    """``eth_getLogs`` keeps failing with a provider limit even at the smallest allowed block range."""
+
+
 class Revert(XmarginError):
     """An action the contract would revert, with the contract's reason string.
 

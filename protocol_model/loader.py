@@ -7,7 +7,7 @@
 * :func:`load_state` does both, every call pinned to the same block number so the snapshot is
   consistent even while the chain moves on.
 * :func:`discover_accounts` finds every address that ever deposited (the only way an account gets
-  state) from ``Deposit`` logs, in ``eth_getLogs`` chunks.
+  state) from ``Deposit`` logs, with the adaptive log scanner (:mod:`protocol_model.logscan`).
 
 Market names and collateral symbols come from the deployment file; everything else from the chain.
 Feed ``min_answer`` / ``max_answer`` are not read (the engine does not use them); they keep the
@@ -22,12 +22,14 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 from web3 import Web3
-from web3.exceptions import BlockNotFound
 from web3.types import BlockIdentifier
 
+from .chain import decimals_of_scale, resolve_block
 from .deploy import Deployment, contract_at
 from .errors import ChainError, ConfigError
 from .health import Health
+from .logs import engine_topic
+from .logscan import DEFAULT_LOG_CHUNK, fetch_logs
 from .state import Account, Collateral, Feed, Market, Params, Position, ProtocolState
 from .wad import BaseWad, Native, Wad
 
@@ -35,35 +37,10 @@ log = logging.getLogger(__name__)
 
 LENS_MAX_BATCH = 1000          # contracts/Lens.vy MAX_BATCH: accounts per Lens.accounts call
 DEFAULT_BATCH = 200            # accounts per call; well inside a node's eth_call gas cap
-DEFAULT_LOG_CHUNK = 2_000      # blocks per eth_getLogs request
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def decimals_of_scale(scale: int) -> int:
-    """``d`` such that ``scale == 10**(18 - d)``: the decimals behind an engine price/quote scale."""
-    d = 18
-    s = scale
-    while s > 1 and s % 10 == 0:
-        s //= 10
-        d -= 1
-    if s != 1 or d < 0:
-        raise ChainError(f"scale {scale} is not 10**(18 - decimals): is this an xmargin engine?")
-    return d
-
-
-def resolve_block(w3: Web3, block_identifier: BlockIdentifier) -> int:
-    """A block number for ``block_identifier`` (an int is returned as is, a tag costs one header read)."""
-    if isinstance(block_identifier, int) and not isinstance(block_identifier, bool):
-        if block_identifier < 0:
-            raise ConfigError(f"block number {block_identifier} is negative: give a block number >= 0 or 'latest'")
-        return block_identifier
-    try:
-        return int(w3.eth.get_block(block_identifier)["number"])
-    except (BlockNotFound, ValueError) as exc:  # an unknown block, or a tag the node rejects
-        raise ChainError(f"cannot resolve block {block_identifier!r}: {exc}") from exc
 
 
 def _chunks(seq: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -266,28 +243,21 @@ def discover_accounts(
 ) -> list[str]:
     """Every address that deposited into the engine in ``[from_block, to_block]``, in order of
     first deposit (``from_block`` defaults to the deployment block). ``eth_getLogs`` filtered by
-    the engine address and the ``Deposit`` topic, ``chunk`` blocks per request."""
-    from .logs import engine_topic  # logs imports this module's helpers; import late
-
+    the engine address and the ``Deposit`` topic, in adaptive chunks (:mod:`protocol_model.logscan`)
+    starting at ``chunk`` blocks per request."""
     w3 = _w3_of(w3, deployment)
     if chunk < 1:
         raise ConfigError(f"log chunk {chunk} must be at least 1 block")
     start = deployment.block if from_block is None else from_block
     end = resolve_block(w3, to_block)
     topic = engine_topic("Deposit")
-    engine = to_checksum_address(deployment.engine)
     out: list[str] = []
     seen: set[str] = set()
-    lo = start
-    while lo <= end:
-        hi = min(lo + chunk - 1, end)
-        logs = w3.eth.get_logs({"fromBlock": lo, "toBlock": hi, "address": engine, "topics": [topic]})
-        for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
-            addr = to_checksum_address("0x" + bytes(entry["topics"][1])[-20:].hex())
-            if addr not in seen:
-                seen.add(addr)
-                out.append(addr)
-        lo = hi + 1
+    for entry in fetch_logs(w3, deployment.engine, [topic], start, end, chunk):
+        addr = to_checksum_address("0x" + bytes(entry["topics"][1])[-20:].hex())
+        if addr not in seen:
+            seen.add(addr)
+            out.append(addr)
     log.debug("discovered %d accounts in blocks %d..%d", len(out), start, end)
     return out
 
@@ -295,10 +265,8 @@ def discover_accounts(
 __all__ = [
     "DEFAULT_BATCH",
     "LENS_MAX_BATCH",
-    "decimals_of_scale",
     "discover_accounts",
     "load_accounts",
     "load_protocol",
     "load_state",
-    "resolve_block",
 ]

@@ -37,9 +37,10 @@ from eth_utils import event_abi_to_log_topic, to_checksum_address
 from web3 import Web3
 from web3.types import BlockIdentifier, LogReceipt
 
+from .chain import decimals_of_scale, resolve_block
 from .deploy import Deployment, compile_contracts
 from .errors import ChainError, ConfigError
-from .loader import DEFAULT_LOG_CHUNK, decimals_of_scale, resolve_block
+from .logscan import DEFAULT_LOG_CHUNK, fetch_logs
 from .state import Collateral, Feed, Market, Params, Position, ProtocolState
 from .wad import BaseWad, Native, Wad
 
@@ -344,15 +345,6 @@ class AppliedLogs:
     feeds: set[str] = field(default_factory=set)
 
 
-def _get_logs(w3: Web3, params: dict[str, Any], lo: int, hi: int, chunk: int) -> list[LogReceipt]:
-    out: list[LogReceipt] = []
-    while lo <= hi:
-        end = min(lo + chunk - 1, hi)
-        out.extend(w3.eth.get_logs({**params, "fromBlock": lo, "toBlock": end}))
-        lo = end + 1
-    return out
-
-
 def fetch_events(
     w3: Web3,
     engine: str,
@@ -362,11 +354,12 @@ def fetch_events(
     chunk: int = DEFAULT_LOG_CHUNK,
 ) -> list[Event]:
     """Every engine event and every ``AnswerUpdated`` of ``feeds`` and of any feed the engine
-    lists in the range, decoded and in chain order. ``eth_getLogs`` in ``chunk``-block requests."""
+    lists in the range, decoded and in chain order. ``eth_getLogs`` in adaptive chunks
+    (:mod:`protocol_model.logscan`) starting at ``chunk`` blocks per request."""
     if chunk < 1:
         raise ConfigError(f"log chunk {chunk} must be at least 1 block")
     engine = to_checksum_address(engine)
-    engine_logs = _get_logs(w3, {"address": engine}, from_block, to_block, chunk)
+    engine_logs = fetch_logs(w3, engine, None, from_block, to_block, chunk)
     events = decode_logs(engine_logs, engine)
     feed_set = {to_checksum_address(f) for f in feeds}
     for ev in events:
@@ -374,7 +367,7 @@ def fetch_events(
             feed_set.add(ev.args["feed"])
     if feed_set:
         topic = event_topic(FEED, "AnswerUpdated")
-        feed_logs = _get_logs(w3, {"address": sorted(feed_set), "topics": [topic]}, from_block, to_block, chunk)
+        feed_logs = fetch_logs(w3, sorted(feed_set), [topic], from_block, to_block, chunk)
         events.extend(decode_logs(feed_logs, engine))
         events.sort(key=lambda e: e.order)
     return events

@@ -15,7 +15,8 @@ from web3.middleware import Web3Middleware
 
 from bot.errors import LogRangeError, StaleHead
 from bot.rpc import CountingRpc
-from bot.scanner import HeadWatcher, LogScanner, find_fork_point
+from bot.scanner import HeadWatcher, find_fork_point
+from protocol_model.logscan import LogScanner
 from bot.store import Store
 
 WAD = 10**18
@@ -105,7 +106,8 @@ def test_scan_returns_every_engine_event_in_order(protocol, events, bot_w3):
 
 @pytest.mark.parametrize("provider", list(PROVIDER_LIMIT_ERRORS))
 def test_every_provider_limit_shape_is_recognised(provider):
-    from bot.rpc import is_log_range_error, transient_error_response
+    from bot.rpc import transient_error_response
+    from protocol_model.logscan import is_log_range_error
 
     error = PROVIDER_LIMIT_ERRORS[provider]
     if error is None:
@@ -124,7 +126,7 @@ def test_every_provider_limit_shape_is_recognised(provider):
     {"code": -32602, "message": "invalid argument 0: hex string has odd length"},
 ])
 def test_rate_limits_and_reverts_are_not_range_errors(not_a_range):
-    from bot.rpc import is_log_range_error
+    from protocol_model.logscan import is_log_range_error
 
     assert not is_log_range_error(not_a_range)
 

@@ -194,3 +194,31 @@ def test_discover_accounts_finds_every_depositor(protocol, busy, actors, w3):
     assert discover_accounts(w3, p.dep, from_block=w3.eth.block_number + 1) == []
     with pytest.raises(ConfigError):
         discover_accounts(w3, p.dep, chunk=0)
+
+
+def test_discovery_and_the_logs_rebuild_work_on_a_provider_that_limits_log_ranges(protocol, busy, w3):
+    """A provider that refuses eth_getLogs over more than 3 blocks (Infura's -32005): discovery
+    (what `xmargin accounts` runs) and the rebuild from logs shrink their range, as the bot does."""
+    from web3 import Web3
+
+    from protocol_model.logs import rebuild_from_logs
+
+    refused: list[tuple[int, int]] = []
+
+    class RangeLimit(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                if method == "eth_getLogs":
+                    lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
+                    if hi - lo + 1 > 3:
+                        refused.append((lo, hi))
+                        return {"jsonrpc": "2.0", "id": 1,
+                                "error": {"code": -32005, "message": "query returned more than 10000 results"}}
+                return make_request(method, params)
+            return middleware
+
+    limited = Web3(w3.provider)
+    limited.middleware_onion.inject(RangeLimit, name="range_limit", layer=0)
+    assert discover_accounts(limited, protocol.dep) == discover_accounts(w3, protocol.dep)
+    assert refused
+    assert rebuild_from_logs(limited, protocol.dep) == rebuild_from_logs(w3, protocol.dep)
