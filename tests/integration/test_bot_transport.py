@@ -12,7 +12,7 @@ from web3 import HTTPProvider, Web3
 
 from bot.errors import CircuitOpen, RpcError
 from bot.rpc import CountingRpc
-from bot.scanner import LogScanner
+from protocol_model.logscan import LogScanner
 
 from faultproxy import FAULT_KINDS, FaultProxy
 from nodes import LocalNode, start_node
