@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-WALL_CLOCK_FIELDS = ("elapsed_s", "paths_per_s", "workers", "ray_address")
+WALL_CLOCK_FIELDS = ("elapsed_s", "paths_per_s", "workers", "ray_address", "worker_cpu_s", "cores_obtained")
 
 
 def usd(value: int | str, places: int = 2) -> str:
@@ -53,7 +53,7 @@ class StressReport:
             self._render_sweep(console)
         r = self.run
         console.print(f"{r['paths_total']} paths in {r['elapsed_s']:.1f} s on {r['workers']} workers "
-                      f"({r['paths_per_s']:.1f} paths/s)")
+                      f"({r['paths_per_s']:.1f} paths/s; the workers got {r['cores_obtained']:.2f} cores)")
 
     @staticmethod
     def _render_one(console: Console, f: dict[str, Any]) -> None:

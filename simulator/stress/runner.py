@@ -78,8 +78,10 @@ def default_workers() -> int:
 
 
 def _run_chunk(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed: int,
-               indices: Sequence[int]) -> list[PathResult]:
-    return [run_path(state, paths, keepers, seed, i) for i in indices]
+               indices: Sequence[int]) -> tuple[list[PathResult], float]:
+    """One task: its paths, and the CPU seconds the worker spent on them."""
+    cpu = time.process_time()
+    return [run_path(state, paths, keepers, seed, i) for i in indices], time.process_time() - cpu
 
 
 def ensure_ray(workers: int, address: str | None) -> Any:
@@ -103,8 +105,9 @@ class Job:
 
 
 def run(jobs: Sequence[Job], paths: Paths, n_paths: int, seed: int, workers: int, address: str | None = None,
-        progress: Progress | None = None) -> list[list[PathResult]]:
-    """Every job's ``n_paths`` paths on Ray, at most ``workers`` tasks at a time; results by path index."""
+        progress: Progress | None = None, stats: dict[str, float] | None = None) -> list[list[PathResult]]:
+    """Every job's ``n_paths`` paths on Ray, at most ``workers`` tasks at a time; results by path index.
+    ``stats["cpu_s"]`` (if given) adds up the CPU seconds the workers spent on the paths."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if n_paths < 1:
@@ -128,8 +131,10 @@ def run(jobs: Sequence[Job], paths: Paths, n_paths: int, seed: int, workers: int
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             j = pending.pop(ref)
-            results = ray.get(ref)
+            results, cpu = ray.get(ref)
             out[j].extend(results)
+            if stats is not None:
+                stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu
             if progress is not None:
                 progress(len(results))
     for results in out:

@@ -72,7 +72,8 @@ def run_study(
         s, k = apply_set(state, keepers, params) if params else (state, keepers)
         jobs.append(Job(s, k))
     started = time.perf_counter()
-    results = run(jobs, paths, n_paths, seed, workers, address, progress)
+    stats: dict[str, float] = {}
+    results = run(jobs, paths, n_paths, seed, workers, address, progress, stats)
     elapsed = time.perf_counter() - started
     rows = []
     for params, job, res in zip(sets, jobs, results):
@@ -105,7 +106,9 @@ def run_study(
         target=str(target) if target is not None else None,
         recommended=recommend(rows, sweeps, target) if (target is not None and sweeps) else None,
         run={"paths_total": total, "elapsed_s": elapsed, "paths_per_s": total / elapsed if elapsed > 0 else 0.0,
-             "workers": workers, "ray_address": address},
+             "workers": workers, "ray_address": address, "worker_cpu_s": stats.get("cpu_s", 0.0),
+             # How many cores the workers actually got: below `workers` on a busy machine.
+             "cores_obtained": stats.get("cpu_s", 0.0) / elapsed if elapsed > 0 else 0.0},
     )
     return report
 
