@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from protocol_model.wad import ETHER, GWEI, WAD
 
-from .errors import ConfigError
+from .errors import BotConfigError
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +172,13 @@ class BotConfig:
 
         ``environ`` defaults to ``os.environ``. An override of ``None`` is ignored for settings
         that cannot be ``None`` (so unset CLI options fall through); override strings are parsed
-        like environment values. Raises :class:`ConfigError` naming the bad variable.
+        like environment values. Raises :class:`BotConfigError` naming the bad variable.
         """
         env = os.environ if environ is None else environ
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown bot setting {unknown[0]!r}: known settings are {', '.join(fields)}")
+            raise BotConfigError(f"unknown bot setting {unknown[0]!r}: known settings are {', '.join(fields)}")
         values: dict[str, Any] = {}
         for name, f in fields.items():
             kind = f.metadata["kind"]
@@ -194,7 +194,7 @@ class BotConfig:
             return cls(**values)
         except InvalidSetting as exc:
             source = exc.name if exc.name in overrides else prefix + exc.name.upper()
-            raise ConfigError(f"{source}={exc.shown}: {exc.problem}") from None
+            raise BotConfigError(f"{source}={exc.shown}: {exc.problem}") from None
 
     # ------------------------------------------------------------------ description
 
@@ -217,10 +217,10 @@ class BotConfig:
         try:
             return dataclasses.replace(self, **changes)
         except InvalidSetting as exc:
-            raise ConfigError(f"{exc.name}={exc.shown}: {exc.problem}") from None
+            raise BotConfigError(f"{exc.name}={exc.shown}: {exc.problem}") from None
 
 
-class InvalidSetting(ConfigError):
+class InvalidSetting(BotConfigError):
     """A setting that fails validation; knows the field, so ``from_env`` can name its variable."""
 
     def __init__(self, name: str, problem: str, value: Any = None) -> None:
@@ -289,8 +289,8 @@ def _parse(source: str, kind: str, raw: str) -> Any:
                 return _scaled(low[:-3], WAD)
             return int(text)
     except (ValueError, ArithmeticError):
-        raise ConfigError(f"{source}={raw!r} is not {_EXPECTED[kind]}") from None
-    raise ConfigError(f"{source}: unknown setting kind {kind}")  # dev: every kind is handled above
+        raise BotConfigError(f"{source}={raw!r} is not {_EXPECTED[kind]}") from None
+    raise BotConfigError(f"{source}: unknown setting kind {kind}")  # dev: every kind is handled above
 
 
 _EXPECTED = {

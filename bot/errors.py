@@ -18,7 +18,7 @@ class BotError(XmarginError):
     """Root of every error the bot raises on purpose. Its message is one actionable line."""
 
 
-class ConfigError(BotError, _ProtocolConfigError):
+class BotConfigError(BotError, _ProtocolConfigError):
     """A bad bot setting. Also a :class:`protocol_model.errors.ConfigError` (and a ``ValueError``)."""
 
 
@@ -61,5 +61,5 @@ class TxError(BotError):
         self.kind = kind
 
 
-__all__ = ["BotError", "CircuitOpen", "ConfigError", "KeyLoadError", "LogRangeError", "RpcError", "StaleHead",
+__all__ = ["BotConfigError", "BotError", "CircuitOpen", "KeyLoadError", "LogRangeError", "RpcError", "StaleHead",
            "StoreError", "TxError"]

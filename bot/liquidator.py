@@ -54,6 +54,7 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 
 from protocol_model.deploy import Deployment, contract_at
 from protocol_model.errors import ChainError, ConfigError, Revert
+from protocol_model.fmt import fmt_units, fmt_wad
 from protocol_model.health import HealthBook, margin_ratio
 from protocol_model.logs import ENGINE, decode_log
 from protocol_model.report import HEALTHY, status
@@ -68,15 +69,13 @@ from .metrics import BotMetrics, start_metrics_server
 from .mirror import ChainMirror, SyncResult
 from .rpc import CountingRpc
 from .scanner import Head, HeadWatcher
-from .store import LiquidationRecord, SentTx, Store, Totals
+from .store import KeeperTotals, LiquidationRecord, SentTx, Store
 from .strategy import (
     LIQUIDATE,
     SETTLE,
     Candidate,
     GasModel,
     Planner,
-    fmt_units,
-    fmt_wad,
 )
 from .txs import Preflight, SendResult, TxOutcome, TxRequest, TxSender, strategy_from_config
 
@@ -204,7 +203,7 @@ class Liquidator:
         self._at_risk: set[str] = set()
         self._blocks = 0
         self._max_blocks: int | None = None
-        self._final_totals: Totals | None = None
+        self._final_totals: KeeperTotals | None = None
         self._report: TickReport | None = None     # the report of the tick in progress
         self._poll_started: tuple[float, Any] | None = None   # (clock, RPC counters) before the last head poll
 
@@ -321,7 +320,7 @@ class Liquidator:
                 self._store.close()
         log.info("stopped")
 
-    def store_totals(self) -> Totals | None:
+    def store_totals(self) -> KeeperTotals | None:
         """Won/lost counts, rewards and gas from the store (also after :meth:`close`)."""
         if self._store is not None and not self._closed:
             return self._store.totals()
@@ -422,11 +421,11 @@ class Liquidator:
     def _log_sync(self, sync: SyncResult) -> None:
         for address in sync.new_accounts:
             log.info("new account %s", address)
-        if sync.price_moves:
+        if sync.price_changes:
             count = len(self.book.liquidatable())
-            for move in sync.price_moves:
-                log.info("price %s %s -> %s (%d liquidatable)", move.asset, fmt_wad(move.old_wad),
-                         fmt_wad(move.new_wad), count)
+            for change in sync.price_changes:
+                log.info("price %s %s -> %s (%d liquidatable)", change.asset, fmt_wad(change.old_wad),
+                         fmt_wad(change.new_wad), count)
         for ev in sync.liquidations:
             if ev.args.get("liquidator") != self.address:
                 log.info("rival %s liquidated %s (%s) in block %d", ev.args.get("liquidator"), ev.args.get("account"),

@@ -63,7 +63,7 @@ IGNORED_EVENTS = frozenset({"OwnershipTransferStarted"})
 
 
 @dataclass(frozen=True)
-class PriceMove:
+class PriceChange:
     """A feed whose price changed during a sync (USD WAD, loose reads)."""
 
     feed: str
@@ -82,7 +82,7 @@ class SyncResult:
     new_accounts: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)             # accounts changed by events or reloads
     changed: set[str] = field(default_factory=set)             # accounts whose health may have changed
-    price_moves: list[PriceMove] = field(default_factory=list)
+    price_changes: list[PriceChange] = field(default_factory=list)
     liquidations: list[Event] = field(default_factory=list)    # Liquidation / CollateralLiquidation events applied
     reorg_at: int | None = None                                # last block still canonical after a reorg
     reloaded: int = 0                                          # accounts re-read through the Lens
@@ -263,7 +263,7 @@ class ChainMirror:
             changed |= book.update_price(feed, f.answer, f.updated_at, f.round_id)
             new = book.price(feed)
             if new != old:
-                result.price_moves.append(PriceMove(feed, self.assets.get(feed, feed[:10]), old, new))
+                result.price_changes.append(PriceChange(feed, self.assets.get(feed, feed[:10]), old, new))
         for who in touched:
             book.apply_account(state.account(who))
         changed |= touched
@@ -367,4 +367,4 @@ def _account_of(ev: Event, engine: str) -> str:
     return to_checksum_address(account) if isinstance(account, str) else engine
 
 
-__all__ = ["ACCOUNT_EVENTS", "ChainMirror", "PriceMove", "SyncResult"]
+__all__ = ["ACCOUNT_EVENTS", "ChainMirror", "PriceChange", "SyncResult"]

@@ -163,7 +163,7 @@ class LiquidationRecord:
 
 
 @dataclass(frozen=True)
-class Totals:
+class KeeperTotals:
     won: int
     lost: int
     reward_usd_wad: int
@@ -600,7 +600,7 @@ class Store:
             rows = self._query("SELECT * FROM liquidations WHERE account = ? ORDER BY id", (_addr(account),))
         return [LiquidationRecord(**{c: _from_db(c, r[c], _MONEY_LIQ) for c in _LIQ_COLUMNS}) for r in rows]
 
-    def totals(self) -> Totals:
+    def totals(self) -> KeeperTotals:
         """Won and lost counts, total reward (USD WAD) and gas spent (wei), summed exactly."""
         won = lost = reward = gas = 0
         for r in self._query("SELECT outcome, reward_usd_wad, gas_cost_wei FROM liquidations"):
@@ -610,7 +610,7 @@ class Store:
                 lost += 1
             reward += int(r["reward_usd_wad"])
             gas += int(r["gas_cost_wei"])
-        return Totals(won, lost, reward, gas)
+        return KeeperTotals(won, lost, reward, gas)
 
     # lost-race backoffs ------------------------------------------------------------
     def back_off(self, account: str, until_block: int, reason: str = "lost race") -> None:

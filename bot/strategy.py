@@ -29,7 +29,6 @@ import heapq
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
 from typing import Literal
 
 from protocol_model.actions import (
@@ -327,19 +326,6 @@ def merge_by_profit(chains: Iterable[Sequence[Candidate]]) -> list[Candidate]:
 # ---------------------------------------------------------------------- display
 
 
-def fmt_wad(value: int, places: int = 2) -> str:
-    """A WAD amount for people: ``1,234.56`` (exact, rounded toward zero)."""
-    d = (Decimal(value) / Decimal(WAD)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
-    return f"{d:,.{places}f}"
-
-
-def fmt_units(value: int, decimals: int, places: int = 4) -> str:
-    """Native token units for people, e.g. ``12.5`` (trailing zeros dropped)."""
-    d = (Decimal(value) / Decimal(10**decimals)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
-    text = f"{d:,.{places}f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
 __all__ = [
     "AccountPlan",
     "Candidate",
@@ -348,8 +334,6 @@ __all__ = [
     "LIQUIDATE",
     "LIQUIDATE_COLLATERAL",
     "Planner",
-    "fmt_units",
-    "fmt_wad",
     "merge_by_profit",
     "SETTLE",
     "can_settle",

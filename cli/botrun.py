@@ -23,6 +23,7 @@ import click
 from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ConfigError
+from protocol_model.fmt import fmt_wad
 from protocol_model.wad import WAD
 
 from . import cli
@@ -31,7 +32,6 @@ from .common import (
     EXIT_FAILED,
     common_options,
     fail,
-    fmt_usd,
     get_ctx,
     handle_errors,
     parse_decimal,
@@ -149,7 +149,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
     }
     ctx.emit(out, lambda c: c.print(
         f"bot stopped ({result.reason}) after {result.blocks} block(s): won {out['won']}, lost {out['lost']}, "
-        f"rewards {fmt_usd(int(out['reward_usd_wad']))} USD, gas {_eth(int(out['gas_cost_wei']))} ETH"
+        f"rewards {fmt_wad(int(out['reward_usd_wad']))} USD, gas {_eth(int(out['gas_cost_wei']))} ETH"
     ))
     if not result.ok:
         fail(f"the bot stopped after {result.failed_ticks} failed tick(s): {result.errors[-1] if result.errors else 'see the log'}",
@@ -195,13 +195,13 @@ def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
 
         t = Table("block", "account", "kind", "target", "outcome", "reward (USD)", "gas (ETH)", "tx")
         for r in shown:
-            t.add_row(str(r.block), r.account, r.kind, r.target, r.outcome, fmt_usd(r.reward_usd_wad),
+            t.add_row(str(r.block), r.account, r.kind, r.target, r.outcome, fmt_wad(r.reward_usd_wad),
                       _eth(r.gas_cost_wei), (r.tx_hash or "-")[:12] + ("…" if r.tx_hash else ""))
         console.print(t)
         console.print(
             f"engine {meta['engine']} on chain {meta['chain_id']}, last block {last_block}, {accounts} account(s), "
             f"{len(pending)} transaction(s) in flight\n"
-            f"won {totals.won}, lost {totals.lost}, rewards {fmt_usd(totals.reward_usd_wad)} USD, "
+            f"won {totals.won}, lost {totals.lost}, rewards {fmt_wad(totals.reward_usd_wad)} USD, "
             f"gas {_eth(totals.gas_cost_wei)} ETH"
         )
 

@@ -203,17 +203,6 @@ def parse_percent(value: str) -> int:
     return int(d * 10**18)
 
 
-def fmt_usd(wad: int, places: int = 2) -> str:
-    """USD WAD -> '1,234.56' (exact: Decimal, rounded toward zero for display)."""
-    d = (Decimal(wad) / Decimal(10**18)).quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
-    return f"{d:,.{places}f}"
-
-
-def fmt_units(wad: int, places: int = 4) -> str:
-    d = (Decimal(wad) / Decimal(10**18)).quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
-    return f"{d:,.{places}f}"
-
-
 def wad_str(x: int) -> str:
     """Exact decimal string of a WAD integer, for JSON (integers beyond 2**53 lose precision in JS)."""
     return str(x)

@@ -7,11 +7,12 @@ from decimal import Decimal
 import click
 from rich.table import Table
 
+from protocol_model.fmt import fmt_wad
 from protocol_model.loader import discover_accounts, load_state
 from protocol_model.report import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATABLE, AccountReport, account_report
 
 from . import cli
-from .common import common_options, fmt_units, fmt_usd, get_ctx, handle_errors, parse_address
+from .common import common_options, get_ctx, handle_errors, parse_address
 
 STYLE = {HEALTHY: "green", AT_RISK: "yellow", LIQUIDATABLE: "red", BANKRUPT: "bold red"}
 
@@ -31,19 +32,19 @@ def _native(amount: int, decimals: int) -> str:
 def _render(console, r: AccountReport) -> None:  # type: ignore[no-untyped-def]
     console.print(f"[bold]{r.address}[/]  status: [{STYLE[r.status]}]{r.status}[/]")
     console.print(
-        f"  equity {fmt_usd(r.equity)} USD   init health {fmt_usd(r.init_health)}   "
-        f"maint health {fmt_usd(r.maint_health)}   margin ratio {_ratio(r.margin_ratio)}   cash {fmt_usd(r.cash)}"
+        f"  equity {fmt_wad(r.equity)} USD   init health {fmt_wad(r.init_health)}   "
+        f"maint health {fmt_wad(r.maint_health)}   margin ratio {_ratio(r.margin_ratio)}   cash {fmt_wad(r.cash)}"
     )
     if r.positions:
         t = Table("market", "size", "entry", "price", "notional", "uPnL", "liq. price", title="positions", title_justify="left")
         for p in r.positions:
-            t.add_row(p.name, fmt_units(p.size), fmt_usd(p.entry_price), fmt_usd(p.price), fmt_usd(p.notional),
-                      fmt_usd(p.upnl), "-" if p.liquidation_price is None else fmt_usd(p.liquidation_price))
+            t.add_row(p.name, fmt_wad(p.size, 4), fmt_wad(p.entry_price), fmt_wad(p.price), fmt_wad(p.notional),
+                      fmt_wad(p.upnl), "-" if p.liquidation_price is None else fmt_wad(p.liquidation_price))
         console.print(t)
     if r.collaterals:
         t = Table("token", "balance", "price", "value", "init w.", "maint w.", title="collateral", title_justify="left")
         for c in r.collaterals:
-            t.add_row(c.symbol, _native(c.balance, c.decimals), fmt_usd(c.price), fmt_usd(c.value),
+            t.add_row(c.symbol, _native(c.balance, c.decimals), fmt_wad(c.price), fmt_wad(c.value),
                       f"{Decimal(c.init_weight) / 10**16:.0f}%", f"{Decimal(c.maint_weight) / 10**16:.0f}%")
         console.print(t)
     if not r.positions and not r.collaterals and r.cash == 0:
@@ -96,8 +97,8 @@ def accounts(at_risk: bool, sort_key: str, limit: int | None) -> None:
     def human(console) -> None:  # type: ignore[no-untyped-def]
         t = Table("account", "equity", "maint health", "margin ratio", "positions", "status")
         for r in reports:
-            t.add_row(r.address, fmt_usd(r.equity), fmt_usd(r.maint_health), _ratio(r.margin_ratio),
-                      ", ".join(f"{p.name} {fmt_units(p.size, 3)}" for p in r.positions) or "-",
+            t.add_row(r.address, fmt_wad(r.equity), fmt_wad(r.maint_health), _ratio(r.margin_ratio),
+                      ", ".join(f"{p.name} {fmt_wad(p.size, 3)}" for p in r.positions) or "-",
                       f"[{STYLE[r.status]}]{r.status}[/]")
         console.print(t)
         console.print(f"{len(reports)} of {total} accounts shown; " + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -8,10 +8,11 @@ import click
 from web3 import Web3
 
 from protocol_model.errors import ConfigError
+from protocol_model.fmt import fmt_wad
 from protocol_model.wad import WAD
 
 from . import cli
-from .common import common_options, fmt_usd, get_ctx, handle_errors, parse_decimal, parse_percent
+from .common import common_options, get_ctx, handle_errors, parse_decimal, parse_percent
 
 
 
@@ -62,7 +63,7 @@ def show() -> None:
 
         t = Table("asset", "price (USD)", "round", "age (s)", "feed")
         for r in rows:
-            t.add_row(r["asset"], fmt_usd(int(r["price_wad"])), str(r["round"]), str(r["age_seconds"]), r["feed"])
+            t.add_row(r["asset"], fmt_wad(int(r["price_wad"])), str(r["round"]), str(r["age_seconds"]), r["feed"])
         console.print(t)
 
     ctx.emit(rows, human)

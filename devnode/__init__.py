@@ -5,7 +5,7 @@ background, ``serve_forever()`` blocks until Ctrl-C/SIGTERM. See :mod:`devnode.n
 """
 
 from .engine import DEFAULT_PRIORITY_FEE, DevChain
-from .errors import RpcError
+from .errors import JsonRpcError
 from .mempool import Mempool, PoolTx
 from .node import DevNode, mining_in_background
 from .rpc import RpcDispatcher
@@ -18,5 +18,5 @@ __all__ = [
     "Mempool",
     "PoolTx",
     "RpcDispatcher",
-    "RpcError",
+    "JsonRpcError",
 ]

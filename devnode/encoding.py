@@ -336,7 +336,7 @@ def parse_block_id(value: Any, name: str = "block") -> BlockId:
 
 
 @dataclass(frozen=True)
-class TxRequest:
+class TxObject:
     """A transaction object as given to eth_call / eth_estimateGas / eth_sendTransaction."""
 
     sender: bytes | None = None
@@ -379,7 +379,7 @@ def _parse_access_list(value: Any) -> tuple[tuple[bytes, tuple[int, ...]], ...]:
     return tuple(entries)
 
 
-def parse_tx_request(value: Any) -> TxRequest:
+def parse_tx_request(value: Any) -> TxObject:
     if not isinstance(value, dict):
         raise InvalidParams("invalid transaction: expected an object")
     data_field = value.get("input")
@@ -397,7 +397,7 @@ def parse_tx_request(value: Any) -> TxRequest:
     if gas_price is not None and (max_fee is not None or max_tip is not None):
         raise InvalidParams("both gasPrice and (maxFeePerGas or maxPriorityFeePerGas) specified")
     access_list = value.get("accessList")
-    return TxRequest(
+    return TxObject(
         sender=None if value.get("from") is None else parse_address(value["from"], "from"),
         to=None if value.get("to") is None else parse_address(value["to"], "to"),
         gas=_opt_quantity(value, "gas"),

@@ -35,7 +35,7 @@ from .encoding import (
     BLOB_TX,
     BlockId,
     LogQuery,
-    TxRequest,
+    TxObject,
     effective_gas_price,
     format_block_header,
     hexdata,
@@ -45,7 +45,7 @@ from .encoding import (
     tx_fee_caps,
     tx_json,
 )
-from .errors import EXECUTION_REVERTED, InvalidParams, RpcError, ServerError
+from .errors import EXECUTION_REVERTED, InvalidParams, JsonRpcError, ServerError
 from .mempool import BlockSelector, Mempool, PoolTx
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ ZERO_ADDRESS = b"\x00" * 20
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
 
-def revert_error(data: bytes) -> RpcError:
+def revert_error(data: bytes) -> JsonRpcError:
     """geth/anvil-style revert error: code 3, ``execution reverted[: reason]``, data = revert data."""
     message = "execution reverted"
     if data[:4] == ERROR_STRING_SELECTOR:
@@ -68,7 +68,7 @@ def revert_error(data: bytes) -> RpcError:
             pass
         else:
             message = f"execution reverted: {reason}"
-    return RpcError(EXECUTION_REVERTED, message, hexdata(data))
+    return JsonRpcError(EXECUTION_REVERTED, message, hexdata(data))
 
 
 @dataclass
@@ -393,7 +393,7 @@ class DevChain:
                 self._automine(stamped.hash)
             return stamped.hash
 
-    def send_transaction(self, request: TxRequest) -> bytes:
+    def send_transaction(self, request: TxObject) -> bytes:
         """Fill in, sign with the dev account's key, and submit (eth_sendTransaction)."""
         with self.lock:
             if request.sender is None:
@@ -444,7 +444,7 @@ class DevChain:
 
     # ------------------------------------------------------------------ calls
 
-    def _unsigned_tx(self, vm: Any, request: TxRequest, *, nonce: int, gas: int, base_fee: int) -> Any:
+    def _unsigned_tx(self, vm: Any, request: TxObject, *, nonce: int, gas: int, base_fee: int) -> Any:
         if request.gas_price is not None:
             max_fee = max_tip = request.gas_price
         else:
@@ -464,7 +464,7 @@ class DevChain:
             access_list=request.access_list or (),
         )
 
-    def call(self, request: TxRequest, block_id: BlockId) -> bytes:
+    def call(self, request: TxObject, block_id: BlockId) -> bytes:
         """eth_call on the state after ``block_id`` (in that block's context).
 
         Without fee fields the call runs at gas price 0 with a zero base fee, like geth.
@@ -498,7 +498,7 @@ class DevChain:
                 raise ServerError(str(error) or type(error).__name__)
             return bytes(computation.output)
 
-    def estimate_gas(self, request: TxRequest, block_id: BlockId) -> int:
+    def estimate_gas(self, request: TxObject, block_id: BlockId) -> int:
         """Smallest gas limit (to py-evm's search tolerance) with which the tx does not fail."""
         with self.lock:
             header = self._canonical_block(self._resolve_number(block_id)).header

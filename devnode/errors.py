@@ -15,7 +15,7 @@ SERVER_ERROR = -32000
 EXECUTION_REVERTED = 3
 
 
-class RpcError(Exception):
+class JsonRpcError(Exception):
     """An error to return to the JSON-RPC client as ``{"code", "message", "data"?}``."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -31,14 +31,14 @@ class RpcError(Exception):
         return error
 
 
-class InvalidParams(RpcError):
+class InvalidParams(JsonRpcError):
     """Malformed or missing method parameters (-32602)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(INVALID_PARAMS, message)
 
 
-class ServerError(RpcError):
+class ServerError(JsonRpcError):
     """A well-formed request the node refuses or cannot satisfy (-32000), e.g. a rejected tx."""
 
     def __init__(self, message: str, data: Any = None) -> None:

@@ -174,7 +174,7 @@ S = TypeVar("S", bound=Hashable)
 
 class Pooled(Protocol):
     """What the block selector needs of a pooled transaction (this pool's :class:`PoolTx`, or a
-    model's, e.g. :class:`simulator.competition.offchain.PoolTx`)."""
+    model's, e.g. :class:`simulator.competition.offchain.ModelTx`)."""
 
     @property
     def sender(self) -> Any: ...

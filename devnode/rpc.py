@@ -32,7 +32,7 @@ from .errors import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     InvalidParams,
-    RpcError,
+    JsonRpcError,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ MAX_BATCH_SIZE = 1000
 Handler = Callable[[Sequence[Any]], Any]
 
 
-def _error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
+def _error_response(request_id: Any, error: JsonRpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": error.to_json()}
 
 
@@ -140,13 +140,13 @@ class RpcDispatcher:
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            return self._dump(_error_response(None, RpcError(PARSE_ERROR, f"parse error: {exc}")))
+            return self._dump(_error_response(None, JsonRpcError(PARSE_ERROR, f"parse error: {exc}")))
         if isinstance(payload, list):
             if not payload:
-                return self._dump(_error_response(None, RpcError(INVALID_REQUEST, "empty batch")))
+                return self._dump(_error_response(None, JsonRpcError(INVALID_REQUEST, "empty batch")))
             if len(payload) > MAX_BATCH_SIZE:
                 return self._dump(
-                    _error_response(None, RpcError(INVALID_REQUEST, "batch too large"))
+                    _error_response(None, JsonRpcError(INVALID_REQUEST, "batch too large"))
                 )
             responses = [r for r in (self.handle_request(item) for item in payload) if r is not None]
             return self._dump(responses) if responses else None
@@ -160,12 +160,12 @@ class RpcDispatcher:
     def handle_request(self, request: Any) -> dict[str, Any] | None:
         """One JSON-RPC request object -> response object (``None`` for a notification)."""
         if not isinstance(request, dict):
-            return _error_response(None, RpcError(INVALID_REQUEST, "invalid request"))
+            return _error_response(None, JsonRpcError(INVALID_REQUEST, "invalid request"))
         request_id = request.get("id")
         is_notification = "id" not in request
         method = request.get("method")
         if not isinstance(method, str):
-            return _error_response(request_id, RpcError(INVALID_REQUEST, "invalid request"))
+            return _error_response(request_id, JsonRpcError(INVALID_REQUEST, "invalid request"))
         params = request.get("params")
         try:
             if params is None:
@@ -173,26 +173,26 @@ class RpcDispatcher:
             elif not isinstance(params, list):
                 raise InvalidParams("params must be an array")
             result = self.call(method, params)
-        except RpcError as error:
+        except JsonRpcError as error:
             response = _error_response(request_id, error)
         else:
             response = {"jsonrpc": "2.0", "id": request_id, "result": result}
         return None if is_notification else response
 
     def call(self, method: str, params: Sequence[Any]) -> Any:
-        """Run one method; raises :class:`RpcError` for any failure the client should see."""
+        """Run one method; raises :class:`JsonRpcError` for any failure the client should see."""
         handler = self._methods.get(method)
         if handler is None:
-            raise RpcError(METHOD_NOT_FOUND, f"the method {method} does not exist/is not available")
+            raise JsonRpcError(METHOD_NOT_FOUND, f"the method {method} does not exist/is not available")
         try:
             return self.chain.run_locked(lambda: handler(params))
-        except RpcError:
+        except JsonRpcError:
             raise
         except TesterValidationError as exc:
             raise InvalidParams(str(exc)) from None
         except Exception as exc:
             logger.exception("internal error in %s", method)
-            raise RpcError(INTERNAL_ERROR, f"internal error: {exc}") from None
+            raise JsonRpcError(INTERNAL_ERROR, f"internal error: {exc}") from None
 
     # ------------------------------------------------------------------ handlers
 

@@ -68,7 +68,7 @@ from protocol_model.scenarios import moved_answer
 from protocol_model.state import Account, Position, ProtocolState
 
 from .agents import intrinsic_gas, liquidate_calldata
-from .offchain import GasKey, GasSample, GasTable, ModelChain, PoolTx, exec_gas_before_refund, short_gas, write_gas
+from .offchain import GasKey, GasSample, GasTable, ModelChain, ModelTx, exec_gas_before_refund, short_gas, write_gas
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class _Venue:
         call = self.dep.engine_contract.functions.liquidate(account, market, max_size)
         r = self.chain.send(keeper, call, LIQUIDATE_GAS)
         self.state.timestamp = self.chain.timestamp(r)
-        tx = PoolTx(r["transactionHash"].hex(), keeper.address, 0, account, market, max_size, data,
+        tx = ModelTx(r["transactionHash"].hex(), keeper.address, 0, account, market, max_size, data,
                     LIQUIDATE_GAS, 0, 0, 0)
         model = self.model.execute(tx, int(r["blockNumber"]), 0, 0, 0)
         if model.ok != (int(r["status"]) == 1):

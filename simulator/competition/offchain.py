@@ -448,7 +448,7 @@ class GasTable:
 
 
 @dataclass
-class PoolTx:
+class ModelTx:
     """A liquidation in the model node's pool."""
 
     hash: str
@@ -475,7 +475,7 @@ class PoolTx:
 
 @dataclass
 class Receipt:
-    tx: PoolTx
+    tx: ModelTx
     block: int
     index: int
     ok: bool
@@ -508,7 +508,7 @@ class ModelChain:
         self.base_fee = base_fee_wei            # of the head block
         self.head_gas_used = head_gas_used
         self.gas_limit = gas_limit
-        self.pool: dict[tuple[str, int], PoolTx] = {}
+        self.pool: dict[tuple[str, int], ModelTx] = {}
         self.nonces: dict[str, int] = {}        # mined transaction count per sender
         self.receipts: dict[str, Receipt] = {}
         self.blocks: dict[int, list[Receipt]] = {}
@@ -551,14 +551,14 @@ class ModelChain:
 
     # submission --------------------------------------------------------------------
     def submit(self, sender: str, nonce: int, account: str, market: int, max_size: int, fees: Fees,
-               gas_limit: int, expected_profit_wei: int) -> PoolTx:
+               gas_limit: int, expected_profit_wei: int) -> ModelTx:
         """Add a transaction (or replace the sender's one with this nonce, by the dev node's rule)."""
         old = self.pool.get((sender, nonce))
         if old is not None and not outbids(old.max_fee_wei, old.tip_wei, fees.max_fee_per_gas,
                                            fees.max_priority_fee_per_gas):
             raise ConfigError("replacement transaction underpriced")  # dev: re-bids bump by 12.5 %
         seq = next(self._seq)
-        tx = PoolTx(f"{sender}:{nonce}:{seq}", sender, nonce, account, market, max_size,
+        tx = ModelTx(f"{sender}:{nonce}:{seq}", sender, nonce, account, market, max_size,
                     liquidate_calldata(account, market, max_size), gas_limit, fees.max_fee_per_gas,
                     fees.max_priority_fee_per_gas, seq, expected_profit_wei)
         self.pool[(sender, nonce)] = tx
@@ -569,7 +569,7 @@ class ModelChain:
         """The senders with a pooled transaction (the pool as :class:`devnode.mempool.BlockSelector` reads it)."""
         return {s for s, _ in self.pool}
 
-    def tx_at(self, sender: str, nonce: int) -> PoolTx | None:
+    def tx_at(self, sender: str, nonce: int) -> ModelTx | None:
         return self.pool.get((sender, nonce))
 
     def mine(self) -> list[Receipt]:
@@ -581,7 +581,7 @@ class ModelChain:
         used = 0
         receipts: list[Receipt] = []
 
-        def include(tx: PoolTx) -> bool:
+        def include(tx: ModelTx) -> bool:
             nonlocal used
             # dev: the selector hands out only transactions that pay the base fee (tip not None)
             r = self.execute(tx, number, len(receipts), base, tx.effective_tip(base) or 0)
@@ -602,7 +602,7 @@ class ModelChain:
         self.state.block = number
         return receipts
 
-    def execute(self, tx: PoolTx, number: int, index: int, base: int, tip: int) -> Receipt:
+    def execute(self, tx: ModelTx, number: int, index: int, base: int, tip: int) -> Receipt:
         """Apply one transaction to the state as block ``number`` would (no pool bookkeeping)."""
         state = self.state
         masks = _masks(state, tx.account)
@@ -643,7 +643,7 @@ class ModelAgent:
                                liquidator=self.address, collateral_liquidation=COLLATERAL_LIQUIDATION)
         self.backoffs: dict[str, int] = {}                    # account -> until block (inclusive)
         self.suppressed: dict[tuple[str, str], int] = {}      # (account, target) -> until block
-        self.in_flight: dict[int, PoolTx] = {}                # nonce -> newest transaction
+        self.in_flight: dict[int, ModelTx] = {}                # nonce -> newest transaction
         self.next_nonce = 0
         self.rebids = 0
         self._plans: dict[str, tuple[tuple[int, int, int, bool], AccountPlan]] = {}

@@ -69,7 +69,7 @@ from .agents import (
     resolve_asset,
     ticks_at,
 )
-from .offchain import GasSample, GasTable, ModelChain, PoolTx, final_health, shocked_answers
+from .offchain import GasSample, GasTable, ModelChain, ModelTx, final_health, shocked_answers
 from .report import BotResult, CompetitionReport, Liquidated, fmt_pct
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class OnchainSimulation:
                 if call is None:
                     mismatches.append(f"block {number} tx {index}: not a liquidate call")
                     continue
-                ptx = PoolTx(tx["hash"].hex(), sender, int(tx["nonce"]), call[0], call[1], call[2], data,
+                ptx = ModelTx(tx["hash"].hex(), sender, int(tx["nonce"]), call[0], call[1], call[2], data,
                              int(tx["gas"]), int(tx["maxFeePerGas"]), int(tx["maxPriorityFeePerGas"]), 0)
                 model = replay.execute(ptx, number, index, base, paid - base)
                 if model.ok != ok:

@@ -26,6 +26,7 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
+from protocol_model.fmt import fmt_amount
 from protocol_model.wad import WAD
 
 
@@ -213,25 +214,25 @@ class CompetitionReport:
                     "tips (ETH)", "reverted", "rebids", "net profit (USD)"):
             t.add_column(col, justify="left" if col in ("bot", "strategy") else "right")
         for b in self.bots:
-            t.add_row(b.name, b.strategy, str(b.won), _units(b.rewards_native, self.quote_decimals, 2),
-                      _units(b.gas_success_wei, 18, 6), _units(b.gas_reverted_wei, 18, 6), _units(b.tips_wei, 18, 6),
-                      f"{b.reverted}/{b.mined}", str(b.rebids), _units(b.net_profit_usd_wad, 18, 2))
+            t.add_row(b.name, b.strategy, str(b.won), fmt_amount(b.rewards_native, self.quote_decimals, 2),
+                      fmt_amount(b.gas_success_wei, 18, 6), fmt_amount(b.gas_reverted_wei, 18, 6), fmt_amount(b.tips_wei, 18, 6),
+                      f"{b.reverted}/{b.mined}", str(b.rebids), fmt_amount(b.net_profit_usd_wad, 18, 2))
         console.print(t)
         last = "-" if self.blocks_to_last_liquidation is None else str(self.blocks_to_last_liquidation)
         console.print(
             f"liquidations {len(self.liquidations)}, "
-            f"rewards {_units(self.rewards_native, self.quote_decimals, 2)} {q}; "
-            f"tips to the block producer {_units(self.tips_wei, 18, 6)} ETH = {_units(self.tips_usd_wad, 18, 2)} USD "
-            f"(tip share {_units(self.tip_share_wad * 100, 18, 2)}% of rewards)"
+            f"rewards {fmt_amount(self.rewards_native, self.quote_decimals, 2)} {q}; "
+            f"tips to the block producer {fmt_amount(self.tips_wei, 18, 6)} ETH = {fmt_amount(self.tips_usd_wad, 18, 2)} USD "
+            f"(tip share {fmt_amount(self.tip_share_wad * 100, 18, 2)}% of rewards)"
         )
         console.print(
-            f"bad debt {_units(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s); "
+            f"bad debt {fmt_amount(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s); "
             f"{self.liquidatable_at_end} still liquidatable; blocks until the last liquidation {last}; "
-            f"ETH {_units(self.eth_price_wad, 18, 2)} USD, base fee {self.base_fee_wei} wei"
+            f"ETH {fmt_amount(self.eth_price_wad, 18, 2)} USD, base fee {self.base_fee_wei} wei"
         )
         if self.sweep:
             console.print("tip share by number of competitors (off-chain sweep): " + ", ".join(
-                f"{p.bots}: {_units(p.tip_share_wad * 100, 18, 1)}%" for p in self.sweep))
+                f"{p.bots}: {fmt_amount(p.tip_share_wad * 100, 18, 1)}%" for p in self.sweep))
         if self.model_mismatches:
             console.print(f"[yellow]the model disagreed with {len(self.model_mismatches)} receipt(s)[/yellow]")
 
@@ -243,11 +244,6 @@ def _is_money(key: str) -> bool:
 def _ratio(wad: int) -> float:
     """A WAD fraction rounded to 6 decimals, for JSON readers and plots (presentation only)."""
     return float((Decimal(wad) / WAD).quantize(Decimal("0.000001"), rounding=ROUND_DOWN))
-
-
-def _units(value: int, decimals: int, places: int) -> str:
-    d = (Decimal(value) / Decimal(10**decimals)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
-    return f"{d:,.{places}f}"
 
 
 def fmt_pct(fraction_wad: int) -> str:

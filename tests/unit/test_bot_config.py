@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from bot.config import GWEI, MIN_REPLACEMENT_BUMP_WAD, WAD, BotConfig, redact_url
-from bot.errors import BotError, ConfigError
+from bot.errors import BotConfigError, BotError
 from protocol_model.errors import ConfigError as ProtocolConfigError
 
 
@@ -75,7 +75,7 @@ def test_money_values_are_parsed_exactly(var, raw, field, expected):
     ({"XMARGIN_FIXED_TIP_WEI": "600gwei"}, "must not exceed max_fee_cap_wei"),
 ])
 def test_bad_values_raise_one_actionable_line(env, needle):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(BotConfigError) as info:
         load(env)
     message = str(info.value)
     assert needle in message
@@ -83,7 +83,7 @@ def test_bad_values_raise_one_actionable_line(env, needle):
 
 
 def test_config_error_types():
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(BotConfigError) as info:
         load({"XMARGIN_STUCK_AFTER_BLOCKS": "0"})
     assert isinstance(info.value, BotError)
     assert isinstance(info.value, ProtocolConfigError)
@@ -91,11 +91,11 @@ def test_config_error_types():
 
 
 def test_no_floats_on_money_and_unknown_settings_rejected():
-    with pytest.raises(ConfigError, match="min_profit_usd_wad=1.5.*must be a USD amount"):
+    with pytest.raises(BotConfigError, match="min_profit_usd_wad=1.5.*must be a USD amount"):
         load(min_profit_usd_wad=1.5)
-    with pytest.raises(ConfigError, match="must be an integer"):
+    with pytest.raises(BotConfigError, match="must be an integer"):
         load(lookback_blocks=True)
-    with pytest.raises(ConfigError, match="unknown bot setting 'lookback'"):
+    with pytest.raises(BotConfigError, match="unknown bot setting 'lookback'"):
         load(lookback=3)
 
 
@@ -104,7 +104,7 @@ def test_frozen_and_replace_validates():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.dry_run = True  # type: ignore[misc]
     assert cfg.replace(dry_run=True).dry_run is True
-    with pytest.raises(ConfigError, match="replacement_bump_wad"):
+    with pytest.raises(BotConfigError, match="replacement_bump_wad"):
         cfg.replace(replacement_bump_wad=MIN_REPLACEMENT_BUMP_WAD - 1)
 
 
@@ -113,7 +113,7 @@ def test_rpc_url_with_api_key_is_never_shown():
     cfg = load(rpc_url=secret)
     assert "SeCrEtApIkEy123" not in repr(cfg)
     assert cfg.summary()["rpc_url"] == "https://eth-mainnet.example.com/…"
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(BotConfigError) as info:
         load({"XMARGIN_RPC_URL": "wss://node.example.com/SeCrEtApIkEy123"})
     assert "SeCrEtApIkEy123" not in str(info.value)
     assert "XMARGIN_RPC_URL" in str(info.value)
