@@ -194,7 +194,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     from protocol_model.wad import GWEI, WAD
     from simulator.stress.engine import KeeperSettings
     from simulator.stress.paths import PathModel, load_path_file
-    from simulator.stress.runner import default_workers, import_ray, parse_sweep, parse_target
+    from simulator.stress.runner import check_reachable, default_workers, ensure_ray, import_ray, parse_sweep, parse_target
     from simulator.stress.study import chain_state, feed_map, gas_feed, run_study, seeded_state
 
     ctx = get_ctx()
@@ -217,6 +217,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     corr_f = _fraction(corr, "--corr")
     jm, js = _fraction(jump_mean, "--jump-mean"), _fraction(jump_std, "--jump-std")
     import_ray()   # exit 2 with the install hint before any work
+    if ray_address:
+        check_reachable(ray_address)   # exit 3 at once: Ray itself retries for minutes
 
     if ctx.rpc or ctx.deployment_path or ctx.w3 is not None or ctx.deployment is not None:
         state = chain_state(ctx.chain(), ctx.dep())
@@ -250,6 +252,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
         max_rounds=max_rounds, step_seconds=min(step_seconds, state.params.max_price_age), gas_feed=gas_feed(state),
     )
     n_workers = workers or default_workers()
+    ensure_ray(n_workers, ray_address)
     total = n_paths * max(1, len(sweep_list) and _grid_size(sweep_list))
     with Progress(TextColumn("stress"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:

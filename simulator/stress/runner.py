@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +39,7 @@ from decimal import Decimal
 from typing import Any
 
 from protocol_model.actions import set_collateral_params, set_market_params
-from protocol_model.errors import ConfigError, Revert
+from protocol_model.errors import ChainError, ConfigError, Revert
 from protocol_model.health import price
 from protocol_model.state import ProtocolState
 from protocol_model.wad import WAD
@@ -84,9 +85,26 @@ def _run_chunk(state: ProtocolState, paths: Paths, keepers: KeeperSettings, seed
     return [run_path(state, paths, keepers, seed, i) for i in indices], time.process_time() - cpu
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A TCP connection to a ``host:port`` or ``ray://host:port`` address, or ChainError (exit 3):
+    Ray itself retries an unreachable cluster for minutes."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if m is None:
+        if address.strip() == "auto":
+            return
+        raise ConfigError(f"invalid --ray-address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as exc:
+        raise ChainError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
+                         "start one with `ray start --head`, or leave out --ray-address") from None
+
+
 def ensure_ray(workers: int, address: str | None) -> Any:
     """Ray, started if it is not: in this machine with ``workers`` CPUs, or connected to ``address``."""
     ray = import_ray()
+    if address:
+        check_reachable(address)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if address:
@@ -338,6 +356,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 __all__ = [
-    "INSTALL_HINT", "Job", "SWEEPABLE", "Sweep", "Target", "apply_set", "cost", "default_workers", "ensure_ray",
+    "INSTALL_HINT", "Job", "SWEEPABLE", "Sweep", "Target", "apply_set", "check_reachable", "cost", "default_workers", "ensure_ray",
     "grid", "import_ray", "open_interest", "parse_sweep", "parse_target", "recommend", "run", "summarise", "tail",
 ]

@@ -120,3 +120,16 @@ def test_a_population_loaded_from_a_chain_is_the_seeded_one(protocol: Any) -> No
     assert on_chain["sets"][0]["figures"]["liquidations_mean"] > 0
     # The model seeds exactly what `xmargin seed` creates on chain: the same figures, path for path.
     assert on_chain["sets"] == off_chain["sets"]
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_3() -> None:
+    import socket
+
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = stress("--accounts", "5", "--paths", "2", "--ray-address", f"127.0.0.1:{port}")
+    assert code == 3 and err.startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = stress("--accounts", "5", "--paths", "2", "--ray-address", "not an address")
+    assert code == 2 and "invalid --ray-address" in err
