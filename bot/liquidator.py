@@ -45,13 +45,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
+from protocol_model import calls
+from protocol_model.calls import encode_call
 from protocol_model.deploy import Deployment, contract_at
 from protocol_model.errors import ChainError, ConfigError, Revert
 from protocol_model.fmt import fmt_units, fmt_wad
@@ -83,9 +84,6 @@ log = logging.getLogger(__name__)
 
 APPROVE_GAS = 100_000
 SETTLE_GAS = 150_000
-_LIQUIDATE_SELECTOR = keccak(text="liquidate(address,uint256,uint256)")[:4]
-_LIQUIDATE_COLLATERAL_SELECTOR = keccak(text="liquidate_collateral(address,address,uint256)")[:4]
-_SETTLE_SELECTOR = keccak(text="settle_bad_debt(address)")[:4]
 # What a tick may fail with and be retried on the next poll; anything else is a bug and stops the loop.
 TICK_ERRORS: tuple[type[BaseException], ...] = (*DEFAULT_EXPECTED_ERRORS, ChainError, Web3RPCError, ContractLogicError)
 
@@ -537,13 +535,11 @@ class Liquidator:
     def _request(self, cand: Candidate) -> TxRequest:
         """The transaction of a candidate, its calldata encoded directly (no web3 contract round)."""
         if cand.kind == LIQUIDATE:
-            data = _LIQUIDATE_SELECTOR + abi_encode(["address", "uint256", "uint256"],
-                                                    [cand.account, int(cand.target), cand.amount])
+            data = encode_call(calls.LIQUIDATE, cand.account, int(cand.target), cand.amount)
         elif cand.kind == SETTLE:
-            data = _SETTLE_SELECTOR + abi_encode(["address"], [cand.account])
+            data = encode_call(calls.SETTLE_BAD_DEBT, cand.account)
         else:
-            data = _LIQUIDATE_COLLATERAL_SELECTOR + abi_encode(["address", "address", "uint256"],
-                                                               [cand.account, str(cand.target), cand.amount])
+            data = encode_call(calls.LIQUIDATE_COLLATERAL, cand.account, str(cand.target), cand.amount)
         gas = SETTLE_GAS if cand.kind == SETTLE else self.config.liquidation_gas_estimate
         return TxRequest(self.engine.address, "0x" + data.hex(), cand.kind, cand.account, cand.target, gas,
                          cand.expected_profit_wei, cand.profit_usd_wad)

@@ -54,6 +54,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from protocol_model.calls import LIQUIDATE, decode_call, encode_call
 from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
 from protocol_model.wad import ETHER, GWEI, WAD
@@ -78,8 +79,6 @@ AGENT_FUNDS_WEI = 1_000 * ETHER  # gas money each agent key receives on the loca
 # Liquidations are planned and paid only for positions: the agents hold no quote tokens, so they
 # never liquidate collateral (which needs the liquidator to repay debt).
 COLLATERAL_LIQUIDATION = False
-LIQUIDATE_SIGNATURE = "liquidate(address,uint256,uint256)"
-LIQUIDATE_SELECTOR = keccak(text=LIQUIDATE_SIGNATURE)[:4]
 
 
 # ---------------------------------------------------------------------- settings
@@ -354,20 +353,13 @@ def resolve_asset(config: DeployConfig, key: str) -> str:
 
 def liquidate_calldata(account: str, market: int, max_size: int) -> bytes:
     """The engine's ``liquidate(account, market, max_size)`` call data."""
-    from eth_abi import encode
-
-    return LIQUIDATE_SELECTOR + encode(["address", "uint256", "uint256"], [account, market, max_size])
+    return encode_call(LIQUIDATE, account, market, max_size)
 
 
 def decode_liquidate(data: bytes) -> tuple[str, int, int] | None:
     """``(account, market, max_size)`` of ``liquidate`` call data, else None."""
-    from eth_abi import decode
-    from eth_utils import to_checksum_address
-
-    if len(data) != 4 + 96 or data[:4] != LIQUIDATE_SELECTOR:
-        return None
-    account, market, size = decode(["address", "uint256", "uint256"], data[4:])
-    return to_checksum_address(account), int(market), int(size)
+    args = decode_call(LIQUIDATE, data)
+    return None if args is None else (args[0], int(args[1]), int(args[2]))
 
 
 def next_base_fee(base_fee_wei: int, gas_used: int, gas_limit: int) -> int:
