@@ -262,6 +262,14 @@ class Liquidator:
             raise ChainError("the node returned no head block")
         self.mirror = ChainMirror(self.w3, self.deployment, self.config, self._store)
         accounts = self.mirror.start(head)
+        if self.mirror.start_reorg is not None:
+            repair = self.sender.after_reorg(deep=self.mirror.start_reorg[1])
+            if repair.unmined or repair.gone:
+                log.warning("reorg since the last run: %d mined transaction(s) of ours no longer on chain "
+                            "(%d liquidation record(s) dropped), %d in flight gone", len(repair.unmined),
+                            len(repair.dropped), len(repair.gone))
+        else:
+            self.sender.reconcile()   # a kill between the record and the broadcast leaves a nonce nobody used
         self.eth_feed = self._find_eth_feed()
         self._last_head = head.number
         self._started = True
@@ -394,7 +402,7 @@ class Liquidator:
         report.reorg_at = sync.reorg_at
         report.new_accounts = list(sync.new_accounts)
         if sync.reorg_at is not None:
-            sender.restore()   # transactions mined in the dropped blocks are in flight again
+            self._after_reorg(sync)
         self._log_sync(sync)
         if not sync.skipped:
             self._refresh_risk(sync.changed)
@@ -415,6 +423,28 @@ class Liquidator:
         self._dirty = False
         self._processed_once = True
         return report
+
+    def _after_reorg(self, sync: SyncResult) -> None:
+        """The store has rewound; bring the sender (in-flight transactions, nonce) and the
+        per-account suppressions in line with the new branch, and say what was dropped."""
+        sender = self.sender
+        if sender is None:  # dev
+            raise ChainError("the bot is not started")
+        repair = sender.after_reorg(deep=sync.deep_reorg)
+        unmined, gone = repair.unmined, repair.gone
+        self._suppressed.clear()
+        dropped = list(sync.dropped) + list(repair.dropped)
+        if sync.deep_reorg:
+            log.error("deep reorg (below the %d-block lookback): rewound to block %d; dropped %d liquidation "
+                      "record(s) (%d won), %d mined transaction(s) of ours no longer on chain, %d in flight gone; "
+                      "nonce resynced to %s", self.config.lookback_blocks, sync.reorg_at, len(dropped),
+                      sum(r.outcome == "won" for r in dropped), len(unmined), len(gone), sender.nonces.peek())
+        elif dropped or gone:
+            log.warning("reorg: rewound to block %d; dropped %d liquidation record(s), %d transaction(s) in flight gone",
+                        sync.reorg_at, len(dropped), len(gone))
+        for rec in dropped:
+            log.info("dropped by the reorg: %s %s of %s at block %d (tx %s)", rec.outcome, rec.kind, rec.account,
+                     rec.block, rec.tx_hash or "-")
 
     def _log_sync(self, sync: SyncResult) -> None:
         for address in sync.new_accounts:
@@ -498,8 +528,10 @@ class Liquidator:
                 result = SendResult("preflight_failed", flight)
                 report.sends.append(result)
                 self._not_sent(cand, result, head)
-            results = sender.send_many(to_send, base_fee_wei=head.base_fee_wei or 0,
-                                       head_block=head.number) if to_send else []
+        # Outside the store transaction: the sender commits its records before it broadcasts.
+        results = sender.send_many(to_send, base_fee_wei=head.base_fee_wei or 0,
+                                   head_block=head.number) if to_send else []
+        with store.transaction():
             for cand, result in zip(sent_cands, results):
                 report.sends.append(result)
                 if result.status in ("sent", "dry_run"):

@@ -50,7 +50,7 @@ from protocol_model.state import ProtocolState
 
 from .config import BotConfig
 from .scanner import Head, _hex, find_fork_point, log_scanner
-from .store import Store
+from .store import LiquidationRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class SyncResult:
     price_changes: list[PriceChange] = field(default_factory=list)
     liquidations: list[Event] = field(default_factory=list)    # Liquidation / CollateralLiquidation events applied
     reorg_at: int | None = None                                # last block still canonical after a reorg
+    deep_reorg: bool = False                                   # the reorg went below the lookback window
+    dropped: list[LiquidationRecord] = field(default_factory=list)   # outcomes the reorg took away
     reloaded: int = 0                                          # accounts re-read through the Lens
     config_reloaded: bool = False
     skipped: bool = False                                      # the head was already processed
@@ -108,6 +110,7 @@ class ChainMirror:
         self._hashes: dict[int, str] = {}                      # processed block -> hash (lookback window)
         self._scanner: LogScanner | None = None
         self.scans: list[tuple[int, int]] = []                 # eth_getLogs ranges asked for, newest last (bounded)
+        self.start_reorg: tuple[int, bool] | None = None       # (fork, deep) when start() found the chain reorganised
 
     # ------------------------------------------------------------------ startup
 
@@ -117,8 +120,14 @@ class ChainMirror:
         if known:
             fork = find_fork_point(self.w3, known)
             if fork is not None:
-                log.warning("the chain reorganised since the last run: rewinding to block %d", fork)
+                fork = min(fork, head.number - 1)
+                deep = fork < min(known)
+                log.warning("the chain reorganised since the last run: rewinding to block %d%s", fork,
+                            " (deeper than the lookback window)" if deep else "")
                 self.store.rewind_to(fork)
+                if deep:
+                    self._rediscover(fork)
+                self.start_reorg = (fork, deep)
         start = max(self.store.next_block, self.deployment.block)
         if start <= head.number:
             self._discover(start, head.number)
@@ -138,6 +147,17 @@ class ChainMirror:
                 if hi < end:
                     self.store.mark_processed(hi, None)
         log.info("discovered %d new account(s) in blocks %d..%d", found, start, end)
+
+    def _rediscover(self, through: int) -> None:
+        """Every depositor from the deployment block through ``through`` again (after a reorg
+        deeper than the stored hashes, the fork point is unknown: the new branch may have
+        depositors the store never saw). Idempotent; does not move the last processed block."""
+        if through < self.deployment.block:
+            return
+        scanner = log_scanner(self.w3, self.config, self.engine, [[engine_topic("Deposit")]], self.deployment.block)
+        seen = [(_topic_address(entry["topics"][1]), int(entry["blockNumber"])) for entry in scanner.scan(through)]
+        found = self.store.add_accounts(seen)
+        log.info("deep reorg: re-read the depositors through block %d, %d new", through, len(found))
 
     def _load_snapshot(self, head: Head, addresses: Iterable[str]) -> None:
         state = load_protocol(self.w3, self.deployment, head.number)
@@ -304,10 +324,15 @@ class ChainMirror:
         if state is None:  # dev
             raise ChainError("the mirror is not started")
         oldest = min(self._hashes) if self._hashes else fork + 1
+        fork = min(fork, head.number - 1)    # a chain rewound below the processed blocks
+        deep = fork < oldest
         log.warning("reorg: blocks after %d were replaced; re-reading the accounts they touched at block %d",
                     fork, head.number)
-        self.store.rewind_to(fork)
-        deep = fork < oldest
+        rewind = self.store.rewind_to(fork)
+        if deep:
+            self._rediscover(fork)
+        # Blocks after the head are new whatever the snapshot covered on the old branch.
+        self._snapshot_block = min(self._snapshot_block, head.number)
         touched: set[str] = set()
         for block in [b for b in self._touched if b > fork]:
             touched |= self._touched.pop(block)
@@ -316,7 +341,8 @@ class ChainMirror:
         for block in [b for b in self._hashes if b > fork]:
             self._hashes.pop(block)
         lo = max(self.deployment.block, fork + 1)
-        result = SyncResult(head.number, lo, reorg_at=fork, config_reloaded=True)
+        result = SyncResult(head.number, lo, reorg_at=fork, config_reloaded=True, deep_reorg=deep,
+                            dropped=list(rewind.liquidations))
         # The new branch's logs: who deposited, who else changed (re-read at the head, not applied).
         deposits: list[tuple[str, int]] = []
         for entry, ev in self._fetch(lo, head.number):

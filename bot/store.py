@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,16 @@ class LiquidationRecord:
     gas_cost_wei: int = 0
     reason: str | None = None
     recorded_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What :meth:`Store.rewind_to` dropped."""
+
+    block: int
+    accounts: int = 0
+    liquidations: list[LiquidationRecord] = field(default_factory=list)
+    tx_nonces: int = 0
 
 
 @dataclass(frozen=True)
@@ -438,17 +448,21 @@ class Store:
         with self.transaction():
             self._db.execute("DELETE FROM blocks WHERE number < ?", (below,))
 
-    def rewind_to(self, block: int) -> None:
+    def rewind_to(self, block: int) -> "Rewind":
         """Undo everything after ``block`` (a reorg): the last processed block goes back to it,
         accounts first seen later and liquidations recorded later are forgotten (the rescan finds
-        them again), transactions mined later are pending again."""
+        them again), transactions mined later are pending again (the sender asks the node what
+        became of them), and lost-race backoffs are cleared (they were counted on the old branch).
+        Returns what was dropped."""
         with self.transaction():
             block = max(block, self.deployment_block - 1)
             if block >= self.last_block:
-                return
+                return Rewind(block)
             row = self._db.execute("SELECT hash FROM blocks WHERE number = ?", (block,)).fetchone()
             self._db.execute("DELETE FROM blocks WHERE number > ?", (block,))
             dropped_accounts = self._db.execute("DELETE FROM accounts WHERE first_seen_block > ?", (block,)).rowcount
+            dropped = [self._liq_from_row(r) for r in
+                       self._db.execute("SELECT * FROM liquidations WHERE block > ? ORDER BY id", (block,)).fetchall()]
             self._db.execute("DELETE FROM liquidations WHERE block > ?", (block,))
             unmined = self._db.execute(
                 "SELECT sender, nonce FROM sent_txs WHERE mined_block > ?", (block,)
@@ -461,9 +475,35 @@ class Store:
                     "AND status IN ('mined', 'reverted', 'replaced', 'dropped')",
                     (now, r["sender"], r["nonce"]),
                 )
+            self._db.execute("DELETE FROM backoffs")
             self._set_meta(last_block=block, last_block_hash=row["hash"] if row else None)
-            log.warning("rewound state to block %d: %d account(s) and %d transaction nonce(s) to re-check",
-                        block, dropped_accounts, len(unmined))
+            log.warning("rewound state to block %d: %d account(s), %d liquidation record(s) dropped, "
+                        "%d transaction nonce(s) to re-check", block, dropped_accounts, len(dropped), len(unmined))
+            return Rewind(block, dropped_accounts, dropped, len(unmined))
+
+    def mined_txs_newest_first(self) -> Iterator[SentTx]:
+        """Mined or reverted transactions, newest block first (a deep reorg checks them by hash)."""
+        for r in self._query("SELECT * FROM sent_txs WHERE status IN ('mined', 'reverted') "
+                             "ORDER BY mined_block DESC, nonce DESC"):
+            yield self._tx_from_row(r)
+
+    def unmine(self, tx_hash: str, status: str = "pending") -> list[LiquidationRecord]:
+        """A transaction recorded as mined is not on the canonical chain: back to ``status``
+        (``pending`` when the node still has it, ``dropped`` when it is gone), with the
+        liquidation outcome recorded for it deleted; returns the deleted outcomes."""
+        h = _hash(tx_hash)
+        with self.transaction():
+            rows = self._db.execute("SELECT * FROM liquidations WHERE tx_hash = ?", (h,)).fetchall()
+            self._db.execute("DELETE FROM liquidations WHERE tx_hash = ?", (h,))
+            self._db.execute(
+                "UPDATE sent_txs SET status = ?, mined_block = NULL, gas_used = NULL, gas_cost_wei = NULL, "
+                "revert_reason = NULL, updated_at = ? WHERE hash = ?", (status, time.time(), h))
+        return [self._liq_from_row(r) for r in rows]
+
+    def delete_tx(self, tx_hash: str) -> None:
+        """Forget a transaction the node refused outright (recorded before it was broadcast)."""
+        with self.transaction():
+            self._db.execute("DELETE FROM sent_txs WHERE hash = ?", (_hash(tx_hash),))
 
     # accounts ----------------------------------------------------------------
     def add_accounts(self, seen: Iterable[tuple[str, int]]) -> list[str]:
@@ -495,7 +535,9 @@ class Store:
 
     # transactions --------------------------------------------------------------
     def record_tx(self, tx: SentTx) -> SentTx:
-        """Insert a sent transaction (``sent_at``/``updated_at`` default to now)."""
+        """Insert a sent transaction (``sent_at``/``updated_at`` default to now). The same signed
+        transaction sent again (same hash: same nonce, fees and call, e.g. after a reorg dropped
+        the first) replaces its old record."""
         if tx.status not in TX_STATUSES:
             raise StoreError(f"unknown transaction status {tx.status!r}")  # dev
         now = time.time()
@@ -513,7 +555,7 @@ class Store:
         marks = ", ".join("?" for _ in _TX_COLUMNS)
         with self.transaction():
             self._db.execute(
-                f"INSERT INTO sent_txs ({cols}) VALUES ({marks})",
+                f"INSERT OR REPLACE INTO sent_txs ({cols}) VALUES ({marks})",
                 [_to_db(c, getattr(tx, c), _MONEY_TX) for c in _TX_COLUMNS],
             )
         return tx
@@ -598,7 +640,11 @@ class Store:
             rows = self._query("SELECT * FROM liquidations ORDER BY id")
         else:
             rows = self._query("SELECT * FROM liquidations WHERE account = ? ORDER BY id", (_addr(account),))
-        return [LiquidationRecord(**{c: _from_db(c, r[c], _MONEY_LIQ) for c in _LIQ_COLUMNS}) for r in rows]
+        return [self._liq_from_row(r) for r in rows]
+
+    @staticmethod
+    def _liq_from_row(row: sqlite3.Row) -> LiquidationRecord:
+        return LiquidationRecord(**{c: _from_db(c, row[c], _MONEY_LIQ) for c in _LIQ_COLUMNS})
 
     def totals(self) -> KeeperTotals:
         """Won and lost counts, total reward (USD WAD) and gas spent (wei), summed exactly."""

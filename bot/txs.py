@@ -46,7 +46,7 @@ from protocol_model.wad import GWEI, WAD
 
 from .config import MIN_REPLACEMENT_BUMP_WAD
 from .errors import CircuitOpen, RpcError, TxError
-from .store import SentTx, Store, normalize_target
+from .store import LiquidationRecord, SentTx, Store, normalize_target
 
 if TYPE_CHECKING:
     from web3.contract.contract import ContractFunction
@@ -318,6 +318,15 @@ class TxOutcome:
         return self.classification == "lost_race"
 
 
+@dataclass(frozen=True)
+class ReorgRepair:
+    """What :meth:`TxSender.after_reorg` changed."""
+
+    unmined: list[SentTx]                  # recorded as mined, not on the canonical chain
+    dropped: list[LiquidationRecord]       # outcomes deleted with them
+    gone: list[SentTx]                     # in flight, unknown to the node: dropped
+
+
 @dataclass
 class SenderStats:
     sent: int = 0
@@ -477,6 +486,64 @@ class TxSender:
             log.info("restored %d in-flight transaction(s) over %d nonce(s)", count, len(self._groups))
         return count
 
+    def reconcile(self) -> list[SentTx]:
+        """Ask the node about every transaction in flight (after a restart or a reorg): a nonce
+        none of whose hashes the node knows, and that nothing used on chain, is gone (a kill
+        before the broadcast, a rewound chain): its records are marked ``dropped`` and the nonce
+        is free again. Then the nonce manager resyncs from the node. Returns the dropped ones;
+        costs one request per in-flight hash plus one nonce read."""
+        with self._lock:
+            groups = [self._groups[n] for n in sorted(self._groups)]
+        gone: list[SentTx] = []
+        for group in groups:
+            if any(self.node_has(tx.hash) for tx in reversed(group.txs)):
+                continue
+            for tx in group.txs:
+                if self.store is not None:
+                    self.store.update_tx(tx.hash, status="dropped", revert_reason="gone: the node does not have it")
+                gone.append(tx)
+            with self._lock:
+                self._groups.pop(group.nonce, None)
+        if gone:
+            log.warning("%d transaction(s) in flight are unknown to the node (never broadcast, or on a dropped "
+                        "branch): dropped, nonce(s) %s free again", len(gone), sorted({t.nonce for t in gone}))
+        if groups or gone:
+            self.nonces.resync()
+        return gone
+
+    def verify_mined(self) -> tuple[list[SentTx], list[LiquidationRecord]]:
+        """After a reorg deeper than the lookback window: check the transactions recorded as
+        mined, newest first, by hash, until one is still in its block; those that are not go back
+        to ``pending`` (the node still has them) or ``dropped`` (gone), and their recorded
+        liquidation outcomes are deleted. Returns the transactions unmined and the deleted outcomes."""
+        if self.store is None:
+            return [], []
+        unmined: list[SentTx] = []
+        records: list[LiquidationRecord] = []
+        for tx in list(self.store.mined_txs_newest_first()):
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(tx.hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                receipt = None
+            if receipt is not None and receipt.get("blockNumber") == tx.mined_block:
+                break
+            status = "pending" if receipt is not None or self.node_has(tx.hash) else "dropped"
+            records.extend(self.store.unmine(tx.hash, status))
+            unmined.append(tx)
+        return unmined, records
+
+    def after_reorg(self, deep: bool) -> "ReorgRepair":
+        """Bring the in-flight view in line with the new canonical chain: (deep) unmine what the
+        chain no longer has, reload the pending transactions from the store, drop those the node
+        does not know, resync the nonce from the node."""
+        unmined, records = self.verify_mined() if deep else ([], [])
+        with self._lock:
+            self._groups.clear()
+        self.restore()
+        gone = self.reconcile()
+        self.nonces.resync()
+        return ReorgRepair(unmined, records, gone)
+
     # preflight -------------------------------------------------------------------
     def preflight(self, to: str, data: str | bytes, value: int = 0, block: int | str = "latest",
                   estimate_gas: bool = False) -> Preflight:
@@ -590,6 +657,10 @@ class TxSender:
             signed.append((i, replace(record, hash="0x" + keccak(raw).hex()), raw, fees, flight))
         if not signed:
             return [r for r in results if r is not None]
+        if self.store is not None:
+            # Recorded (and committed) before the broadcast: see _sign_and_send.
+            with self.store.transaction():
+                signed = [(i, self.store.record_tx(tx), raw, fees, flight) for i, tx, raw, fees, flight in signed]
 
         # One answer per raw transaction: None (accepted), or the exception the node answered with.
         answers: list[BaseException | None]
@@ -598,7 +669,12 @@ class TxSender:
             try:
                 responses = self._batch([("eth_sendRawTransaction", ["0x" + raw.hex()]) for _, _, raw, _, _ in signed])
             except CircuitOpen as exc:
-                responses = [{"error": {"message": f"circuit open: {exc}"}}] * len(signed)
+                if exc.__cause__ is not None:   # an attempt went out: uncertain, as below
+                    log.warning("sending a batch of %d transactions is uncertain (%s): tracking them as pending",
+                                len(signed), exc)
+                    responses = [{"result": tx.hash} for _, tx, _, _, _ in signed]
+                else:
+                    responses = [{"error": {"message": f"circuit open: {exc}"}}] * len(signed)
             except RpcError as exc:
                 # The node may or may not have them: track them as pending (see _send_raw).
                 log.warning("sending a batch of %d transactions is uncertain (%s): tracking them as pending",
@@ -633,24 +709,28 @@ class TxSender:
                 kind_ = err.kind if isinstance(err, TxError) else _send_error_kind(err)
                 if kind_ == "known":
                     log.info("node already knows %s: treated as sent", tx.hash)
+                elif kind_ == "nonce_low" and self.node_has(tx.hash):
+                    # Our own batch sent again after a lost reply: the node mined it already.
+                    log.info("nonce %d too low for %s, which the node already has: treated as sent", tx.nonce, tx.hash)
                 elif kind_ == "nonce_low":
+                    if self.store is not None:
+                        self.store.delete_tx(tx.hash)
                     retry.append(k)
                     continue
                 else:
+                    if self.store is not None:
+                        self.store.delete_tx(tx.hash)
                     self.nonces.release(tx.nonce)
                     results[i] = SendResult("rejected", flight, fees=fees, error=str(err))
                     continue
             stored.append((i, tx, fees, flight))
-        if self.store is not None:
-            with self.store.transaction():
-                stored = [(i, self.store.record_tx(tx), fees, flight) for i, tx, fees, flight in stored]
         for i, tx, fees, flight in stored:
             self._track(tx)
             self.stats.sent += 1
             log.info("sent %s of %s/%s: %s nonce %d max fee %d tip %d", tx.kind, tx.account, tx.target, tx.hash,
                      tx.nonce, fees.max_fee_per_gas, fees.max_priority_fee_per_gas)
             results[i] = SendResult("sent", flight, tx=tx, fees=fees)
-        if retry:   # "nonce too low": another process used our nonces; resync and send these one by one
+        if retry:   # "nonce too low" for a hash the node never saw: another process used our nonces
             self.nonces.resync()
             for k in retry:
                 i, tx, _raw, fees, flight = signed[k]
@@ -770,12 +850,19 @@ class TxSender:
         return sent
 
     def _sign_and_send(self, tx: SentTx) -> SentTx:
+        """Sign, record, broadcast. The record is committed before the broadcast, so a kill at
+        any point leaves either nothing on the wire or a record the restart reconciles; a refusal
+        deletes the record again (that transaction never existed anywhere)."""
         raw = self._sign(tx)
-        tx_hash = "0x" + keccak(raw).hex()
-        self._send_raw(tx, raw)
-        sent = replace(tx, hash=tx_hash)
+        sent = replace(tx, hash="0x" + keccak(raw).hex())
         if self.store is not None:
             sent = self.store.record_tx(sent)
+        try:
+            self._send_raw(sent, raw)
+        except TxError:
+            if self.store is not None:
+                self.store.delete_tx(sent.hash)
+            raise
         return sent
 
     def _sign(self, tx: SentTx) -> bytes:
@@ -801,16 +888,30 @@ class TxSender:
         try:
             self.w3.eth.send_raw_transaction(raw)
         except CircuitOpen as exc:
-            raise TxError(f"not sending {tx.kind} nonce {tx.nonce}: {exc}", "circuit_open") from None
+            if exc.__cause__ is None:   # refused before anything went out
+                raise TxError(f"not sending {tx.kind} nonce {tx.nonce}: {exc}", "circuit_open") from None
+            log.warning("sending %s nonce %d is uncertain (%s): tracking %s as pending", tx.kind, tx.nonce, exc, tx_hash)
         except RpcError as exc:
             # The node may or may not have it. Track it as pending: if it never shows up, the
             # stuck-transaction logic replaces it with the same nonce, so no nonce gap remains.
             log.warning("sending %s nonce %d is uncertain (%s): tracking %s as pending", tx.kind, tx.nonce, exc, tx_hash)
         except _SEND_ERRORS as exc:
             kind = _send_error_kind(exc)
+            if kind == "nonce_low" and self.node_has(tx_hash):
+                # A retry of our own send whose first reply was lost: the node has it, mined or not.
+                log.info("nonce %d too low for %s, which the node already has: treated as sent", tx.nonce, tx_hash)
+                return
             if kind != "known":
                 raise TxError(f"node rejected {tx.kind} nonce {tx.nonce}: {_one_line(exc)}", kind) from None
             log.info("node already knows %s: treated as sent", tx_hash)
+
+    def node_has(self, tx_hash: str) -> bool:
+        """Whether the node knows the transaction ``tx_hash`` (in its pool or mined)."""
+        try:
+            found = self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return found is not None
 
     def _track(self, tx: SentTx) -> None:
         with self._lock:

@@ -534,6 +534,133 @@ def test_reorg_rewinds_and_rereads_the_touched_accounts(chain: Chain, tmp_path: 
         bot.stop()
 
 
+@pytest.mark.parametrize("how", ["revert", "anvil_reorg"])
+def test_a_rewind_below_its_own_liquidations_leaves_only_canonical_history(chain: Chain, tmp_path: Path,
+                                                                          how: str) -> None:
+    """A reorg 20 blocks deep, far below the 4-block lookback, that takes the bot's own mined
+    liquidations away: ``evm_revert`` to before the crash and a different, shorter history after
+    it, or ``anvil_reorg(20)`` (the same height, other blocks). The store keeps only what the chain
+    has, the nonce follows the node, and the next crash is liquidated within 3 blocks."""
+    bot = make_bot(chain, tmp_path)
+    try:
+        warm_up(chain, bot)
+        snap = chain.node.snapshot()
+        crash_block, (first,) = crash(chain, bot)
+        assert first.sent
+        for _ in range(3):
+            chain.mine()
+            bot.tick()
+        assert bot.store.totals().won > 0
+        chain.node.mine(16)
+        bot.tick()
+        old_last = bot.store.last_block
+        assert old_last >= crash_block + 19
+
+        if how == "revert":
+            chain.node.clear_mempool()
+            chain.node.revert(snap)                       # back to before the crash ...
+            chain.set_prices(100)
+            chain.mine()
+            chain.node.mine(4)                            # ... and another, shorter history
+        else:
+            chain.node.reorg(20)                          # the last 20 blocks replaced by empty ones
+        report = bot.tick()                               # no "processed block N is behind" crash
+        assert report.reorg_at is not None
+        head = chain.w3.eth.block_number
+        assert bot.store.last_block == head
+
+        # Only canonical history: none of the old liquidations is on chain any more.
+        assert chain.liquidation_events(chain.dep.block, head) == []
+        assert bot.store.liquidations() == [] and bot.store.totals().won == 0
+        assert bot.store.pending_txs() == [] and bot.pending() == []
+        chain_nonce = chain.w3.eth.get_transaction_count(bot.address, "pending")
+        assert bot.sender.nonces.peek() in (None, chain_nonce)
+        status = CliRunner().invoke(cli, ["bot", "status", "--db", bot.config.db_path, "--json"])
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.stdout)["totals"]["won"] == 0
+
+        # The next crash: every account whose liquidation pays is liquidated within 3 blocks.
+        second_block, (second,) = crash(chain, bot)
+        assert second.sent
+        for _ in range(3):
+            chain.mine()
+            bot.tick()
+        _, payable = chain.payable(second_block)
+        events = chain.liquidation_events(second_block, second_block + 3)
+        assert payable and payable <= {ev.args["account"] for ev in events if ev.name == "Liquidation"}
+        assert {r.tx_hash for r in bot.store.liquidations() if r.outcome == "won"} == {ev.tx_hash for ev in events}
+        # The nonce followed the node: the new history's nonces start at the chain's, without a gap.
+        count = chain.w3.eth.get_transaction_count(bot.address, "latest")
+        assert sorted(t.nonce for t in bot.store.txs("mined") if t.nonce >= chain_nonce) == list(range(chain_nonce, count))
+    finally:
+        bot.stop()
+
+
+def test_kill_9_in_the_middle_of_a_wave_then_restart(chain: Chain, tmp_path: Path) -> None:
+    """``kill -9`` of ``xmargin bot run`` at its first liquidation sent (more waves to come), then a
+    restart on the same database: no account liquidated twice, the nonce goes on without a gap or
+    a refusal, and every liquidation the chain has is in the history."""
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    db = tmp_path / "bot.sqlite3"
+    chain.set_prices(100)
+    chain.mine()
+    chain.set_prices(CRASH_PCT)
+    crash_block = chain.mine()
+    env = dict(os.environ, XMARGIN_PRIVATE_KEY=chain.liquidator_key, XMARGIN_POLL_INTERVAL_S="0.05",
+               XMARGIN_MIN_PROFIT_USD_WAD=str(WAD), PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from cli import main; main()", "bot", "run", "--rpc", chain.node.url,
+         "--deployment", str(deployment), "--db", str(db)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline() if proc.stderr else ""
+            if not line:
+                break
+            lines.append(line)
+            if "sent liquidate" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert any("sent liquidate" in line for line in lines), "".join(lines)
+    assert proc.returncode == -signal.SIGKILL
+
+    bot = Liquidator(Web3(HTTPProvider(chain.node.url)), chain.dep, Account.from_key(chain.liquidator_key),
+                     bot_config(tmp_path, "bot"))
+    try:
+        bot.start()
+        in_flight = {(t.account, t.target) for t in bot.pending()}
+        assert in_flight, "the killed run's broadcast liquidations are in flight again"
+        for _ in range(3):
+            chain.mine()
+            report = bot.tick()
+            assert all(s.status != "rejected" for s in report.sends), [s.error for s in report.sends]
+        head = chain.w3.eth.block_number
+        events = chain.liquidation_events(crash_block, head)
+        ours = [ev for ev in events if ev.args["liquidator"] == bot.address]
+        per_target = Counter((ev.args["account"], str(ev.args.get("market", ev.args.get("token")))) for ev in ours)
+        assert ours and max(per_target.values()) == 1, per_target          # no double liquidation
+        won = [r for r in bot.store.liquidations() if r.outcome == "won"]
+        assert {r.tx_hash for r in won} == {ev.tx_hash for ev in ours}     # history intact
+        assert bot.store.totals().lost == 0 and bot.store.txs("reverted") == []
+        assert bot.store.pending_txs() == []
+        # The nonce went on: every nonce up to the chain's count is one of ours, mined, once.
+        mined = bot.store.txs("mined")
+        count = chain.w3.eth.get_transaction_count(bot.address, "latest")
+        assert sorted(t.nonce for t in mined) == list(range(count - len(mined), count))
+        _, payable = chain.payable(crash_block)
+        assert payable <= {ev.args["account"] for ev in ours if ev.name == "Liquidation"}
+    finally:
+        bot.stop()
+
+
 # ---------------------------------------------------------------------- the command line
 
 
