@@ -143,7 +143,7 @@ def _fraction(text: str, what: str) -> float:
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the traders and of the price paths")
 @click.option("--paths", "n_paths", type=int, default=200, show_default=True, help="price paths (Monte Carlo samples)")
 @click.option("--steps", type=int, default=28, show_default=True, help="steps per path")
-@click.option("--horizon", type=float, default=7.0, show_default=True, help="days a path covers")
+@click.option("--horizon", type=float, default=7.0, show_default=True, help="days a path covers (a path file's too)")
 @click.option("--vol", default="100%", show_default=True, help="annualised volatility: one for every feed, or ETH=80%,BTC=60%")
 @click.option("--corr", default="0.8", show_default=True, help="pairwise correlation of the feeds' moves")
 @click.option("--jump-rate", type=float, default=10.0, show_default=True, help="market-wide crash events per year")
@@ -205,6 +205,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if not horizon > 0:
+        raise ConfigError(f"--horizon must be > 0 days, got {horizon}")
     if min(gas_gwei, tip_gwei, min_profit) < 0:
         raise ConfigError("--gas-gwei, --tip-gwei and --min-profit must be >= 0")
     sweep_list = [parse_sweep(s) for s in sweeps]
@@ -245,11 +247,11 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
         paths = PathModel(feeds, tuple(state.feeds[f].answer for f in feeds), tuple(per_feed[f] for f in feeds),
                           steps=steps, horizon_days=horizon, corr=corr_f, jump_rate=jump_rate, jump_mean=jm,
                           jump_std=js, shocks=tuple(feed_map(state, shock_list, "--shock").items()), shock_step=shock_step)
-    step_seconds = max(1, int((horizon if not path_file else 1.0) * 86400 / max(1, len(paths.answers(seed, 0)))))
+    step_seconds = max(1, int(horizon * 86400 / len(paths.answers(seed, 0))))
     keepers = KeeperSettings(
         policy=keeper, latency=latency, base_fee_wei=int(gas_gwei * GWEI), tip_wei=int(tip_gwei * GWEI),
         min_profit_usd_wad=int(Decimal(str(min_profit)) * WAD), backstop=backstop, impact_per_notional=impact_wad,
-        max_rounds=max_rounds, step_seconds=min(step_seconds, state.params.max_price_age), gas_feed=gas_feed(state),
+        max_rounds=max_rounds, step_seconds=step_seconds, gas_feed=gas_feed(state),
     )
     n_workers = workers or default_workers()
     ensure_ray(n_workers, ray_address)

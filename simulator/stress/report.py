@@ -127,7 +127,7 @@ class StressReport:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.hist(bad, bins=min(50, max(5, len(bad) // 4)), color="#b33")
         for q, style in (("var95", "--"), ("var99", ":")):
-            ax.axvline(int(f[q]) / 1e18, color="k", linestyle=style, label=f"{q.upper()} {usd(f[q], 0)} USD")
+            ax.axvline(int(f[q]) / 1e18, color="k", linestyle=style, label=f"VaR {q[3:]}% {usd(f[q], 0)} USD")
         ax.set_xlabel("bad debt per path (USD)")
         ax.set_ylabel("paths")
         ax.set_title(f"bad debt over {len(bad)} paths; P(fund depleted) {f['p_depleted']:.1%}")
@@ -159,9 +159,12 @@ class StressReport:
             ax.set_yticks(range(len(ys)), ys)
             ax.set_xlabel(names[0])
             ax.set_ylabel(names[1])
+            lo, hi = min(var.values()), max(var.values())
             for i, y in enumerate(ys):
                 for j, x in enumerate(xs):
-                    ax.text(j, i, f"{grid[i][j]:,.0f}", ha="center", va="center", fontsize=7)
+                    dark = hi > lo and grid[i][j] > (lo + hi) / 2
+                    ax.text(j, i, f"{grid[i][j]:,.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
             fig.colorbar(im, label="99% VaR of bad debt (USD)")
         else:
             labels = [", ".join(str(v) for v in k) for k in var]

@@ -323,7 +323,7 @@ class Target:
 
     def __str__(self) -> str:
         what = "" if self.metric == "p_depleted" else " of OI"
-        return f"{self.metric} < {self.limit * 100:g}%{what}"
+        return f"{self.metric} < {(self.limit * 100).normalize():f}%{what}"
 
 
 def parse_target(text: str) -> Target:

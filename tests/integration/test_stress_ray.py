@@ -93,10 +93,25 @@ def Decimal_cost(row: dict) -> float:
     (["--vol", "ETH=80%"], "--vol names some feeds only"),
     (["--shock", "DOGE=-10%"], "unknown price 'DOGE'"),
     (["--corr", "-2"], "--corr"),
+    (["--horizon", "0"], "--horizon must be > 0"),
+    (["--path-file", "/nonexistent/crash.csv"], "cannot read the path file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     code, out, err = stress("--accounts", "5", "--paths", "2", "--steps", "2", *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_path_file_replays_a_crash(tmp_path: Path) -> None:
+    crash = tmp_path / "crash.csv"
+    crash.write_text("step,ETH,BTC\n1,1900,58000\n2,1500,47000\n3,1450,46000\n")
+    code, out, err = stress("--accounts", "80", "--seed", "4", "--path-file", str(crash), "--horizon", "3",
+                            "--keeper", "reference", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["settings"]["paths"] == 1 and doc["settings"]["steps"] == 3
+    assert doc["settings"]["price_model"] == {"kind": "file", "paths_in_file": 1}
+    f = doc["sets"][0]["figures"]
+    assert f["liquidations_mean"] > 0 and f["liquidatable_max_by_step"] == [0, 0, 0]
 
 
 def test_without_ray_the_command_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
