@@ -650,14 +650,14 @@ def run(n: int, seed: int, idle_blocks: int, naive_idle_blocks: int, node_url: s
 def start_ours(liquidator_mod: Any, chain: BenchChain, dep: Deployment, account: LocalAccount,
                extra: list[str]) -> tuple[Any, CountingRpc, RequestClock]:
     from bot.config import BotConfig
-    from bot.store import MEMORY, Store
+    from bot.store import IN_MEMORY_DB, Store
 
     w3 = bot_web3(chain.url)
-    config = BotConfig.from_env(environ={}, rpc_url=chain.url, db_path=MEMORY)
+    config = BotConfig.from_env(environ={}, rpc_url=chain.url, db_path=IN_MEMORY_DB)
     rpc = CountingRpc.from_config(w3, config)
     clock = RequestClock(w3)
     bound = bind_copy(dep, w3)
-    store = Store.open(MEMORY, bound.chain_id, bound.engine, bound.block)
+    store = Store.open(IN_MEMORY_DB, bound.chain_id, bound.engine, bound.block)
     bot = liquidator_mod.Liquidator(w3, bound, account, config, store=store, rpc=rpc)
     t = time.perf_counter()
     bot.start()

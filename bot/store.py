@@ -43,7 +43,7 @@ from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
-MEMORY = ":memory:"
+IN_MEMORY_DB = ":memory:"
 TX_STATUSES = ("pending", "mined", "reverted", "replaced", "dropped")
 OUTCOMES = ("won", "lost")
 
@@ -233,9 +233,9 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_fd: int | None = None
-        if self.path != MEMORY and not Path(self.path).parent.is_dir():
+        if self.path != IN_MEMORY_DB and not Path(self.path).parent.is_dir():
             raise StoreError(f"cannot create the database {self.path}: directory {Path(self.path).parent} does not exist")
-        if lock and self.path != MEMORY:
+        if lock and self.path != IN_MEMORY_DB:
             self._acquire_file_lock()
         try:
             self._db = self._connect()
@@ -259,7 +259,7 @@ class Store:
             db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable SQLite database ({exc}): use another --db path") from exc
-        if self.path != MEMORY and str(mode).lower() != "wal":
+        if self.path != IN_MEMORY_DB and str(mode).lower() != "wal":
             log.warning("SQLite refused WAL mode for %s (got %s)", self.path, mode)
         db.row_factory = sqlite3.Row
         return db

@@ -92,6 +92,17 @@ class _Filter:
     last_poll: float = field(default_factory=time.monotonic)
 
 
+def _mined_tx_json(block: Any, index: int) -> dict[str, Any]:
+    """The JSON of transaction ``index`` of a mined ``block``."""
+    return tx_json(
+        block.transactions[index],
+        block_hash=block.hash,
+        block_number=int(block.header.block_number),
+        index=index,
+        base_fee=int(block.header.base_fee_per_gas),
+    )
+
+
 class DevChain:
     """An eth-tester chain with funded dev accounts, a mempool and a wall-clock block timestamp."""
 
@@ -614,16 +625,7 @@ class DevChain:
                     base_fee=int(self.chain.header.base_fee_per_gas),
                 )
             located = self._locate(tx_hash)
-            if located is None:
-                return None
-            block, index = located
-            return tx_json(
-                block.transactions[index],
-                block_hash=block.hash,
-                block_number=int(block.header.block_number),
-                index=index,
-                base_fee=int(block.header.base_fee_per_gas),
-            )
+            return None if located is None else _mined_tx_json(*located)
 
     def _find_block(self, block_id: BlockId | bytes) -> Any | None:
         """The canonical block with this hash (bytes), number or tag; None if there is none."""
@@ -639,13 +641,7 @@ class DevChain:
             block = self._find_block(block_id)
             if block is None or index >= len(block.transactions):
                 return None
-            return tx_json(
-                block.transactions[index],
-                block_hash=block.hash,
-                block_number=int(block.header.block_number),
-                index=index,
-                base_fee=int(block.header.base_fee_per_gas),
-            )
+            return _mined_tx_json(block, index)
 
     def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
         with self.lock:

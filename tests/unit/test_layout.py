@@ -56,6 +56,57 @@ def test_dependencies_flow_one_way(package: str) -> None:
     assert offending == {}
 
 
+def module_imports(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (``__init__`` modules left out: a
+    package's ``__init__`` re-exports, and its modules may import the package's root object)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
+               for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        here = name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1]) if node.level else ""
+                module = ".".join(x for x in (base, node.module or "") if x)
+                deps.update(m for m in (module, *(f"{module}.{a.name}" for a in node.names)) if m in modules)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+        graph[name] = deps - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, or None."""
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep, [*path, dep])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES[1:])
+def test_no_import_cycle_inside_a_package(package: str) -> None:
+    """E.g. protocol_model.loader imports protocol_model.logs, never the other way round as well."""
+    assert find_cycle(module_imports(package)) is None
+
+
+def test_the_cycle_finder_sees_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
 def test_the_checker_sees_a_forbidden_edge(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from cli.common import fail\n    import bot.liquidator as b\n")
