@@ -194,7 +194,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     from protocol_model.wad import GWEI, WAD
     from simulator.stress.engine import KeeperSettings
     from simulator.stress.paths import PathModel, load_path_file
-    from simulator.stress.runner import check_reachable, default_workers, ensure_ray, import_ray, parse_sweep, parse_target
+    from simulator.stress.runner import (check_reachable, default_workers, ensure_ray, grid, import_ray, parse_sweep,
+                                         parse_target)
     from simulator.stress.study import chain_state, feed_map, gas_feed, run_study, seeded_state
 
     ctx = get_ctx()
@@ -255,7 +256,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     )
     n_workers = workers or default_workers()
     ensure_ray(n_workers, ray_address)
-    total = n_paths * max(1, len(sweep_list) and _grid_size(sweep_list))
+    total = n_paths * (len(grid(sweep_list)) if sweep_list else 1)
     with Progress(TextColumn("stress"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("paths", total=total)
@@ -266,9 +267,3 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
             click.echo(f"wrote {written}", err=True)
     ctx.emit(report.to_json(), report.render)
 
-
-def _grid_size(sweeps: list[Any]) -> int:
-    size = 1
-    for s in sweeps:
-        size *= len(s.values)
-    return size

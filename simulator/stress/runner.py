@@ -110,7 +110,9 @@ def ensure_ray(workers: int, address: str | None) -> Any:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=workers, **kwargs)
+            # A local instance for this process only: it advertises the loopback address (Ray
+            # 2.60's own servers still listen on every interface) and stops when the process ends.
+            ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **kwargs)
     return ray
 
 
