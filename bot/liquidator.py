@@ -64,7 +64,7 @@ from protocol_model.wad import UINT256_MAX, WAD
 
 from .config import BotConfig
 from .decide import after_refusal, decide, unexpired
-from .errors import CircuitOpen
+from .errors import CircuitOpen, RpcError
 from .lifecycle import DEFAULT_EXPECTED_ERRORS, Lifecycle, RunResult
 from .metrics import BotMetrics, start_metrics_server
 from .mirror import ChainMirror, SyncResult
@@ -272,15 +272,16 @@ class Liquidator:
             self.sender.reconcile()   # a kill between the record and the broadcast leaves a nonce nobody used
         self.eth_feed = self._find_eth_feed()
         self._last_head = head.number
-        self._started = True
         self._refresh_risk(set(self.state.accounts))
         self.metrics.set_accounts(len(self.state.accounts), len(self._at_risk))
         self.metrics.last_block.set(head.number)
-        if self.planner.collateral_liquidation and not self.config.dry_run:
-            self._approve_quote(head)
         if self.config.metrics_port is not None and self._metrics_server is None:
+            # Before the first transaction: a busy port must not cost an approve.
             self._metrics_server = start_metrics_server(self.config.metrics_port, self.metrics.registry,
                                                         self.config.metrics_addr)
+        if self.planner.collateral_liquidation and not self.config.dry_run:
+            self._approve_quote(head)
+        self._started = True   # last: a start that failed half-way (the node) is done again in full
         log.info("started at block %d: %d account(s), %d liquidatable, %d transaction(s) in flight, "
                  "liquidator %s%s, in %.1fs", head.number, accounts, len(self.book.liquidatable()), restored,
                  self.address, " (dry run)" if self.config.dry_run else "", self._clock() - t0)
@@ -346,13 +347,31 @@ class Liquidator:
         )
         self._lifecycle = life
         self._max_blocks = max_blocks
-        life.on_startup(self.start)
+        life.on_startup(lambda: self._start_until_up(life))
         life.on_block(self._on_block)
         life.on_stale(lambda: log.warning("stale head: no new block for %.0fs; is the node syncing?",
                                           self.watcher.seconds_since_new_head()))
         life.every(60.0, self._heartbeat, name="heartbeat")
         life.on_shutdown(self.close)
         return life.run(max_ticks=max_ticks, install_signals=install_signals)
+
+    def _start_until_up(self, life: Lifecycle) -> None:
+        """:meth:`start`, again and again while the node fails to answer (an outage, a restart,
+        a flaky provider), with a growing pause, until it works or the loop is stopped. Anything
+        else (a wrong chain, a refused database) still ends the run at once."""
+        attempt = 0
+        while True:
+            try:
+                self.start()
+                return
+            except RpcError as exc:
+                wait = min(self.config.poll_interval_s * 2 ** attempt, 30.0)
+                if isinstance(exc, CircuitOpen):
+                    wait = max(wait, min(exc.retry_in_s, 60.0))
+                attempt += 1
+                log.warning("start failed, the node did not answer (%s): trying again in %.1fs", exc, wait)
+                if life.stop_event.wait(wait):
+                    return
 
     def _next_head(self) -> Head | None:
         """A new head; or the current one again when it was never processed since the start, or

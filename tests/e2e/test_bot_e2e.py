@@ -42,7 +42,7 @@ from cli import cli
 from bot.config import BotConfig
 from bot.errors import RpcError
 from bot.keys import write_keystore
-from bot.liquidator import Liquidator, TickReport
+from bot.liquidator import TICK_ERRORS, Liquidator, TickReport
 from protocol_model.seeding import seed_accounts
 from bot.store import Store
 from protocol_model.chain import Sender
@@ -50,6 +50,7 @@ from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, d
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
 
+from faultproxy import FaultProxy
 from nodes import LocalNode, start_node
 
 WAD = 10**18
@@ -532,6 +533,70 @@ def test_reorg_rewinds_and_rereads_the_touched_accounts(chain: Chain, tmp_path: 
         assert bot.store.last_block == head
     finally:
         bot.stop()
+
+
+FAULT_RATE = 0.2
+CLIENT_TIMEOUT_S = 4.0     # above the slowest honest answer (a Lens read of every trader on the dev node)
+
+
+def run_through_crash(chain: Chain, tmp_path: Path, name: str, url: str, blocks: int = 10,
+                      crash_pct: dict[str, int] | None = None) -> tuple[int, set[tuple[str, str]]]:
+    """A bot on ``url`` (the node, or a proxy in front of it) through a crash and ``blocks`` blocks
+    after it, one tick per block, a failed tick caught and logged as the bot's loop does (the same
+    head is processed again on the next). Returns the crash block and the (account, market or
+    token) liquidated by this bot within those blocks, from the chain's events."""
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": CLIENT_TIMEOUT_S}))
+    bot = Liquidator(w3, chain.dep, Account.from_key(chain.liquidator_key),
+                     bot_config(tmp_path, name, rpc_retries=3, breaker_cooldown_s=0.5))
+
+    def step(fn: Any) -> None:
+        try:
+            fn()
+        except TICK_ERRORS as exc:
+            logging.getLogger(__name__).info("tick failed (%s): the next one goes on", exc)
+            time.sleep(0.05)   # the loop's poll interval
+
+    try:
+        while not bot._started:        # noqa: SLF001 - what Liquidator.run does: start until the node answers
+            step(bot.start)
+        chain.set_prices(100)
+        chain.mine()
+        step(bot.tick)
+        for asset, base in (("ETH", 2_000), ("BTC", 60_000)):
+            pct = (crash_pct or {"ETH": CRASH_PCT, "BTC": CRASH_PCT}).get(asset, 100)
+            chain.owner_tx(chain.dep.feed_contract(asset).functions.set_answer(base * 10**8 * pct // 100))
+        crash_block = chain.mine()
+        step(bot.tick)
+        for _ in range(blocks):
+            chain.mine()
+            step(bot.tick)
+        events = chain.liquidation_events(crash_block, crash_block + blocks)
+        done = {(ev.args["account"], str(ev.args.get("market", ev.args.get("token")))) for ev in events
+                if ev.args["liquidator"] == bot.address}
+        # The history is the chain's: every liquidation of ours is recorded once, as won.
+        won = {r.tx_hash for r in bot.store.liquidations() if r.outcome == "won"}
+        assert won == {ev.tx_hash for ev in events if ev.args["liquidator"] == bot.address}
+        return crash_block, done
+    finally:
+        bot.stop()
+
+
+def test_a_fifth_of_requests_failing_at_the_transport_still_liquidates_within_10_blocks(chain: Chain,
+                                                                                     tmp_path: Path) -> None:
+    """Every account the bot liquidates without faults, it liquidates within 10 blocks through a
+    proxy that breaks 20 % of the requests (502, reset, stall past the timeout, truncated body,
+    -32005 on eth_getLogs)."""
+    snap = chain.node.snapshot()
+    _, baseline = run_through_crash(chain, tmp_path, "clean", chain.node.url)
+    assert len(baseline) >= 5
+    chain.node.clear_mempool()
+    chain.node.revert(snap)
+    with FaultProxy(chain.node.url, rate=FAULT_RATE, seed=15, stall_s=CLIENT_TIMEOUT_S + 0.2) as proxy:
+        _, faulty = run_through_crash(chain, tmp_path, "faulty", proxy.url)
+        faults = dict(proxy.stats.faults)
+    assert baseline <= faulty, sorted(baseline - faulty)
+    assert set(faults) >= {"http_502", "reset", "stall", "truncated"}, faults
+    assert sum(faults.values()) >= 10
 
 
 @pytest.mark.parametrize("how", ["revert", "anvil_reorg"])
