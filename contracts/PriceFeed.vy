@@ -2,10 +2,15 @@
 # pragma nonreentrancy on
 """
 @title PriceFeed
-@notice A settable price feed for local chains with Chainlink's AggregatorV3 read interface.
+@notice A settable price feed for local chains with Chainlink's whole AggregatorV2V3 read
+        interface: latestRoundData, getRoundData for every past round, latestRound, getAnswer,
+        getTimestamp, latestAnswer, latestTimestamp, decimals, description, version.
 @dev Glossary:
      answer      - the price, scaled by 10**decimals (USD per whole unit of the asset)
-     round       - one call to set_answer; round ids start at 1 and grow by one
+     round       - one call to set_answer; round ids start at 1 and grow by one; every round is
+                   kept (answer and timestamp), as Chainlink's aggregators keep theirs
+     no data     - a round that does not exist: getRoundData reverts "No data present" (as
+                   Chainlink's aggregators do), getAnswer and getTimestamp return 0 (V2 semantics)
      updater     - the only address allowed to call set_answer
      min/max     - the answer bounds, as Chainlink's OffchainAggregator has them; set_answer
                    reverts outside them so that no answer can overflow the engine's arithmetic
@@ -63,6 +68,10 @@ latest_timestamp: public(uint256)     # seconds; block timestamp of the latest u
 #      is >= 0; a lane at its cap means "read the variable above", which holds the exact value.
 round_data: uint256                   # packed: min(latest_answer, ANSWER_CAP) (answer units) | latest_round << ROUND_SHIFT | min(latest_timestamp, TIMESTAMP_CAP) (seconds) << TIMESTAMP_SHIFT
 
+# Every round, packed like round_data without the id: one slot per round (Chainlink's history).
+rounds: HashMap[uint80, uint256]      # round id -> min(answer, ANSWER_CAP) (answer units) | timestamp (seconds) << ROUND_SHIFT
+big_answers: HashMap[uint80, int256]  # round id -> answer units, only for answers at or above ANSWER_CAP
+
 # Copies of the bounds, which only the constructor writes, read from code by set_answer.
 MIN_ANSWER: immutable(int256)         # answer units; = min_answer
 MAX_ANSWER: immutable(int256)         # answer units; = max_answer
@@ -112,6 +121,44 @@ def latestRoundData() -> (uint80, int256, uint256, uint256, uint80):
 
 @view
 @external
+def getRoundData(_roundId: uint80) -> (uint80, int256, uint256, uint256, uint80):
+    """
+    @return (roundId, answer, startedAt, updatedAt, answeredInRound) of round _roundId; reverts
+            "No data present" for a round that does not exist
+    """
+    answer: int256 = 0
+    updated_at: uint256 = 0
+    answer, updated_at = self._round(_roundId)
+    assert updated_at != 0, "No data present"
+    return (_roundId, answer, updated_at, updated_at, _roundId)
+
+@view
+@external
+def latestRound() -> uint256:
+    return convert(self.latest_round, uint256)
+
+@view
+@external
+def getAnswer(_roundId: uint256) -> int256:
+    """
+    @return the answer of round _roundId, 0 when there is no such round
+    """
+    if _roundId > convert(max_value(uint80), uint256):
+        return 0
+    return self._round(convert(_roundId, uint80))[0]
+
+@view
+@external
+def getTimestamp(_roundId: uint256) -> uint256:
+    """
+    @return the timestamp (seconds) of round _roundId, 0 when there is no such round
+    """
+    if _roundId > convert(max_value(uint80), uint256):
+        return 0
+    return self._round(convert(_roundId, uint80))[1]
+
+@view
+@external
 def latestAnswer() -> int256:
     return self.latest_answer
 
@@ -119,6 +166,18 @@ def latestAnswer() -> int256:
 @external
 def latestTimestamp() -> uint256:
     return self.latest_timestamp
+
+@view
+@internal
+def _round(round_id: uint80) -> (int256, uint256):
+    """(answer, timestamp) of a round; (0, 0) when it does not exist."""
+    data: uint256 = self.rounds[round_id]
+    if data == 0:
+        return (0, 0)
+    answer: int256 = convert(data & ANSWER_MASK, int256)
+    if answer == convert(ANSWER_CAP, int256):
+        answer = self.big_answers[round_id]
+    return (answer, data >> ROUND_SHIFT)
 
 # ---------------------------------------------------------------- ACTIONS
 
@@ -137,8 +196,13 @@ def _set(answer: int256):
     self.latest_round = round_id
     self.latest_answer = answer
     self.latest_timestamp = block.timestamp
-    self.round_data = min(convert(answer, uint256), ANSWER_CAP) | (convert(round_id, uint256) << ROUND_SHIFT) \
+    lane: uint256 = min(convert(answer, uint256), ANSWER_CAP)
+    self.round_data = lane | (convert(round_id, uint256) << ROUND_SHIFT) \
         | (min(block.timestamp, TIMESTAMP_CAP) << TIMESTAMP_SHIFT)
+    # dev: block.timestamp > 0, so a stored round is never 0 (0 means "no such round")
+    self.rounds[round_id] = lane | (block.timestamp << ROUND_SHIFT)
+    if lane == ANSWER_CAP:
+        self.big_answers[round_id] = answer
     log NewRound(roundId=convert(round_id, uint256), startedBy=msg.sender, startedAt=block.timestamp)
     log AnswerUpdated(current=answer, roundId=convert(round_id, uint256), updatedAt=block.timestamp)
 

@@ -3,7 +3,12 @@ with an owner-only mint), deployed fresh for each test."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from eth_tester.exceptions import TransactionFailed
+from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from protocol_model.deploy import deploy_contract
@@ -229,3 +234,55 @@ def test_token_ownership(token, actors):
     assert reverts(actors.owner, token.functions.mint(actors.owner.address, 1)) == "not owner"
     actors.rival.send(token.functions.mint(actors.rival.address, 1))
     assert token.functions.balanceOf(actors.rival.address).call() == 1
+
+
+# ---------------------------------------------------------------- Chainlink's interface
+
+CHAINLINK_ABI = Path(__file__).resolve().parents[1] / "data" / "chainlink_aggregator_v2v3_abi.json"
+
+
+def test_feed_answers_chainlink_aggregator_v2v3_abi_with_round_history(w3, actors, tester, feed):
+    """Read through Chainlink's AggregatorV2V3Interface ABI (written from Chainlink's interface
+    sources as test data), as a tool written for Chainlink feeds would: every past round stays
+    readable, unknown rounds behave as Chainlink's aggregators do."""
+    abi = json.loads(CHAINLINK_ABI.read_text())
+    names = {e["name"] for e in abi if e["type"] == "function"}
+    assert names == {"latestAnswer", "latestTimestamp", "latestRound", "getAnswer", "getTimestamp", "decimals",
+                     "description", "version", "getRoundData", "latestRoundData"}
+    cl = w3.eth.contract(address=feed.address, abi=abi).functions
+    first_time = feed.functions.latest_timestamp().call()
+    answers = {1: 2000 * 10**8}
+    times = {1: first_time}
+    for price in (1990 * 10**8, 2010 * 10**8, 1500 * 10**8):
+        receipt = actors.owner.send(feed.functions.set_answer(price))
+        round_id = feed.functions.latest_round().call()
+        answers[round_id] = price
+        times[round_id] = block_time(w3, receipt)
+    latest = max(answers)
+    assert (cl.decimals().call(), cl.description().call(), cl.version().call()) == (8, "ETH / USD", 4)
+    assert cl.latestRound().call() == latest == 4
+    assert cl.latestAnswer().call() == answers[latest]
+    assert cl.latestTimestamp().call() == times[latest]
+    assert tuple(cl.latestRoundData().call()) == (latest, answers[latest], times[latest], times[latest], latest)
+    for round_id in answers:   # round 1 and the latest round included
+        assert tuple(cl.getRoundData(round_id).call()) == (round_id, answers[round_id], times[round_id],
+                                                             times[round_id], round_id)
+        assert cl.getAnswer(round_id).call() == answers[round_id]
+        assert cl.getTimestamp(round_id).call() == times[round_id]
+    for missing in (0, latest + 1, 2**80 - 1):
+        with pytest.raises((ContractLogicError, TransactionFailed), match="No data present"):
+            cl.getRoundData(missing).call()
+        assert cl.getAnswer(missing).call() == 0 and cl.getTimestamp(missing).call() == 0
+    assert cl.getAnswer(2**256 - 1).call() == 0 and cl.getTimestamp(2**200).call() == 0
+    # The engine reads latestRoundData only: the same tuple through the feed's own ABI.
+    assert tuple(feed.functions.latestRoundData().call()) == tuple(cl.latestRoundData().call())
+
+
+def test_feed_history_keeps_answers_above_the_packed_lane(w3, actors, tester):
+    big = 2**130
+    f = deploy_contract(w3, actors.owner, "PriceFeed", 18, "BIG / USD", big, 1, 2**200)
+    actors.owner.send(f.functions.set_answer(7))
+    abi = json.loads(CHAINLINK_ABI.read_text())
+    cl = w3.eth.contract(address=f.address, abi=abi).functions
+    assert cl.getAnswer(1).call() == big and cl.getRoundData(1).call()[1] == big
+    assert cl.getAnswer(2).call() == 7 and cl.latestAnswer().call() == 7
