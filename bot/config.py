@@ -29,6 +29,7 @@ from decimal import Decimal, Inexact, localcontext
 from typing import Any
 from urllib.parse import urlsplit
 
+from protocol_model.logscan import DEFAULT_LOG_CHUNK, DEFAULT_MAX_LOG_CHUNK
 from protocol_model.wad import ETHER, GWEI, WAD
 
 from .errors import BotConfigError
@@ -97,9 +98,9 @@ class BotConfig:
 
     # chain reading -------------------------------------------------------
     lookback_blocks: int = _setting(12, _INT, "blocks re-read on every scan so that a reorg cannot leave stale state (reorg window)")
-    log_chunk_initial_blocks: int = _setting(2000, _INT, "initial block range of one eth_getLogs request")
+    log_chunk_initial_blocks: int = _setting(DEFAULT_LOG_CHUNK, _INT, "initial block range of one eth_getLogs request")
     log_chunk_min_blocks: int = _setting(1, _INT, "smallest block range the log scanner shrinks to on provider limits")
-    log_chunk_max_blocks: int = _setting(10_000, _INT, "largest block range the log scanner grows to")
+    log_chunk_max_blocks: int = _setting(DEFAULT_MAX_LOG_CHUNK, _INT, "largest block range the log scanner grows to")
 
     # RPC resilience ------------------------------------------------------
     rpc_retries: int = _setting(3, _INT, "retries of a request after a transient failure (connection, timeout, 429, 5xx)")
