@@ -1,0 +1,58 @@
+"""bot.decide: the tick's decision that the live bot and the off-chain simulator share, on the
+hand-built states of test_bot_strategy (A bankrupt, B solvent but liquidatable at ETH 1,800)."""
+
+from __future__ import annotations
+
+from test_bot_strategy import A, B, WAD, crashed, planner
+
+from bot.decide import after_refusal, decide, unexpired
+from bot.strategy import LIQUIDATE, SETTLE
+
+PRICES = {"base_fee_wei": 0, "eth_price_wad": 2_000 * WAD}
+
+
+def test_every_liquidatable_account_is_planned_and_merged_by_profit() -> None:
+    state = crashed()
+    d = decide(state, [A, B], planner(backstop=True, min_profit=0), **PRICES, backoffs=set(), suppressed=set(),
+               in_flight=lambda a: False)
+    assert {c.account for c in d.chosen} == {A, B} and all(c.kind == LIQUIDATE for c in d.chosen)
+    assert [c.profit_usd_wad for c in d.chosen] == sorted((c.profit_usd_wad for c in d.chosen), reverse=True)
+    assert d.backed_off == [] and {c.account for c in d.evaluated} == {A, B}
+
+
+def test_backed_off_in_flight_and_suppressed_accounts_are_left_alone() -> None:
+    state = crashed()
+    d = decide(state, [A, B], planner(backstop=True, min_profit=0), **PRICES, backoffs={A}, suppressed=set(),
+               in_flight=lambda a: a == B)
+    assert d.chosen == [] and d.backed_off == [A] and d.evaluated == []
+    d = decide(state, [A, B], planner(backstop=True, min_profit=0), **PRICES, backoffs=set(),
+               suppressed={(B, "0")}, in_flight=lambda a: False)
+    assert [c.account for c in d.chosen] == [A]            # B's first step was refused: its sequence ends
+    assert any(c.account == B for c in d.evaluated)
+
+
+def test_the_quote_balance_is_read_only_when_an_account_needs_it() -> None:
+    reads: list[int] = []
+    decide(crashed(), [A, B], planner(backstop=False, min_profit=0), **PRICES, backoffs=set(), suppressed=set(),
+           in_flight=lambda a: False, quote_balance=lambda: reads.append(1) or 0)
+    assert reads == []                                     # no collateral held: no read
+
+
+def test_backstop_settles_accounts_left_with_negative_cash_only() -> None:
+    state = crashed()
+    state.accounts[A].positions.clear()
+    state.accounts[A].cash = -500 * WAD
+    d = decide(state, [A], planner(backstop=True), **PRICES, backoffs=set(), suppressed=set(),
+               in_flight=lambda a: False, backstop=True)
+    assert [(c.account, c.kind) for c in d.chosen] == [(A, SETTLE)]
+    d = decide(state, [A], planner(backstop=False), **PRICES, backoffs=set(), suppressed=set(),
+               in_flight=lambda a: False, backstop=False)
+    assert d.chosen == []
+
+
+def test_refusals_back_off_suppress_or_wait() -> None:
+    assert after_refusal(1, True, 100, 20) == ("wait", 100)
+    assert after_refusal(0, True, 100, 20) == ("back_off", 120)
+    assert after_refusal(0, False, 100, 20) == ("suppress", 120)
+    assert after_refusal(0, False, 100, 0) == ("suppress", 101)   # at least one block
+    assert unexpired({"a": 99, "b": 100, "c": 150}, 100) == {"b": 100, "c": 150}
