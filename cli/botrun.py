@@ -24,7 +24,7 @@ from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ConfigError
 from protocol_model.fmt import fmt_wad
-from protocol_model.wad import WAD
+from protocol_model.wad import ETHER, WAD
 
 from . import cli
 from .common import (
@@ -222,7 +222,7 @@ def _scaled(text: str, option: str, scale: int) -> int:
 
 
 def _eth(wei: int) -> str:
-    return f"{Decimal(wei) / Decimal(10**18):.6f}"
+    return f"{Decimal(wei) / Decimal(ETHER):.6f}"
 
 
 def _read_meta(path: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ from web3 import Web3
 from protocol_model.chain import MEMORY, Sender, connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ChainError, ConfigError, Revert, XmarginError
+from protocol_model.wad import WAD
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def parse_percent(value: str) -> int:
         d = parse_decimal(text, "fraction")
     if d <= -1:
         raise ConfigError(f"invalid shock {value!r}: a price cannot fall by 100% or more")
-    return int(d * 10**18)
+    return int(d * WAD)
 
 
 def wad_str(x: int) -> str:

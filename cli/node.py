@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from protocol_model.wad import ETHER
+
 from . import cli
 from .common import EXIT_BAD_INPUT, fail, handle_errors
 
@@ -35,7 +37,7 @@ def node(host: str, port: int, block_time: float | None, accounts: int, export_k
     click.echo(f"xmargin dev node: chain id {dev.chain.chain_id}")
     click.echo("Available accounts (unlocked on this node):")
     for i, (address, _key) in enumerate(dev.accounts):
-        click.echo(f"  ({i}) {address}" + (f"  {w3_balance // 10**18} ETH" if w3_balance else ""))
+        click.echo(f"  ({i}) {address}" + (f"  {w3_balance // ETHER} ETH" if w3_balance else ""))
     if export_keys:
         path = Path(export_keys)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

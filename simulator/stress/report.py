@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from protocol_model.fmt import fmt_wad
+
 WALL_CLOCK_FIELDS = ("elapsed_s", "paths_per_s", "workers", "ray_address", "worker_cpu_s", "cores_obtained")
 
 
 def usd(value: int | str, places: int = 2) -> str:
-    d = (Decimal(int(value)) / Decimal(10**18)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
-    return f"{d:,.{places}f}"
+    """A USD WAD (an integer, or its decimal string from the JSON document) for people."""
+    return fmt_wad(int(value), places)
 
 
 def pct_of(value: int | str, base: int | str) -> str:
