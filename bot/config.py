@@ -279,7 +279,7 @@ def _parse(source: str, kind: str, raw: str) -> Any:
                 return None
             return int(text)
         if kind == _WEI:
-            return _decimal_with_unit(text, _WEI_UNITS, default_unit="wei")
+            return parse_wei(text)
         if kind == _WAD:
             if text.endswith("%"):
                 return _scaled(text[:-1], WAD, 100)
@@ -305,6 +305,13 @@ _EXPECTED = {
     _WAD: "a WAD fraction: an integer (10**18 = 100%) or a percentage such as '12.5%'",
     _USD_WAD: "a USD amount: an integer WAD or a decimal such as '2.5usd'",
 }
+
+
+def parse_wei(text: str) -> int:
+    """An amount of wei: ``'1000'``, ``'1.5gwei'``, ``'0.01 ether'`` -> wei, exactly. Raises
+    ``ValueError`` for anything else, a fraction of a wei included (the one wei parser: the bot's
+    settings and the simulator's tips)."""
+    return _decimal_with_unit(text.strip(), _WEI_UNITS, default_unit="wei")
 
 
 def _decimal_with_unit(text: str, units: Mapping[str, int], default_unit: str) -> int:

@@ -59,6 +59,7 @@ from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
 from protocol_model.wad import ETHER, GWEI, WAD
 
+from bot import config as bot_config
 from bot.config import BotConfig
 from bot.config import MIN_REPLACEMENT_BUMP_WAD
 from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump
@@ -254,24 +255,15 @@ def parse_share(text: str, what: str = "share") -> int:
     return int(value)
 
 
-_WEI_UNITS = (("gwei", GWEI), ("ether", ETHER), ("eth", ETHER), ("wei", 1))
-
-
 def parse_wei(text: str, what: str = "tip") -> int:
-    """``'2gwei'``, ``'1.5gwei'``, ``'1000'`` (wei) -> wei, exactly."""
-    t = text.strip().lower().replace("_", "")
-    scale = 1
-    for unit, factor in _WEI_UNITS:
-        if t.endswith(unit):
-            t, scale = t[: -len(unit)], factor
-            break
+    """``'2gwei'``, ``'1.5gwei'``, ``'1000'`` (wei) -> wei, exactly (:func:`bot.config.parse_wei`)."""
     try:
-        d = Decimal(t) * scale
-    except InvalidOperation:
-        raise ConfigError(f"{what}: {text!r} is not an amount such as 2gwei or 1500000000") from None
-    if not d.is_finite() or d != d.to_integral_value() or d < 0:
+        wei = bot_config.parse_wei(text)
+    except (ValueError, ArithmeticError):
+        raise ConfigError(f"{what}: {text!r} is not a whole amount of wei such as 2gwei or 1500000000") from None
+    if wei < 0:
         raise ConfigError(f"{what}: the tip {text!r} must be a whole, non-negative number of wei")
-    return int(d)
+    return wei
 
 
 def _fmt_gwei(wei: int) -> str:
