@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +25,7 @@ from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ConfigError
 from protocol_model.fmt import fmt_wad
-from protocol_model.wad import ETHER, WAD
+from protocol_model.wad import ETHER, UINT256_MAX, WAD
 
 from . import cli
 from .common import (
@@ -130,6 +131,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         from bot.store import archive_database
 
         archive_database(cfg.db_path)   # logs where the old one went
+    check_before_start(cfg, w3, dep, account, collateral=not no_collateral)
     liquidator = Liquidator(w3, dep, account, cfg, collateral_liquidation=not no_collateral)
     result = liquidator.run(max_blocks=max_blocks)
     totals = liquidator.store_totals()
@@ -206,6 +208,66 @@ def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
         )
 
     ctx.emit(out, human)
+
+
+# ---------------------------------------------------------------------- checks before the start
+
+
+def check_before_start(cfg: Any, w3: Any, dep: Deployment, account: Any, *, collateral: bool) -> None:
+    """Everything ``bot run`` can check before its first transaction, in one place, each failure
+    one line (a ConfigError: exit 2): the metrics port is free, the database path is a writable
+    SQLite database of this chain and engine (not held by another bot), the key is there unless
+    it is a dry run, and the key holds the ETH for the quote-token approve the start sends."""
+    from bot.errors import StoreError
+    from bot.liquidator import APPROVE_GAS
+    from bot.store import Store
+    from bot.txs import strategy_from_config
+    from protocol_model.deploy import contract_at
+
+    if cfg.metrics_port is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((cfg.metrics_addr, cfg.metrics_port))
+            except OSError as exc:
+                raise ConfigError(f"--metrics-port {cfg.metrics_port} cannot be opened on {cfg.metrics_addr} "
+                                  f"({exc.strerror}): choose a free port or stop what listens there") from None
+
+    path = Path(cfg.db_path)
+    if path.is_dir():
+        raise ConfigError(f"--db {path} is a directory: give a file path")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--db {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--db {path} is not writable: give a path the bot can write")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ConfigError(f"--db {path} is not an SQLite database: give another path (or move it away)")
+    anchor = w3.eth.get_block(dep.block)
+    try:
+        # Opens (or creates) it exactly as the bot will: the chain binding, the schema, the lock.
+        Store(path, dep.chain_id, dep.engine, dep.block, deployment_block_hash=anchor["hash"]).close()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+
+    if cfg.dry_run:
+        return
+    if account is None:
+        raise ConfigError("no signing key: set XMARGIN_PRIVATE_KEY or give --keystore, or use --dry-run")
+    balance = int(w3.eth.get_balance(account.address))
+    if balance == 0:
+        raise ConfigError(f"the liquidator {account.address} has no ETH to pay gas: fund it first")
+    if collateral:
+        quote = contract_at(w3, "Token", dep.quote)
+        allowance = int(quote.functions.allowance(account.address, dep.engine).call())
+        if allowance < UINT256_MAX // 2:
+            base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+            cost = strategy_from_config(cfg).fees(base_fee, 0).worst_case_cost(APPROVE_GAS)
+            if balance < cost:
+                raise ConfigError(
+                    f"the liquidator {account.address} holds {balance} wei, less than the {cost} wei the "
+                    f"approve of {dep.quote_symbol} for collateral liquidations may cost: fund it, or use --no-collateral")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -749,6 +749,46 @@ def test_cli_bad_keystore_password_is_one_line(chain: Chain, tmp_path: Path) -> 
     assert not (tmp_path / "bot.sqlite3").exists()
 
 
+@pytest.mark.parametrize("problem", ["busy_port", "not_sqlite", "no_directory", "other_chain", "no_eth"])
+def test_cli_checks_everything_it_can_before_the_first_transaction(chain: Chain, tmp_path: Path,
+                                                                  problem: str) -> None:
+    """A busy --metrics-port, a --db that is not SQLite or cannot be created, a database of another
+    chain, a key without ETH: one line, exit 2, and nothing sent (not even the approve)."""
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    db = tmp_path / "bot.sqlite3"
+    key = chain.liquidator_key
+    args = ["bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--max-blocks", "1"]
+    busy = socket.socket()
+    try:
+        if problem == "busy_port":
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            args += ["--metrics-port", str(busy.getsockname()[1])]
+        elif problem == "not_sqlite":
+            db.write_text("liquidations,won\n")
+        elif problem == "no_directory":
+            db = tmp_path / "missing" / "bot.sqlite3"
+        elif problem == "other_chain":
+            Store(db, chain.dep.chain_id, chain.dep.engine, chain.dep.block, deployment_block_hash="0x" + "ab" * 32).close()
+        elif problem == "no_eth":
+            key = "0x" + "5e" * 32     # a key nobody funded
+        args += ["--db", str(db)]
+        sender = Account.from_key(key).address
+        nonce = chain.w3.eth.get_transaction_count(sender, "pending")
+        result = CliRunner(env={"XMARGIN_PRIVATE_KEY": key}).invoke(cli, args)
+    finally:
+        busy.close()
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    needle = {"busy_port": "--metrics-port", "not_sqlite": "not an SQLite database", "no_directory": "does not exist",
+              "other_chain": "--fresh-db", "no_eth": "no ETH"}[problem]
+    assert needle in lines[0]
+    assert chain.w3.eth.get_transaction_count(sender, "pending") == nonce     # nothing was sent
+    assert key[2:] not in result.output
+
+
 def test_cli_dry_run_for_a_few_blocks(chain: Chain, tmp_path: Path) -> None:
     deployment = tmp_path / "deployment.json"
     chain.dep.save(deployment)
