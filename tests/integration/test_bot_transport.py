@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.errors import CircuitOpen, RpcError
 from bot.rpc import CountingRpc
+from bot.store import SentTx, Store
+from bot.txs import FixedTip, TxRequest, TxSender
 from protocol_model.logscan import LogScanner
 
 from faultproxy import FAULT_KINDS, FaultProxy
@@ -91,3 +95,57 @@ def test_the_proxy_is_bounded_in_requests(node: LocalNode) -> None:
         with pytest.raises(RpcError):
             w3.eth.get_block("latest")
         assert proxy.stats.requests == 3
+
+
+# ---------------------------------------------------------------------- sends whose reply is lost
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_send_whose_reply_is_lost_after_the_node_mined_it_is_ours_not_a_lost_race(
+        node: LocalNode, tmp_path: Path, batched: bool) -> None:
+    """The node mines the transaction (automine), the answer stalls past the timeout, the retry is
+    told "nonce too low": the sender asks the node for its hash and keeps it as sent, and the
+    outcome is a mined transaction of ours, recorded once."""
+    address, key = node.accounts[3]
+    with FaultProxy(node.url, schedule=[], methods=["eth_sendRawTransaction"],
+                    stall_s=CLIENT_TIMEOUT_S + 0.5) as proxy:
+        w3, _rpc = client(proxy)
+        chain_id = int(w3.eth.chain_id)
+        store = Store(tmp_path / "bot.sqlite3", chain_id, address, 0)
+        sender = TxSender(w3, Account.from_key(key), FixedTip(10**9), store=store, chain_id=chain_id)
+        base_fee = int(w3.eth.get_block("latest")["baseFeePerGas"])
+        requests_ = [TxRequest(address, "0x", "liquidate", address, i, 21_000) for i in range(2 if batched else 1)]
+        flights = sender.preflight_many([(r.to, r.data, 0) for r in requests_])
+        head = node.block_number()
+        with node.automine():
+            proxy.fail_next("stall")   # the (batch of) eth_sendRawTransaction: mined, reply lost
+            results = sender.send_many(list(zip(requests_, flights)), base_fee_wei=base_fee, head_block=head)
+        assert proxy.stats.faults["stall"] == 1
+        assert [r.status for r in results] == ["sent"] * len(requests_), [r.error for r in results]
+        assert len(store.txs()) == len(requests_)
+        outcomes = sender.check_pending(node.block_number())
+        assert sorted(o.status for o in outcomes) == ["mined"] * len(requests_)
+        assert {o.tx.hash for o in outcomes} == {r.tx.hash for r in results if r.tx is not None}
+        assert [t.status for t in store.txs()] == ["mined"] * len(requests_)
+        store.close()
+
+
+def test_a_kill_between_the_record_and_the_broadcast_frees_the_nonce_on_restart(node: LocalNode,
+                                                                             tmp_path: Path) -> None:
+    """The record is committed before the broadcast; a process killed in between leaves a pending
+    record the node never saw: the restarted sender drops it and resyncs its nonce."""
+    address, key = node.accounts[4]
+    w3 = Web3(HTTPProvider(node.url))
+    chain_id = int(w3.eth.chain_id)
+    store = Store(tmp_path / "bot.sqlite3", chain_id, address, 0)
+    nonce = w3.eth.get_transaction_count(address, "pending")
+    store.record_tx(SentTx(hash="0x" + "ee" * 32, nonce=nonce, sender=address, kind="liquidate", account=address,
+                           target="0", to_address=address, data="0x", gas_limit=21_000, max_fee_wei=10**10,
+                           tip_wei=10**9, sent_block=node.block_number()))
+    sender = TxSender(w3, Account.from_key(key), FixedTip(10**9), store=store, chain_id=chain_id)
+    assert sender.restore() == 1
+    gone = sender.reconcile()
+    assert [t.nonce for t in gone] == [nonce] and sender.in_flight == []
+    assert store.pending_txs() == [] and store.tx("0x" + "ee" * 32).status == "dropped"
+    assert sender.nonces.next() == nonce
+    store.close()
