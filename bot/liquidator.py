@@ -10,7 +10,8 @@ The parts, each replaceable on its own (auction-keeper's split of ``main``/``str
 
 * data: :class:`~bot.mirror.ChainMirror` (discovery, Lens snapshot, logs, reorgs) and
   :class:`~bot.scanner.HeadWatcher` (the head, the stale-head watchdog);
-* decisions: :class:`~bot.strategy.Planner` (model previews, profit net of gas, sequencing) with
+* decisions: :func:`~bot.decide.decide` (the tick's orders, shared with the off-chain simulator)
+  over :class:`~bot.strategy.Planner` (model previews, profit net of gas, sequencing) with
   :class:`~bot.strategy.GasModel` (gas in USD from the mirrored ETH feed);
 * execution: :class:`~bot.txs.TxSender` (preflight ``eth_call``, nonces, EIP-1559 fees, signing,
   replacement of stuck transactions, revert classification);
