@@ -18,6 +18,8 @@ Fault kinds (:data:`FAULT_KINDS`), each chosen with equal odds among those that 
   (``rate_message``), the shape several providers use for "slow down", which is hard to tell
   from a range limit.
 
+``get_logs_rate`` (optional) answers that share of the single ``eth_getLogs`` requests with the
+rate limit, on top of the draw above (else a rate limit is one kind in five of the ``rate``).
 ``only`` limits the kinds; ``methods`` limits which requests may fail (a batch counts when any of
 its members' methods is listed); ``schedule`` replaces the random draw with a fixed list of kinds
 (``None`` for "let it through"), consumed one per eligible request, for exact tests.
@@ -72,6 +74,7 @@ class FaultProxy:
         schedule: Iterable[str | None] | None = None,
         stall_s: float = 2.0,
         rate_message: str = "limit exceeded",
+        get_logs_rate: float | None = None,
         max_requests: int = 100_000,
         max_seconds: float = 900.0,
     ) -> None:
@@ -88,6 +91,7 @@ class FaultProxy:
         self._schedule = list(schedule) if schedule is not None else None
         self.stall_s = stall_s
         self.rate_message = rate_message
+        self.get_logs_rate = get_logs_rate
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self.stats = ProxyStats()
@@ -153,6 +157,9 @@ class FaultProxy:
                     return None
                 kind = self._schedule.pop(0)
                 return kind if kind in fits else None
+            if (self.get_logs_rate is not None and "rate_limit" in fits
+                    and self._rng.random() < self.get_logs_rate):
+                return "rate_limit"
             if not fits or self._rng.random() >= self.rate:
                 return None
             return self._rng.choice(fits)

@@ -51,7 +51,7 @@ from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
 
 from faultproxy import FaultProxy
-from nodes import LocalNode, start_node
+from nodes import LocalNode, require_anvil, start_node
 
 WAD = 10**18
 GWEI = 10**9
@@ -591,12 +591,50 @@ def test_a_fifth_of_requests_failing_at_the_transport_still_liquidates_within_10
     assert len(baseline) >= 5
     chain.node.clear_mempool()
     chain.node.revert(snap)
-    with FaultProxy(chain.node.url, rate=FAULT_RATE, seed=15, stall_s=CLIENT_TIMEOUT_S + 0.2) as proxy:
+    with FaultProxy(chain.node.url, rate=FAULT_RATE, seed=15, stall_s=CLIENT_TIMEOUT_S + 0.2,
+                    get_logs_rate=FAULT_RATE) as proxy:
         _, faulty = run_through_crash(chain, tmp_path, "faulty", proxy.url)
         faults = dict(proxy.stats.faults)
     assert baseline <= faulty, sorted(baseline - faulty)
-    assert set(faults) >= {"http_502", "reset", "stall", "truncated"}, faults
+    assert set(faults) == {"http_502", "reset", "stall", "truncated", "rate_limit"}, faults
     assert sum(faults.values()) >= 10
+
+
+@pytest.mark.slow
+def test_acceptance_anvil_200_traders_eth_down_25_through_a_faulty_transport(tmp_path: Path) -> None:
+    """The issue's acceptance: against anvil, 200 traders, ETH -25 %, through a proxy failing 20 % of
+    the requests with every fault kind: the bot never stops, and every account it liquidates
+    without faults is liquidated within 10 blocks. (``pytest -m slow -k acceptance_anvil``)"""
+    require_anvil()
+    compile_contracts()
+    node = start_node("anvil")
+    try:
+        w3 = Web3(HTTPProvider(node.url))
+        liquidator_key = node.accounts[5][1]
+        with node.automine():
+            owner = Sender.unlocked(w3, 0)
+            dep = deploy_protocol(w3, owner, DeployConfig())
+            owner.send(dep.quote_contract.functions.mint(Account.from_key(liquidator_key).address, BOT_FUNDS * 10**6))
+            traders = [p.address for p in seed_accounts(w3, dep, owner, 200, 2026, timeout=600.0)]
+        chain = Chain(node, w3, dep, owner.address, traders, dep, [], liquidator_key, node.accounts[6][1])
+        snap = node.snapshot()
+        crash_pct = {"ETH": 75}
+        _, baseline = run_through_crash(chain, tmp_path, "clean", node.url, crash_pct=crash_pct)
+        assert len(baseline) >= 10, "the crash is too mild for this test"
+        node.clear_mempool()
+        node.revert(snap)
+        with FaultProxy(node.url, rate=FAULT_RATE, seed=2026, stall_s=CLIENT_TIMEOUT_S + 0.2,
+                        get_logs_rate=FAULT_RATE) as proxy:
+            _, faulty = run_through_crash(chain, tmp_path, "faulty", proxy.url, crash_pct=crash_pct)
+            faults = dict(proxy.stats.faults)
+            requests_ = proxy.stats.requests
+        logging.getLogger(__name__).warning("acceptance: %d liquidations without faults, %d with; %d faults in %d "
+                                            "requests: %s", len(baseline), len(faulty), sum(faults.values()),
+                                            requests_, faults)
+        assert baseline <= faulty, sorted(baseline - faulty)
+        assert set(faults) == {"http_502", "reset", "stall", "truncated", "rate_limit"}, faults
+    finally:
+        node.stop()
 
 
 @pytest.mark.parametrize("how", ["revert", "anvil_reorg"])
