@@ -23,7 +23,7 @@ import click
 
 from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
-from protocol_model.errors import ConfigError
+from protocol_model.errors import ChainError, ConfigError
 from protocol_model.fmt import fmt_wad
 from protocol_model.wad import ETHER, UINT256_MAX, WAD
 
@@ -124,7 +124,23 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
 
     if not click.get_current_context().find_root().meta.get("verbose"):
         logging.getLogger("bot").setLevel(logging.INFO)   # the one-line-per-event log, without -v too
-    w3 = ctx.w3 if ctx.w3 is not None else connect(cfg.rpc_url, timeout=cfg.rpc_timeout_s)
+    rpc = None
+    if ctx.w3 is not None:
+        w3 = ctx.w3
+    else:
+        # The bot's retrying layer goes on before the first request, so that a flaky transport
+        # (a 502, a reset, a cut body) is retried during the setup reads too.
+        from bot.config import redact_url
+        from bot.errors import RpcError
+        from bot.rpc import CountingRpc
+
+        w3 = connect(cfg.rpc_url, timeout=cfg.rpc_timeout_s, probe=False)
+        rpc = CountingRpc.from_config(w3, cfg)
+        try:
+            w3.eth.chain_id  # noqa: B018 - the probe
+        except RpcError as exc:
+            raise ChainError(f"cannot reach the RPC node at {redact_url(cfg.rpc_url)} ({exc}); is the node running? "
+                             "start one with 'xmargin node'") from None
     dep = Deployment.load(cfg.deployment_path or DEFAULT_DEPLOYMENT, w3)
     require_engine(w3, dep)
     if fresh_db:
@@ -132,7 +148,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
 
         archive_database(cfg.db_path)   # logs where the old one went
     check_before_start(cfg, w3, dep, account, collateral=not no_collateral)
-    liquidator = Liquidator(w3, dep, account, cfg, collateral_liquidation=not no_collateral)
+    liquidator = Liquidator(w3, dep, account, cfg, rpc=rpc, collateral_liquidation=not no_collateral)
     result = liquidator.run(max_blocks=max_blocks)
     totals = liquidator.store_totals()
     out = {

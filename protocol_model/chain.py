@@ -32,13 +32,17 @@ def memory_chain() -> Web3:
     return Web3(EthereumTesterProvider(tester))
 
 
-def connect(rpc: str | None, timeout: float = 10.0) -> Web3:
-    """Connect to ``rpc`` (an http(s) URL) or, for ``None``/``"memory"``, a new in-process chain."""
+def connect(rpc: str | None, timeout: float = 10.0, *, probe: bool = True) -> Web3:
+    """Connect to ``rpc`` (an http(s) URL) or, for ``None``/``"memory"``, a new in-process chain.
+    ``probe=False`` skips the one request that checks the node answers (a caller that installs
+    its own retrying layer first probes through it)."""
     if rpc is None or rpc == MEMORY:
         return memory_chain()
     if not rpc.startswith(("http://", "https://")):
         raise ChainError(f"unsupported RPC URL {rpc!r}: give an http:// or https:// URL, or 'memory'")
     w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": timeout}))
+    if not probe:
+        return w3
     try:
         w3.eth.chain_id
     except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"

@@ -848,6 +848,36 @@ def test_cli_dry_run_for_a_few_blocks(chain: Chain, tmp_path: Path) -> None:
     assert json.loads(status.stdout)["accounts"] == len(chain.traders)
 
 
+@pytest.mark.slow
+def test_cli_bot_run_through_a_faulty_transport_keeps_going_without_a_traceback(chain: Chain,
+                                                                                tmp_path: Path) -> None:
+    """`xmargin bot run` (a separate process) through the fault proxy at 20 %, on a chain that moves
+    by itself: it runs its blocks, liquidates, and ends as asked, never with a traceback."""
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    chain.set_prices(100)
+    chain.mine()
+    chain.set_prices(CRASH_PCT)
+    crash_block = chain.mine()
+    env = dict(os.environ, XMARGIN_PRIVATE_KEY=chain.liquidator_key, XMARGIN_POLL_INTERVAL_S="0.05",
+               XMARGIN_RPC_TIMEOUT_S=str(CLIENT_TIMEOUT_S), XMARGIN_RPC_BACKOFF_S="0.05",
+               XMARGIN_BREAKER_COOLDOWN_S="0.5", PYTHONPATH=str(REPO_ROOT))
+    with FaultProxy(chain.node.url, rate=FAULT_RATE, seed=21, stall_s=CLIENT_TIMEOUT_S + 0.2,
+                    get_logs_rate=FAULT_RATE) as proxy, chain.node.ticking(every_s=1.0):
+        done = subprocess.run(
+            [sys.executable, "-c", "from cli import main; main()", "bot", "run", "--rpc", proxy.url,
+             "--deployment", str(deployment), "--db", str(tmp_path / "bot.sqlite3"), "--max-blocks", "6"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        faults = proxy.stats.fault_total
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "bot stopped (max_blocks)" in done.stdout
+    assert faults > 0
+    ours = [ev for ev in chain.liquidation_events(crash_block, chain.w3.eth.block_number)
+            if ev.args["liquidator"] == Account.from_key(chain.liquidator_key).address]
+    assert ours
+
+
 def test_cli_bot_stops_cleanly_on_sigterm(chain: Chain, tmp_path: Path) -> None:
     deployment = tmp_path / "deployment.json"
     chain.dep.save(deployment)
