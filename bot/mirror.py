@@ -49,7 +49,8 @@ from protocol_model.logscan import LogScanner
 from protocol_model.state import ProtocolState
 
 from .config import BotConfig
-from .scanner import Head, _hex, find_fork_point, log_scanner
+from .errors import StoreError
+from .scanner import Head, _hex, block_hash, find_fork_point, log_scanner
 from .store import LiquidationRecord, Store
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,21 @@ class ChainMirror:
                 if hi < end:
                     self.store.mark_processed(hi, None)
         log.info("discovered %d new account(s) in blocks %d..%d", found, start, end)
+
+    def _check_same_chain(self) -> None:
+        """A reorg below the lookback window on a chain whose deployment block changed is no reorg:
+        the node now serves another chain (a restarted dev node or anvil). Refuse it, as the store
+        refuses such a chain at the start, instead of rewinding the history of the old one."""
+        stored = self.store.deployment_block_hash
+        if stored is None:
+            return
+        now = block_hash(self.w3, self.deployment.block)
+        if now != stored:
+            raise StoreError(
+                f"the node now serves another chain: its block {self.deployment.block}, where the engine was "
+                f"deployed, is {'missing' if now is None else now[:10] + '…'} (was {stored[:10]}…); was the node "
+                "restarted? redeploy with `xmargin deploy`, then run the bot with --fresh-db"
+            )
 
     def _rediscover(self, through: int) -> None:
         """Every depositor from the deployment block through ``through`` again (after a reorg
@@ -326,6 +342,8 @@ class ChainMirror:
         oldest = min(self._hashes) if self._hashes else fork + 1
         fork = min(fork, head.number - 1)    # a chain rewound below the processed blocks
         deep = fork < oldest
+        if deep:
+            self._check_same_chain()
         log.warning("reorg: blocks after %d were replaced; re-reading the accounts they touched at block %d",
                     fork, head.number)
         rewind = self.store.rewind_to(fork)

@@ -149,3 +149,47 @@ def test_a_kill_between_the_record_and_the_broadcast_frees_the_nonce_on_restart(
     assert store.pending_txs() == [] and store.tx("0x" + "ee" * 32).status == "dropped"
     assert sender.nonces.next() == nonce
     store.close()
+
+
+# ---------------------------------------------------------------------- a node that restarts
+
+
+def test_a_node_that_comes_back_as_another_chain_is_refused_not_rewound(node: LocalNode, tmp_path: Path) -> None:
+    """The node is reset under a running bot (here: reverted to before the deployment, and the same
+    deployment made again a block later, as a restarted dev node with the same deterministic
+    addresses would have it): a deep "reorg" whose deployment block changed. The bot stops with one
+    line that says what to do; it does not rewind the old chain's history."""
+    from bot.config import BotConfig
+    from bot.errors import StoreError
+    from bot.liquidator import Liquidator
+    from protocol_model.chain import Sender
+    from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
+
+    compile_contracts()
+    w3 = Web3(HTTPProvider(node.url))
+    before = node.snapshot()
+    node.mine()                                        # the deployment's block (an empty one)
+    with node.automine():
+        dep = deploy_protocol(w3, Sender.unlocked(w3, 0), DeployConfig())
+    cfg = BotConfig.from_env(environ={}, db_path=str(tmp_path / "bot.sqlite3"), lookback_blocks=2,
+                             rpc_backoff_s=0.0, rpc_backoff_max_s=0.0)
+    bot = Liquidator(Web3(HTTPProvider(node.url)), dep, Account.from_key(node.accounts[7][1]), cfg,
+                     collateral_liquidation=False)
+    try:
+        bot.start()
+        node.mine(3)
+        bot.tick()
+        last = bot.store.last_block
+        node.revert(before)
+        with node.automine():                          # another block where the deployment's was
+            w3.eth.send_transaction({"from": node.accounts[1][0], "to": node.accounts[2][0], "value": 1})
+            again = deploy_protocol(w3, Sender.unlocked(w3, 0), DeployConfig())
+        assert again.engine == dep.engine
+        assert "0x" + bytes(w3.eth.get_block(dep.block)["hash"]).hex() != bot.store.deployment_block_hash
+        with pytest.raises(StoreError) as info:
+            bot.tick()
+        text = str(info.value)
+        assert "another chain" in text and "--fresh-db" in text and "\n" not in text
+        assert bot.store.last_block == last            # nothing rewound
+    finally:
+        bot.stop()
