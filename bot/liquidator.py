@@ -84,6 +84,13 @@ from .txs import Preflight, SendResult, TxOutcome, TxRequest, TxSender, strategy
 log = logging.getLogger(__name__)
 
 APPROVE_GAS = 100_000
+
+
+def needs_approve(allowance: int) -> bool:
+    """Whether the quote allowance the engine has from the bot calls for the (unlimited) approve
+    that collateral liquidations need; sent once per key at the start."""
+    return allowance < UINT256_MAX // 2
+
 SETTLE_GAS = 150_000
 # What a tick may fail with and be retried on the next poll; anything else is a bug and stops the loop.
 TICK_ERRORS: tuple[type[BaseException], ...] = (*DEFAULT_EXPECTED_ERRORS, ChainError, Web3RPCError, ContractLogicError)
@@ -296,7 +303,7 @@ class Liquidator:
     def _approve_quote(self, head: Head) -> None:
         """Let the engine pull quote tokens for collateral liquidations (once per key)."""
         allowance = int(self.quote.functions.allowance(self.address, self.engine.address).call({"from": self.address}))
-        if allowance >= UINT256_MAX // 2:
+        if not needs_approve(allowance):
             return
         sender = self.sender
         if sender is None:  # dev: set by start()

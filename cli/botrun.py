@@ -25,7 +25,7 @@ from protocol_model.chain import connect
 from protocol_model.deploy import Deployment
 from protocol_model.errors import ChainError, ConfigError
 from protocol_model.fmt import fmt_wad
-from protocol_model.wad import ETHER, UINT256_MAX, WAD
+from protocol_model.wad import ETHER, WAD
 
 from . import cli
 from .common import (
@@ -235,7 +235,7 @@ def check_before_start(cfg: Any, w3: Any, dep: Deployment, account: Any, *, coll
     SQLite database of this chain and engine (not held by another bot), the key is there unless
     it is a dry run, and the key holds the ETH for the quote-token approve the start sends."""
     from bot.errors import StoreError
-    from bot.liquidator import APPROVE_GAS
+    from bot.liquidator import APPROVE_GAS, needs_approve
     from bot.store import Store
     from bot.txs import strategy_from_config
     from protocol_model.deploy import contract_at
@@ -277,7 +277,7 @@ def check_before_start(cfg: Any, w3: Any, dep: Deployment, account: Any, *, coll
     if collateral:
         quote = contract_at(w3, "Token", dep.quote)
         allowance = int(quote.functions.allowance(account.address, dep.engine).call())
-        if allowance < UINT256_MAX // 2:
+        if needs_approve(allowance):
             base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas") or 0)
             cost = strategy_from_config(cfg).fees(base_fee, 0).worst_case_cost(APPROVE_GAS)
             if balance < cost:
