@@ -11,9 +11,10 @@ block and without liquidating anything twice:
   detected (:func:`bot.scanner.find_fork_point`) and undone (:meth:`Store.rewind_to`);
 * ``accounts``: every account discovered from the engine's events, with the block it was first
   seen in;
-* ``sent_txs``: every transaction sent, with its nonce, fees, target, status
-  (``pending``/``mined``/``reverted``/``replaced``/``dropped``) and the call data needed to
-  replace it after a restart; :meth:`Store.pending_for` says a liquidation of a target is in
+* ``sent_txs``: every transaction sent, recorded (and committed) before it is broadcast, with its
+  nonce, fees, target, status (``pending``/``mined``/``reverted``/``replaced``/``dropped``; dropped
+  also when the node never got it or a reorg took it away) and the call data needed to replace it
+  after a restart; :meth:`Store.pending_for` says a liquidation of a target is in
   flight already;
 * ``liquidations``: the history, won and lost, with reward and gas cost;
 * ``backoffs``: accounts left alone until a block after a lost race.
