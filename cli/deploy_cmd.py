@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from protocol_model.deploy import DeployConfig, deploy_protocol
+from protocol_model.deploy import DeployConfig, deploy_protocol, with_max_price_age
 from protocol_model.errors import ConfigError
 
 from . import cli
@@ -21,17 +21,18 @@ from .common import common_options, get_ctx, handle_errors
               help="encrypted keystore of the deployer (password from --password-file or XMARGIN_KEYSTORE_PASSWORD); "
                    "without it: XMARGIN_PRIVATE_KEY, else the node's first unlocked account")
 @click.option("--password-file", type=click.Path(dir_okay=False), default=None, help="file holding the keystore password")
-@click.option("--max-price-age", type=click.IntRange(min=1), default=DeployConfig.max_price_age, show_default=True,
-              help="seconds a price stays usable")
+@click.option("--max-price-age", type=click.IntRange(min=1), default=None,
+              help="seconds a price stays usable, for every feed [default: each feed's own, see docs/protocol.md]")
 @handle_errors
-def deploy(out: str | None, keystore: str | None, password_file: str | None, max_price_age: int) -> None:
+def deploy(out: str | None, keystore: str | None, password_file: str | None, max_price_age: int | None) -> None:
     """Deploy tokens, feeds, engine and lens; list ETH-PERP, BTC-PERP, WETH, WBTC; seed the house."""
     ctx = get_ctx()
     path = Path(out or ctx.deployment_path or "deployment.json")
     _check_writable(path)  # before spending gas on a deployment whose file could not be written
     w3 = ctx.chain()
     sender = ctx.sender(keystore, password_file)
-    dep = deploy_protocol(w3, sender, DeployConfig(max_price_age=max_price_age))
+    config = DeployConfig() if max_price_age is None else with_max_price_age(DeployConfig(), max_price_age)
+    dep = deploy_protocol(w3, sender, config)
     try:
         dep.save(path)
     except OSError as exc:

@@ -21,6 +21,7 @@ struct Market:
     liquidation_fee: uint256
     taker_fee: uint256
     oi_cap: uint256
+    max_price_age: uint256      # seconds
 
 struct CollateralConfig:
     feed: address
@@ -32,6 +33,7 @@ struct CollateralConfig:
     liquidation_discount: uint256
     deposit_cap: uint256
     index: uint256
+    max_price_age: uint256      # seconds
 
 struct Position:
     size: int256

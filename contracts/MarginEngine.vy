@@ -1,5 +1,7 @@
 # pragma version 0.4.3
 # pragma nonreentrancy on
+# pragma optimize codesize
+# pragma experimental-codegen
 """
 @title MarginEngine
 @notice Cross-margin perpetuals: one account per address holds quote cash, collateral tokens and
@@ -14,11 +16,14 @@
      quote          a position's cost basis; upnl = size * P / WAD + quote [USD WAD, signed]
      imf / mmf      initial / maintenance margin fraction of notional [WAD fraction]
      house          this contract's own account, the counterparty of every trade; exempt from
-                    margin checks; absorbs socialised losses
-     insurance fund a separate balance fed by liquidation penalties [USD WAD]
-     max_age        a price read's mode: actions read strictly (revert on a bad or a stale price;
-                    max_age = the protocol's max_price_age), the preview views revert on a bad
-                    price only (PREVIEW), the other views clamp and ignore the age (LOOSE); see _price
+                    margin checks; absorbs socialised losses and what the insurance fund cannot pay
+     insurance fund a separate balance fed by liquidation penalties; pays keepers what a bankrupt
+                    account cannot, and bad debt [USD WAD]
+     max age        each market and each collateral has its own maximum price age [seconds]
+     read mode      how a health computation treats a price (see _read and _term_price):
+                    LOOSE (views: clamp, ignore ages), STRICT (trades, withdrawals: revert on a bad
+                    or stale price), LIQUIDATION (liquidations: an unusable price counts against
+                    the account), PREVIEW (the single previews: as LIQUIDATION, ages ignored)
      Every rounding favours the protocol: credits to an account round toward minus infinity,
      charges and margin requirements round up, collateral values round down.
      Vyper's signed `//` truncates toward zero; every signed division goes through _div_floor or
@@ -46,6 +51,7 @@ struct Market:
     liquidation_fee: uint256    # WAD fraction of closed notional (< mmf)
     taker_fee: uint256          # WAD fraction of traded notional
     oi_cap: uint256             # base WAD; cap on the house's |size| (0 = no cap)
+    max_price_age: uint256      # seconds; older answers of the feed are unusable
 
 struct CollateralConfig:
     feed: address               # AggregatorV3 price feed
@@ -57,16 +63,53 @@ struct CollateralConfig:
     liquidation_discount: uint256  # WAD fraction; maint_weight + discount < WAD
     deposit_cap: uint256        # native units; cap on total deposits (0 = no cap)
     index: uint256              # bit of the token in held_collaterals
+    max_price_age: uint256      # seconds; older answers of the feed are unusable
 
-# Packed copies of the configuration, for the hot paths (see STORAGE).
+# Packed copies of the configuration, for the hot paths (see STORAGE; lanes under CONSTANTS).
 
 struct MarketWords:
-    oracle: uint256             # feed (bits 0-159) | price_scale (160-223) | OI_CAP_FLAG iff oi_cap != 0
-    fees: uint256               # WAD fractions, 64 bits each: imf | mmf << 64 | liquidation_fee << 128 | taker_fee << 192
+    oracle: uint256             # ORACLE_* lanes: feed | price exponent | OI cap flag | max age
+    fees: uint256               # FEE_* lanes: imf | mmf | liquidation_fee | taker_fee
 
 struct CollateralWords:
-    token_word: uint256         # token (bits 0-159) | init_weight (160-223) | decimals (224-231) | 18 - feed decimals (232-239)
-    feed_word: uint256          # feed (bits 0-159) | maint_weight (160-223)
+    token_word: uint256         # TOKEN_* lanes: token | decimals | price exponent | init_weight
+    feed_word: uint256          # CFEED_* lanes: feed | maint_weight | max age
+
+# Unpacked views of the packed words (one unpack helper each).
+
+struct HotParams:
+    paused: bool
+    market_count: uint256
+    keeper_share: int256        # WAD fraction
+    dust_notional: int256       # USD WAD
+
+struct Oracle:
+    feed: address
+    exponent: uint256           # 18 - feed decimals
+    oi_capped: bool             # oi_cap != 0
+    max_age: uint256            # seconds
+
+struct Fees:
+    imf: int256
+    mmf: int256
+    liquidation_fee: int256
+    taker_fee: int256
+
+struct TokenLanes:
+    token: address
+    decimals: uint256
+    exponent: uint256           # 18 - feed decimals
+    init_weight: int256
+
+struct CollateralFeed:
+    feed: address
+    maint_weight: int256
+    max_age: uint256            # seconds
+
+struct CollateralInfo:
+    listed: bool
+    index: uint256
+    discount: uint256           # WAD fraction
 
 struct Position:
     size: int256                # base units WAD, signed
@@ -81,26 +124,51 @@ struct LiquidationPlan:
     size_delta: int256          # base units WAD applied to the account (opposite sign of size)
     price: uint256              # USD WAD per unit
     quote_delta: int256         # USD WAD booked to the account's quote
-    penalty: uint256            # USD WAD charged to the account's cash
-    keeper_reward: uint256      # quote native units paid to the caller
-    insurance: uint256          # USD WAD credited to the insurance fund
+    penalty: uint256            # USD WAD; liquidation_fee of the closed notional
+    charged: uint256            # USD WAD the account's cash pays: min(penalty, max(equity after the close, 0))
+    keeper_reward: uint256      # quote native units paid to the caller: keeper_share of the full penalty
+    insurance_fund: uint256     # USD WAD; the resulting insurance fund (before any settlement)
+    house_size: int256          # the house's resulting size in the market
+    house_quote: int256         # the house's resulting quote
+    house_cash: int256          # the house's resulting cash (before any settlement)
     size: int256                # resulting size
     quote: int256               # resulting quote (0 once the position is closed)
-    cash: int256                # resulting cash
-    equity: int256              # resulting equity
-    init_health: int256         # resulting init_health
-    maint_health: int256        # resulting maint_health
+    cash: int256                # resulting cash (before any settlement)
+    equity: int256              # resulting equity (liquidation reading)
+    init_health: int256         # resulting init_health (liquidation reading)
+    maint_health: int256        # resulting maint_health (liquidation reading)
+    bad_debt: uint256           # USD WAD settled automatically after the close (0: none)
 
 struct CollateralLiquidationPlan:
     repay: uint256              # quote native units paid by the caller
     seized: uint256             # collateral native units sent to the caller
     price: uint256              # USD WAD per whole token (undiscounted)
-    cash: int256                # resulting cash
+    subsidy: uint256            # USD WAD credited to the account: the discount its equity cannot bear
+    cash: int256                # resulting cash (before any settlement)
     collateral: uint256         # resulting collateral balance
+    insurance_fund: uint256     # resulting insurance fund (before any settlement)
+    house_cash: int256          # resulting house cash (before any settlement)
+    equity: int256              # resulting equity (liquidation reading)
+    bad_debt: uint256           # USD WAD settled automatically afterwards (0: none)
+
+struct LiquidationOrder:
+    account: address            # the account to liquidate
+    market: uint256             # a position order's market id; 0 in a collateral order
+    token: address              # empty: a position order; else the collateral to seize
+    amount: uint256             # max_size (base units WAD) or max_repay (quote native units)
+
+struct OrderPreview:
+    status: uint256             # EXECUTED or a SKIP_* code
+    keeper_reward: uint256      # quote native units paid to the caller (position orders)
+    repay: uint256              # quote native units the caller pays (collateral orders)
+    seized: uint256             # collateral native units the caller receives (collateral orders)
+    size_delta: int256          # base units WAD (position orders)
+    bad_debt: uint256           # USD WAD settled automatically
 
 # ---------------------------------------------------------------- EVENTS
-# Every account event carries the account's resulting state for the touched fields, so that an
-# off-chain mirror can rebuild every account (and the house) from logs alone.
+# Every account event carries the account's resulting state for the touched fields, and every
+# event that changes the insurance fund or the house carries their resulting values, so that an
+# off-chain mirror can rebuild every account, the house and the fund from logs alone.
 
 event Deposit:
     account: indexed(address)
@@ -126,6 +194,9 @@ event Trade:
     size: int256                # resulting size
     quote: int256               # resulting quote
     cash: int256                # resulting cash
+    house_size: int256          # the house's resulting size, quote and cash
+    house_quote: int256
+    house_cash: int256
 
 event Liquidation:
     account: indexed(address)
@@ -134,10 +205,14 @@ event Liquidation:
     size_delta: int256
     price: uint256
     quote_delta: int256
-    penalty: uint256            # USD WAD
+    penalty: uint256            # USD WAD, the full penalty
+    charged: uint256            # USD WAD paid by the account
     keeper_reward: uint256      # quote native units
-    insurance: uint256          # USD WAD credited to the insurance fund
-    size: int256
+    insurance_fund: uint256     # resulting fund, USD WAD
+    house_size: int256          # the house's resulting size, quote and cash
+    house_quote: int256
+    house_cash: int256
+    size: int256                # the account's resulting size, quote and cash
     quote: int256
     cash: int256
 
@@ -148,14 +223,25 @@ event CollateralLiquidation:
     repay: uint256              # quote native units
     seized: uint256             # collateral native units
     price: uint256              # USD WAD, undiscounted
+    subsidy: uint256            # USD WAD credited to the account by the fund / house
     cash: int256
     collateral: uint256
+    insurance_fund: uint256
+    house_cash: int256
+
+event LiquidationSkipped:
+    account: indexed(address)
+    liquidator: indexed(address)
+    index: uint256              # the order's position in the batch
+    reason: uint256             # a SKIP_* code
 
 event BadDebtSettled:
     account: indexed(address)
     deficit: uint256            # USD WAD
     covered: uint256            # USD WAD paid by the insurance fund
     socialised: uint256         # USD WAD absorbed by the house's cash
+    house_cash: int256          # resulting house cash
+    insurance_fund: uint256     # resulting fund
 
 event HouseSeeded:
     amount: uint256             # native units
@@ -183,6 +269,10 @@ event CollateralParamsSet:
     liquidation_discount: uint256
     deposit_cap: uint256
 
+event CollateralPriceAgeSet:
+    token: indexed(address)
+    max_price_age: uint256      # seconds
+
 event MarketListed:
     market: indexed(uint256)
     feed: indexed(address)
@@ -196,9 +286,13 @@ event MarketParamsSet:
     taker_fee: uint256
     oi_cap: uint256
 
+event MarketPriceAgeSet:
+    market: indexed(uint256)
+    max_price_age: uint256      # seconds
+
 event ParamsSet:
     keeper_share: uint256
-    max_price_age: uint256
+    max_price_age: uint256      # seconds; the default age of markets and collaterals listed later
     dust_notional: uint256
 
 event Paused:
@@ -221,35 +315,69 @@ WAD: constant(uint256) = 10**18
 IWAD: constant(int256) = 10**18
 MAX_MARKETS: constant(uint256) = 16
 MAX_COLLATERALS: constant(uint256) = 8
+MAX_ORDERS: constant(uint256) = 32          # orders per liquidate_many
 MAX_AMOUNT: constant(uint256) = 2**128      # native units; largest deposit/withdraw/seed amount
 MAX_SIZE: constant(int256) = 2**100         # base units WAD; largest |size| (about 1.27e12 units)
 MAX_PRICE: constant(uint256) = 2**100       # USD WAD; largest usable price (about 1.27e12 USD)
+MAX_PRICE_AGE: constant(uint256) = 2**32 - 1  # seconds (about 136 years); largest max price age
 # Whole tokens; total_collateral[token] <= MAX_TOTAL_COLLATERAL * 10**decimals ("deposit cap"). The
 # largest bound for which balance * P and value * weight fit in int256 at every P <= MAX_PRICE,
 # weight < WAD and decimals <= 18 (about 4.57e28 tokens, 2**95.2); see docs/protocol.md.
 MAX_TOTAL_COLLATERAL: constant(uint256) = (2**255 - 1) // (MAX_PRICE * WAD)
 
-# Price read modes: _price's max_age argument. A strict read (actions) passes the protocol's
-# max_price_age, at most PREVIEW - 1 (_strict_age); these two values above it select the views'
-# modes. Both accept any age a chain can reach (block.timestamp - updatedAt < 2**256 - 2).
-LOOSE: constant(uint256) = max_value(uint256)       # views: a bad price is clamped to [0, MAX_PRICE]
-PREVIEW: constant(uint256) = max_value(uint256) - 1 # preview views: a bad price reverts as in actions
+# Read modes of _health / _term_price (see the glossary).
+LOOSE: constant(uint256) = 0
+STRICT: constant(uint256) = 1
+LIQUIDATION: constant(uint256) = 2
+PREVIEW: constant(uint256) = 3
 
-# Lanes of the packed hot copies (bit offsets and masks; see STORAGE and the word structs).
+# Status of one feed reading (_read).
+PRICE_OK: constant(uint256) = 0
+PRICE_BAD: constant(uint256) = 1            # answer <= 0 or above MAX_PRICE
+PRICE_STALE: constant(uint256) = 2          # older than the max age (checked in STRICT and LIQUIDATION)
+
+# Outcome of a liquidation order: EXECUTED, or why the single action would reject it for a reason
+# that depends on the account's state or a feed (liquidate_many skips such an order).
+EXECUTED: constant(uint256) = 0
+SKIP_HEALTHY: constant(uint256) = 1         # "healthy"
+SKIP_NO_POSITION: constant(uint256) = 2     # "no position"
+SKIP_NO_DEBT: constant(uint256) = 3         # "no debt"
+SKIP_NO_COLLATERAL: constant(uint256) = 4   # "no collateral"
+SKIP_BAD_PRICE: constant(uint256) = 5       # "bad price" of the feed closed or seized
+SKIP_STALE_PRICE: constant(uint256) = 6     # "stale price" of the feed closed or seized
+
+# Lanes of the packed words: each lane is (SHIFT, MASK); only the pack / unpack helpers use them.
 ADDRESS_MASK: constant(uint256) = 2**160 - 1
 MASK64: constant(uint256) = 2**64 - 1
+MASK32: constant(uint256) = 2**32 - 1
+MASK112: constant(uint256) = 2**112 - 1
 BYTE_MASK: constant(uint256) = 255
-PAUSED_FLAG: constant(uint256) = 1              # hot_params bit 0
-MARKET_COUNT_SHIFT: constant(uint256) = 8       # hot_params, 8 bits
-KEEPER_SHARE_SHIFT: constant(uint256) = 16      # hot_params, 64 bits
-PRICE_AGE_SHIFT: constant(uint256) = 80         # hot_params, 64 bits
-DUST_SHIFT: constant(uint256) = 144             # hot_params, 112 bits
-STATUS_MASK: constant(uint256) = 2**16 - 1      # hot_params: the pause flag and market_count
-PRICE_AGE_CAP: constant(uint256) = 2**64 - 1    # seconds; a price age lane at the cap means "read max_price_age"
-OI_CAP_FLAG: constant(uint256) = 2**224         # MarketWords.oracle bit: oi_cap != 0
-WEIGHT_SHIFT: constant(uint256) = 160           # CollateralWords: init / maint weight lane
-INDEX_SHIFT: constant(uint256) = 160            # collateral_info: index lane
-DISCOUNT_SHIFT: constant(uint256) = 184         # collateral_info: liquidation_discount lane
+BIT_MASK: constant(uint256) = 1
+# hot_params
+PARAMS_PAUSED_SHIFT: constant(uint256) = 0          # BIT_MASK: 1 while paused
+PARAMS_MARKET_COUNT_SHIFT: constant(uint256) = 8    # BYTE_MASK
+PARAMS_KEEPER_SHARE_SHIFT: constant(uint256) = 16   # MASK64; <= WAD
+PARAMS_DUST_SHIFT: constant(uint256) = 80           # MASK112; <= MAX_PRICE
+# MarketWords.oracle (the feed in bits 0-159)
+ORACLE_EXPONENT_SHIFT: constant(uint256) = 160      # BYTE_MASK; 18 - feed decimals
+ORACLE_OI_CAP_SHIFT: constant(uint256) = 168        # BIT_MASK; 1 iff oi_cap != 0
+ORACLE_AGE_SHIFT: constant(uint256) = 176           # MASK32; max price age
+# MarketWords.fees, MASK64 each
+FEE_IMF_SHIFT: constant(uint256) = 0
+FEE_MMF_SHIFT: constant(uint256) = 64
+FEE_LIQUIDATION_SHIFT: constant(uint256) = 128
+FEE_TAKER_SHIFT: constant(uint256) = 192
+# CollateralWords.token_word (the token in bits 0-159)
+TOKEN_DECIMALS_SHIFT: constant(uint256) = 160       # BYTE_MASK
+TOKEN_EXPONENT_SHIFT: constant(uint256) = 168       # BYTE_MASK; 18 - feed decimals
+TOKEN_INIT_WEIGHT_SHIFT: constant(uint256) = 176    # MASK64
+# CollateralWords.feed_word (the feed in bits 0-159)
+CFEED_MAINT_WEIGHT_SHIFT: constant(uint256) = 160   # MASK64
+CFEED_AGE_SHIFT: constant(uint256) = 224            # MASK32; max price age
+# collateral_info[token]
+INFO_LISTED_SHIFT: constant(uint256) = 0            # BIT_MASK
+INFO_INDEX_SHIFT: constant(uint256) = 8             # BYTE_MASK
+INFO_DISCOUNT_SHIFT: constant(uint256) = 16         # MASK64
 
 # ---------------------------------------------------------------- STORAGE
 
@@ -261,7 +389,7 @@ quote_token: public(address)                # the 1-USD stablecoin
 quote_scale: public(uint256)                # 10**(18 - quote decimals): native -> USD WAD
 
 keeper_share: public(uint256)               # WAD fraction of a liquidation penalty paid to the caller
-max_price_age: public(uint256)              # seconds
+max_price_age: public(uint256)              # seconds; the max age given to markets and collaterals when listed
 dust_notional: public(uint256)              # USD WAD; smaller leftovers are closed whole
 
 market: public(HashMap[uint256, Market])    # market id -> config
@@ -278,19 +406,15 @@ held_collaterals: public(HashMap[address, uint256])             # bit i set iff 
 
 insurance_fund: public(uint256)             # USD WAD
 
-# Packed hot copies of the configuration above, appended so that every slot above keeps its
-# number. Trades, withdrawals and liquidations read these (one cold slot instead of several,
-# EIP-2929); the variables above stay the canonical state and keep their getters.
+# Packed hot copies of the configuration above. Trades, withdrawals and liquidations read these
+# (one cold slot instead of several, EIP-2929); the variables above stay the canonical state and
+# keep their getters. Each word has its lanes under CONSTANTS and one unpack helper.
 # dev: every admin function that writes a mirrored variable rewrites its copy in the same call, so
-#      each copy equals the variables it is made of, lane by lane.
-# dev: hot_params holds, from bit 0: paused (8 bits, 0 or 1) | market_count (8) | keeper_share (64;
-#      <= WAD) | min(max_price_age, PRICE_AGE_CAP) (64) | dust_notional (112; <= MAX_PRICE).
-hot_params: uint256                                             # packed; see above
-market_words: HashMap[uint256, MarketWords]                     # market id -> packed copy of market[id]
-collateral_words: HashMap[uint256, CollateralWords]             # collateral index -> packed copy of its config
-# dev: collateral_info[token] = feed (bits 0-159) | index (160-167) | decimals (168-175) |
-#      18 - feed decimals (176-183) | liquidation_discount (184-247); 0 iff the token is unlisted.
-collateral_info: HashMap[address, uint256]                      # token -> packed; see above
+#      each copy equals the variables it is made of, lane by lane (tests/fuzz/test_differential.py).
+hot_params: public(uint256)                                     # PARAMS_* lanes
+market_words: public(HashMap[uint256, MarketWords])             # market id -> ORACLE_* / FEE_* lanes
+collateral_words: public(HashMap[uint256, CollateralWords])     # collateral index -> TOKEN_* / CFEED_* lanes
+collateral_info: public(HashMap[address, uint256])              # token -> INFO_* lanes; 0 iff unlisted
 
 # Copies of the two variables the constructor alone writes, read from code by the hot paths.
 QUOTE_TOKEN: immutable(address)             # = quote_token
@@ -346,16 +470,81 @@ def _mul_up(a: int256, b: int256) -> int256:
 def _div_up(a: int256, b: int256) -> int256:
     return self._div_ceil(a * IWAD, b)
 
+# ---------------------------------------------------------------- PACKED WORDS
+
+@pure
+@internal
+def _with_lane(word: uint256, offset: uint256, mask: uint256, lane_value: uint256) -> uint256:
+    # dev: lane_value <= mask (the callers' bounds), so no other lane changes.
+    return (word & ~(mask << offset)) | (lane_value << offset)
+
+@pure
+@internal
+def _unpack_params(word: uint256) -> HotParams:
+    return HotParams(
+        paused=(word >> PARAMS_PAUSED_SHIFT) & BIT_MASK == 1,
+        market_count=(word >> PARAMS_MARKET_COUNT_SHIFT) & BYTE_MASK,
+        keeper_share=convert((word >> PARAMS_KEEPER_SHARE_SHIFT) & MASK64, int256),
+        dust_notional=convert((word >> PARAMS_DUST_SHIFT) & MASK112, int256),
+    )
+
+@pure
+@internal
+def _unpack_oracle(word: uint256) -> Oracle:
+    return Oracle(
+        feed=convert(word & ADDRESS_MASK, address),
+        exponent=(word >> ORACLE_EXPONENT_SHIFT) & BYTE_MASK,
+        oi_capped=(word >> ORACLE_OI_CAP_SHIFT) & BIT_MASK == 1,
+        max_age=(word >> ORACLE_AGE_SHIFT) & MASK32,
+    )
+
+@pure
+@internal
+def _unpack_fees(word: uint256) -> Fees:
+    return Fees(
+        imf=convert((word >> FEE_IMF_SHIFT) & MASK64, int256),
+        mmf=convert((word >> FEE_MMF_SHIFT) & MASK64, int256),
+        liquidation_fee=convert((word >> FEE_LIQUIDATION_SHIFT) & MASK64, int256),
+        taker_fee=convert((word >> FEE_TAKER_SHIFT) & MASK64, int256),
+    )
+
+@pure
+@internal
+def _unpack_token_word(word: uint256) -> TokenLanes:
+    return TokenLanes(
+        token=convert(word & ADDRESS_MASK, address),
+        decimals=(word >> TOKEN_DECIMALS_SHIFT) & BYTE_MASK,
+        exponent=(word >> TOKEN_EXPONENT_SHIFT) & BYTE_MASK,
+        init_weight=convert((word >> TOKEN_INIT_WEIGHT_SHIFT) & MASK64, int256),
+    )
+
+@pure
+@internal
+def _unpack_feed_word(word: uint256) -> CollateralFeed:
+    return CollateralFeed(
+        feed=convert(word & ADDRESS_MASK, address),
+        maint_weight=convert((word >> CFEED_MAINT_WEIGHT_SHIFT) & MASK64, int256),
+        max_age=(word >> CFEED_AGE_SHIFT) & MASK32,
+    )
+
+@pure
+@internal
+def _unpack_info(word: uint256) -> CollateralInfo:
+    return CollateralInfo(
+        listed=(word >> INFO_LISTED_SHIFT) & BIT_MASK == 1,
+        index=(word >> INFO_INDEX_SHIFT) & BYTE_MASK,
+        discount=(word >> INFO_DISCOUNT_SHIFT) & MASK64,
+    )
+
 # ---------------------------------------------------------------- PRICES
 
 @view
 @internal
-def _price(feed: address, price_scale: uint256, max_age: uint256) -> int256:
+def _read(feed: address, exponent: uint256, max_age: uint256, mode: uint256) -> (int256, uint256):
     """
-    @dev A usable price is 0 < P <= MAX_PRICE and at most max_price_age old. A bad price (out of
-         that range) reverts "bad price" unless max_age is LOOSE, which clamps it to
-         [0, MAX_PRICE]; a price older than max_age reverts "stale price" (never for LOOSE and
-         PREVIEW). Strict reads pass _strict_age().
+    @dev The feed's answer in WAD, clamped to [0, MAX_PRICE], and its status: PRICE_BAD outside
+         (0, MAX_PRICE], else PRICE_STALE if the mode checks ages (STRICT, LIQUIDATION) and the
+         answer is older than max_age, else PRICE_OK. Never reverts.
     """
     round_id: uint80 = 0
     answer: int256 = 0
@@ -363,51 +552,61 @@ def _price(feed: address, price_scale: uint256, max_age: uint256) -> int256:
     updated_at: uint256 = 0
     answered_in: uint80 = 0
     round_id, answer, started_at, updated_at, answered_in = staticcall AggregatorV3(feed).latestRoundData()
+    scale: uint256 = 10 ** exponent
     if answer <= 0:
-        assert max_age == LOOSE, "bad price"
-        return 0
-    if convert(answer, uint256) > MAX_PRICE // price_scale:
-        assert max_age == LOOSE, "bad price"
-        return convert(MAX_PRICE, int256)
-    if updated_at < block.timestamp:
-        assert block.timestamp - updated_at <= max_age, "stale price"
-    return answer * convert(price_scale, int256)
+        return 0, PRICE_BAD
+    if convert(answer, uint256) > MAX_PRICE // scale:
+        return convert(MAX_PRICE, int256), PRICE_BAD
+    p: int256 = answer * convert(scale, int256)
+    if (mode == STRICT or mode == LIQUIDATION) and updated_at < block.timestamp:
+        if block.timestamp - updated_at > max_age:
+            return p, PRICE_STALE
+    return p, PRICE_OK
+
+@pure
+@internal
+def _require_usable(status: uint256):
+    assert status != PRICE_BAD, "bad price"
+    assert status != PRICE_STALE, "stale price"
 
 @view
 @internal
-def _strict_age(params: uint256) -> uint256:
-    """
-    @dev The max_age of a strict read: max_price_age from its hot_params lane (params), capped
-         below the view modes (an age of 2**256 - 3 s or more already accepts every price).
-    """
-    age: uint256 = (params >> PRICE_AGE_SHIFT) & MASK64
-    if age == PRICE_AGE_CAP:
-        return min(self.max_price_age, PREVIEW - 1)
-    return age
+def _strict_price(oracle: Oracle) -> int256:
+    p: int256 = 0
+    status: uint256 = 0
+    p, status = self._read(oracle.feed, oracle.exponent, oracle.max_age, STRICT)
+    self._require_usable(status)
+    return p
 
 @view
 @internal
-def _oracle_price(oracle: uint256, max_age: uint256) -> int256:
+def _term_price(feed: address, exponent: uint256, max_age: uint256, mode: uint256) -> (int256, bool):
     """
-    @dev The price of a market from its MarketWords.oracle word.
+    @dev A health term's price and whether it is usable: LOOSE reads any answer (clamped) as
+         usable; STRICT reverts on an unusable one; LIQUIDATION and PREVIEW report it, and the
+         caller counts the term against the account.
     """
-    return self._price(convert(oracle & ADDRESS_MASK, address), (oracle >> 160) & MASK64, max_age)
-
-@view
-@internal
-def _market_price(market_id: uint256, max_age: uint256) -> int256:
-    return self._oracle_price(self.market_words[market_id].oracle, max_age)
+    p: int256 = 0
+    status: uint256 = 0
+    p, status = self._read(feed, exponent, max_age, mode)
+    if mode == STRICT:
+        self._require_usable(status)
+    return p, mode == LOOSE or status == PRICE_OK
 
 # ---------------------------------------------------------------- HEALTH
 
 @view
 @internal
-def _health(account: address, max_age: uint256, known_market: uint256, known_price: int256) -> Health:
+def _health(account: address, mode: uint256, known_market: uint256, known_price: int256, known_usable: bool) -> Health:
     """
     @dev One pass over the account's active markets and held collaterals (bitmasks), so the cost
          grows with what the account holds, not with what is listed.
-         known_price is the price of known_market (MAX_MARKETS for none) read earlier in the same
-         call with the same read mode; it is used instead of reading that feed again.
+         known_price (usable or not: known_usable) is the price of known_market (MAX_MARKETS for
+         none) read earlier in the same call in the same mode; it is used instead of reading
+         that feed again.
+         A term whose price is not usable (LIQUIDATION, PREVIEW) counts against the account: a
+         collateral is worth 0; a position counts its loss at the last answer and none of its
+         profit, with its requirements at that answer.
     """
     c: int256 = self.cash[account]
     h: Health = Health(equity=c, init_health=c, maint_health=c)
@@ -418,15 +617,20 @@ def _health(account: address, max_age: uint256, known_market: uint256, known_pri
             break
         if mask & 1 == 1:
             pos: Position = self.position[account][m]
+            words: MarketWords = self.market_words[m]
             p: int256 = known_price
+            usable: bool = known_usable
             if m != known_market:
-                p = self._market_price(m, max_age)
-            fees: uint256 = self.market_words[m].fees
+                o: Oracle = self._unpack_oracle(words.oracle)
+                p, usable = self._term_price(o.feed, o.exponent, o.max_age, mode)
+            fees: Fees = self._unpack_fees(words.fees)
             upnl: int256 = self._mul_down(pos.size, p) + pos.quote
+            if not usable:
+                upnl = min(upnl, 0)
             notional: int256 = self._mul_up(abs(pos.size), p)
             h.equity += upnl
-            h.init_health += upnl - self._mul_up(notional, convert(fees & MASK64, int256))
-            h.maint_health += upnl - self._mul_up(notional, convert((fees >> 64) & MASK64, int256))
+            h.init_health += upnl - self._mul_up(notional, fees.imf)
+            h.maint_health += upnl - self._mul_up(notional, fees.mmf)
         mask >>= 1
 
     mask = self.held_collaterals[account]
@@ -435,15 +639,16 @@ def _health(account: address, max_age: uint256, known_market: uint256, known_pri
             break
         if mask & 1 == 1:
             words: CollateralWords = self.collateral_words[i]
-            token: address = convert(words.token_word & ADDRESS_MASK, address)
-            p: int256 = self._price(
-                convert(words.feed_word & ADDRESS_MASK, address), 10 ** ((words.token_word >> 232) & BYTE_MASK), max_age
-            )
-            unit: uint256 = 10 ** ((words.token_word >> 224) & BYTE_MASK)
-            value: int256 = convert(self.collateral[account][token], int256) * p // convert(unit, int256)
-            h.equity += value
-            h.init_health += self._mul_down(value, convert((words.token_word >> WEIGHT_SHIFT) & MASK64, int256))
-            h.maint_health += self._mul_down(value, convert((words.feed_word >> WEIGHT_SHIFT) & MASK64, int256))
+            t: TokenLanes = self._unpack_token_word(words.token_word)
+            f: CollateralFeed = self._unpack_feed_word(words.feed_word)
+            p: int256 = 0
+            usable: bool = False
+            p, usable = self._term_price(f.feed, t.exponent, f.max_age, mode)
+            if usable:
+                value: int256 = convert(self.collateral[account][t.token], int256) * p // convert(10 ** t.decimals, int256)
+                h.equity += value
+                h.init_health += self._mul_down(value, t.init_weight)
+                h.maint_health += self._mul_down(value, f.maint_weight)
         mask >>= 1
     return h
 
@@ -455,7 +660,18 @@ def health(account: address) -> (int256, int256, int256):
     """
     @notice (equity, init_health, maint_health) in USD WAD at the latest prices, stale or not.
     """
-    h: Health = self._health(account, LOOSE, MAX_MARKETS, 0)
+    h: Health = self._health(account, LOOSE, MAX_MARKETS, 0, True)
+    return (h.equity, h.init_health, h.maint_health)
+
+@view
+@external
+def liquidation_health(account: address) -> (int256, int256, int256):
+    """
+    @notice (equity, init_health, maint_health) as a liquidation reads them now: every term whose
+            price is unusable (bad, or older than its feed's max age) counts against the account.
+            The account is liquidatable iff maint_health < 0 here.
+    """
+    h: Health = self._health(account, LIQUIDATION, MAX_MARKETS, 0, True)
     return (h.equity, h.init_health, h.maint_health)
 
 @view
@@ -473,20 +689,57 @@ def collateral_count() -> uint256:
 def preview_liquidate(account: address, market_id: uint256, max_size: uint256) -> LiquidationPlan:
     """
     @notice What liquidate(account, market_id, max_size) would do at the latest prices; reverts
-            with liquidate's reasons (a bad price too) except that stale prices are read, not
-            rejected.
+            with liquidate's reasons (a bad price too) except that ages are not checked.
     """
-    return self._liquidation_plan(account, market_id, max_size, False)
+    plan: LiquidationPlan = empty(LiquidationPlan)
+    code: uint256 = 0
+    plan, code = self._liquidation_plan(account, market_id, max_size, PREVIEW)
+    self._fail(code)
+    return plan
 
 @view
 @external
 def preview_liquidate_collateral(account: address, token: address, max_repay: uint256) -> CollateralLiquidationPlan:
     """
     @notice What liquidate_collateral(account, token, max_repay) would do at the latest prices;
-            reverts with liquidate_collateral's reasons (a bad price too) except that stale
-            prices are read, not rejected.
+            reverts with liquidate_collateral's reasons (a bad price too) except that ages are
+            not checked.
     """
-    return self._collateral_plan(account, token, max_repay, False)
+    plan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
+    code: uint256 = 0
+    plan, code = self._collateral_plan(account, token, max_repay, PREVIEW)
+    self._fail(code)
+    return plan
+
+@view
+@external
+def preview_liquidate_many(orders: DynArray[LiquidationOrder, MAX_ORDERS]) -> DynArray[OrderPreview, MAX_ORDERS]:
+    """
+    @notice What each order of liquidate_many(orders) would do now (ages checked, as the action
+            does), every order read against the current state: an order on an account that an
+            earlier order of the same batch changes may come out differently on chain.
+            Reverts where liquidate_many would for a malformed order.
+    """
+    out: DynArray[OrderPreview, MAX_ORDERS] = []
+    for o: LiquidationOrder in orders:
+        v: OrderPreview = empty(OrderPreview)
+        if o.token == empty(address):
+            plan: LiquidationPlan = empty(LiquidationPlan)
+            plan, v.status = self._liquidation_plan(o.account, o.market, o.amount, LIQUIDATION)
+            if v.status == EXECUTED:
+                v.keeper_reward = plan.keeper_reward
+                v.size_delta = plan.size_delta
+                v.bad_debt = plan.bad_debt
+        else:
+            assert o.market == 0, "bad order"
+            cplan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
+            cplan, v.status = self._collateral_plan(o.account, o.token, o.amount, LIQUIDATION)
+            if v.status == EXECUTED:
+                v.repay = cplan.repay
+                v.seized = cplan.seized
+                v.bad_debt = cplan.bad_debt
+        out.append(v)
+    return out
 
 # ---------------------------------------------------------------- ACCOUNT ACTIONS
 
@@ -503,16 +756,17 @@ def deposit(token: address, amount: uint256):
         c += convert(amount * QUOTE_SCALE, int256)
         self.cash[msg.sender] = c
     else:
-        info: uint256 = self.collateral_info[token]
-        assert info != 0, "not listed"
+        info: CollateralInfo = self._unpack_info(self.collateral_info[token])
+        assert info.listed, "not listed"
+        decimals: uint256 = self._unpack_token_word(self.collateral_words[info.index].token_word).decimals
         total: uint256 = self.total_collateral[token] + amount
         cap: uint256 = self.collateral_config[token].deposit_cap
         # dev: the hard bound keeps every balance's health terms inside int256 (MAX_TOTAL_COLLATERAL).
-        assert total <= MAX_TOTAL_COLLATERAL * 10 ** ((info >> 168) & BYTE_MASK) and (cap == 0 or total <= cap), "deposit cap"
+        assert total <= MAX_TOTAL_COLLATERAL * 10 ** decimals and (cap == 0 or total <= cap), "deposit cap"
         self.total_collateral[token] = total
         balance = self.collateral[msg.sender][token] + amount
         self.collateral[msg.sender][token] = balance
-        self.held_collaterals[msg.sender] |= 1 << ((info >> INDEX_SHIFT) & BYTE_MASK)
+        self.held_collaterals[msg.sender] |= 1 << info.index
     assert extcall IERC20(token).transferFrom(msg.sender, self, amount, default_return_value=True), "transfer failed"
     log Deposit(account=msg.sender, token=token, amount=amount, cash=c, collateral=balance)
 
@@ -522,8 +776,7 @@ def withdraw(token: address, amount: uint256):
     @notice Send `amount` native units of `token` from the caller's account to the caller.
             Quote withdrawals may not take cash below zero; afterwards init_health >= 0.
     """
-    params: uint256 = self.hot_params
-    assert params & PAUSED_FLAG == 0, "paused"
+    assert not self._unpack_params(self.hot_params).paused, "paused"
     assert amount > 0, "zero amount"
     assert amount <= MAX_AMOUNT, "amount too large"
     balance: uint256 = 0
@@ -533,16 +786,16 @@ def withdraw(token: address, amount: uint256):
         assert c >= 0, "insufficient cash"
         self.cash[msg.sender] = c
     else:
-        info: uint256 = self.collateral_info[token]
-        assert info != 0, "not listed"
+        info: CollateralInfo = self._unpack_info(self.collateral_info[token])
+        assert info.listed, "not listed"
         balance = self.collateral[msg.sender][token]
         assert balance >= amount, "insufficient collateral"
         balance -= amount
         self.collateral[msg.sender][token] = balance
         self.total_collateral[token] -= amount
         if balance == 0:
-            self.held_collaterals[msg.sender] &= ~(1 << ((info >> INDEX_SHIFT) & BYTE_MASK))
-    assert self._health(msg.sender, self._strict_age(params), MAX_MARKETS, 0).init_health >= 0, "insufficient margin"
+            self.held_collaterals[msg.sender] &= ~(1 << info.index)
+    assert self._health(msg.sender, STRICT, MAX_MARKETS, 0, True).init_health >= 0, "insufficient margin"
     assert extcall IERC20(token).transfer(msg.sender, amount, default_return_value=True), "transfer failed"
     log Withdraw(account=msg.sender, token=token, amount=amount, cash=c, collateral=balance)
 
@@ -552,14 +805,14 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     @notice Buy (size_delta > 0) or sell at the oracle price against the house. A buy reverts
             above limit_price, a sell below it. A risk-increasing trade needs init_health >= 0.
     """
-    params: uint256 = self.hot_params
-    assert params & PAUSED_FLAG == 0, "paused"
-    assert market_id < (params >> MARKET_COUNT_SHIFT) & BYTE_MASK, "not listed"
+    params: HotParams = self._unpack_params(self.hot_params)
+    assert not params.paused, "paused"
+    assert market_id < params.market_count, "not listed"
     assert size_delta != 0, "zero amount"
     assert size_delta <= MAX_SIZE and size_delta >= -MAX_SIZE, "size too large"
-    oracle: uint256 = self.market_words[market_id].oracle
-    max_age: uint256 = self._strict_age(params)
-    p: int256 = self._oracle_price(oracle, max_age)
+    words: MarketWords = self.market_words[market_id]
+    oracle: Oracle = self._unpack_oracle(words.oracle)
+    p: int256 = self._strict_price(oracle)
     if size_delta > 0:
         assert convert(p, uint256) <= limit_price, "price limit"
     else:
@@ -567,7 +820,7 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
 
     # A buy pays mul_up, a sell receives mul_down: both are mul_down(-size_delta, P).
     quote_delta: int256 = self._mul_down(-size_delta, p)
-    fee: int256 = self._mul_up(self._mul_up(abs(size_delta), p), convert(self.market_words[market_id].fees >> 192, int256))
+    fee: int256 = self._mul_up(self._mul_up(abs(size_delta), p), self._unpack_fees(words.fees).taker_fee)
 
     old: Position = self.position[msg.sender][market_id]
     new_size: int256 = old.size + size_delta
@@ -579,55 +832,106 @@ def trade(market_id: uint256, size_delta: int256, limit_price: uint256):
     # The house books the exact opposite and receives the fee.
     house_old: Position = self.position[self][market_id]
     house_size: int256 = house_old.size - size_delta
-    # dev: OI_CAP_FLAG is set iff oi_cap != 0, so an uncapped market skips the oi_cap slot.
-    if oracle & OI_CAP_FLAG != 0 and abs(house_size) > abs(house_old.size):
+    # dev: oi_capped is set iff oi_cap != 0, so an uncapped market skips the oi_cap slot.
+    if oracle.oi_capped and abs(house_size) > abs(house_old.size):
         assert convert(abs(house_size), uint256) <= self.market[market_id].oi_cap, "oi cap"
-    self._write_position(self, market_id, house_old.size, house_size, house_old.quote - quote_delta, self.cash[self] + fee)
+    house_pos: Position = self._write_position(
+        self, market_id, house_old.size, house_size, house_old.quote - quote_delta, self.cash[self] + fee
+    )
 
     increases_risk: bool = abs(new_size) > abs(old.size) or (old.size > 0 and new_size < 0) or (old.size < 0 and new_size > 0)
     if increases_risk:
         # dev: no external call since p was read, so the feed would answer the same again.
-        assert self._health(msg.sender, max_age, market_id, p).init_health >= 0, "insufficient margin"
+        assert self._health(msg.sender, STRICT, market_id, p, True).init_health >= 0, "insufficient margin"
 
     log Trade(
         account=msg.sender, market=market_id, size_delta=size_delta, price=convert(p, uint256),
         quote_delta=quote_delta, fee=convert(fee, uint256), size=pos.size, quote=pos.quote,
-        cash=self.cash[msg.sender],
+        cash=self.cash[msg.sender], house_size=house_pos.size, house_quote=house_pos.quote,
+        house_cash=self.cash[self],
     )
 
 # ---------------------------------------------------------------- LIQUIDATIONS
 
+@pure
+@internal
+def _fail(code: uint256):
+    """
+    @dev Revert with the reason of a SKIP_* code; nothing for EXECUTED. The single actions use it,
+         liquidate_many skips instead.
+    """
+    if code == SKIP_HEALTHY:
+        raise "healthy"
+    if code == SKIP_NO_POSITION:
+        raise "no position"
+    if code == SKIP_NO_DEBT:
+        raise "no debt"
+    if code == SKIP_NO_COLLATERAL:
+        raise "no collateral"
+    if code == SKIP_BAD_PRICE:
+        raise "bad price"
+    if code == SKIP_STALE_PRICE:
+        raise "stale price"
+
+@pure
+@internal
+def _price_code(status: uint256) -> uint256:
+    if status == PRICE_BAD:
+        return SKIP_BAD_PRICE
+    if status == PRICE_STALE:
+        return SKIP_STALE_PRICE
+    return EXECUTED
+
+@pure
+@internal
+def _cover(owed: uint256, paid: uint256, fund: uint256, house_cash: int256) -> (uint256, int256):
+    """
+    @dev The insurance fund and house cash after the protocol receives `paid` and owes `owed`
+         (USD WAD): a surplus feeds the fund; a shortfall is paid by the fund, then by the house.
+    """
+    if paid >= owed:
+        return fund + (paid - owed), house_cash
+    short: uint256 = owed - paid
+    from_fund: uint256 = min(short, fund)
+    return fund - from_fund, house_cash - convert(short - from_fund, int256)
+
 @view
 @internal
-def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, strict: bool) -> LiquidationPlan:
-    params: uint256 = self.hot_params
-    max_age: uint256 = PREVIEW
-    if strict:
-        max_age = self._strict_age(params)
-    assert market_id < (params >> MARKET_COUNT_SHIFT) & BYTE_MASK, "not listed"
+def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, mode: uint256) -> (LiquidationPlan, uint256):
+    """
+    @dev The plan of liquidate (mode LIQUIDATION) or its preview (PREVIEW) and EXECUTED, or an
+         empty plan and the SKIP_* code of the state-dependent reason the action rejects it for.
+         Malformed calls revert.
+    """
+    plan: LiquidationPlan = empty(LiquidationPlan)
+    params: HotParams = self._unpack_params(self.hot_params)
+    assert market_id < params.market_count, "not listed"
     assert max_size > 0, "zero amount"
     assert account != self, "house"
-    h: Health = self._health(account, max_age, MAX_MARKETS, 0)
-    assert h.maint_health < 0, "healthy"
+    words: MarketWords = self.market_words[market_id]
+    oracle: Oracle = self._unpack_oracle(words.oracle)
+    p: int256 = 0
+    status: uint256 = 0
+    p, status = self._read(oracle.feed, oracle.exponent, oracle.max_age, mode)
+    h: Health = self._health(account, mode, market_id, p, status == PRICE_OK)
+    if h.maint_health >= 0:
+        return plan, SKIP_HEALTHY
     old: Position = self.position[account][market_id]
-    assert old.size != 0, "no position"
-
-    p: int256 = self._market_price(market_id, max_age)
-    fees: uint256 = self.market_words[market_id].fees
-    imf: int256 = convert(fees & MASK64, int256)
-    mmf: int256 = convert((fees >> 64) & MASK64, int256)
-    fee: int256 = convert((fees >> 128) & MASK64, int256)
+    if old.size == 0:
+        return plan, SKIP_NO_POSITION
+    if status != PRICE_OK:
+        return plan, self._price_code(status)
+    fees: Fees = self._unpack_fees(words.fees)
 
     # Close what restores init_health to zero; a dust leftover is closed whole.
     s: int256 = abs(old.size)
-    need: int256 = self._div_up(self._div_up(-h.init_health, imf - fee), p)
+    need: int256 = self._div_up(self._div_up(-h.init_health, fees.imf - fees.liquidation_fee), p)
     q: int256 = min(s, need)
-    if self._mul_up(s - q, p) < convert(params >> DUST_SHIFT, int256):
+    if self._mul_up(s - q, p) < params.dust_notional:
         q = s
     if max_size < convert(q, uint256):
         q = convert(max_size, int256)
 
-    plan: LiquidationPlan = empty(LiquidationPlan)
     plan.price = convert(p, uint256)
     plan.size_delta = -q if old.size > 0 else q
     plan.quote_delta = self._mul_down(-plan.size_delta, p)
@@ -641,82 +945,112 @@ def _liquidation_plan(account: address, market_id: uint256, max_size: uint256, s
     new_notional: int256 = self._mul_up(abs(plan.size), p)
     plan.equity = h.equity - old_upnl + new_upnl
 
-    penalty: int256 = self._mul_up(self._mul_up(q, p), fee)
-    penalty = min(penalty, max(plan.equity, 0))
+    # The caller earns keeper_share of the full penalty; the account pays what its equity allows.
+    penalty: int256 = self._mul_up(self._mul_up(q, p), fees.liquidation_fee)
+    charged: int256 = min(penalty, max(plan.equity, 0))
     plan.penalty = convert(penalty, uint256)
-    plan.cash = self.cash[account] - penalty
+    plan.charged = convert(charged, uint256)
+    qs: uint256 = QUOTE_SCALE
+    plan.keeper_reward = convert(self._mul_down(penalty, params.keeper_share), uint256) // qs
+    plan.cash = self.cash[account] - charged
     if plan.size == 0:
         plan.cash += plan.quote
         plan.quote = 0
-    plan.equity -= penalty
-    plan.init_health = h.init_health - old_upnl + new_upnl - penalty \
-        + self._mul_up(old_notional, imf) - self._mul_up(new_notional, imf)
-    plan.maint_health = h.maint_health - old_upnl + new_upnl - penalty \
-        + self._mul_up(old_notional, mmf) - self._mul_up(new_notional, mmf)
+    plan.equity -= charged
+    plan.init_health = h.init_health - old_upnl + new_upnl - charged \
+        + self._mul_up(old_notional, fees.imf) - self._mul_up(new_notional, fees.imf)
+    plan.maint_health = h.maint_health - old_upnl + new_upnl - charged \
+        + self._mul_up(old_notional, fees.mmf) - self._mul_up(new_notional, fees.mmf)
 
-    # The keeper's share, rounded down to native quote units; the rest feeds the insurance fund.
-    qs: uint256 = QUOTE_SCALE
-    keeper_share: int256 = convert((params >> KEEPER_SHARE_SHIFT) & MASK64, int256)
-    plan.keeper_reward = convert(self._mul_down(penalty, keeper_share), uint256) // qs
-    plan.insurance = plan.penalty - plan.keeper_reward * qs
-    return plan
+    # The house takes the other side; the fund (then the house) pays what the account did not.
+    house_old: Position = self.position[self][market_id]
+    plan.house_size = house_old.size - plan.size_delta
+    plan.house_quote = house_old.quote - plan.quote_delta
+    house_cash: int256 = self.cash[self]
+    if plan.house_size == 0:
+        house_cash += plan.house_quote
+        plan.house_quote = 0
+    plan.insurance_fund, plan.house_cash = self._cover(plan.keeper_reward * qs, plan.charged, self.insurance_fund, house_cash)
+
+    # Automatic settlement: nothing left to liquidate and the cash negative.
+    if plan.size == 0 and plan.cash < 0 and self.held_collaterals[account] == 0:
+        if self.active_markets[account] & ~(1 << market_id) == 0:
+            plan.bad_debt = convert(-plan.cash, uint256)
+    return plan, EXECUTED
+
+@internal
+def _execute_liquidation(account: address, market_id: uint256, plan: LiquidationPlan):
+    """
+    @dev Write a liquidation plan, log it and settle the bad debt it leaves; no token transfer.
+    """
+    self._write_position(account, market_id, plan.size - plan.size_delta, plan.size, plan.quote, plan.cash)
+    self._write_position(self, market_id, plan.house_size + plan.size_delta, plan.house_size, plan.house_quote, plan.house_cash)
+    self.insurance_fund = plan.insurance_fund
+    log Liquidation(
+        account=account, market=market_id, liquidator=msg.sender, size_delta=plan.size_delta,
+        price=plan.price, quote_delta=plan.quote_delta, penalty=plan.penalty, charged=plan.charged,
+        keeper_reward=plan.keeper_reward, insurance_fund=plan.insurance_fund, house_size=plan.house_size,
+        house_quote=plan.house_quote, house_cash=plan.house_cash, size=plan.size, quote=plan.quote, cash=plan.cash,
+    )
+    if plan.bad_debt > 0:
+        self._settle(account, plan.bad_debt)
 
 @external
 def liquidate(account: address, market_id: uint256, max_size: uint256):
     """
     @notice Close up to max_size (base units WAD) of a liquidatable account's position in
-            market_id against the house; the caller receives keeper_share of the penalty.
+            market_id against the house; the caller receives keeper_share of the penalty, paid by
+            the account as far as its equity allows, then by the insurance fund, then the house.
     """
-    plan: LiquidationPlan = self._liquidation_plan(account, market_id, max_size, True)
-    old_size: int256 = plan.size - plan.size_delta
-    self._write_position(account, market_id, old_size, plan.size, plan.quote, plan.cash)
-
-    house_old: Position = self.position[self][market_id]
-    self._write_position(
-        self, market_id, house_old.size, house_old.size - plan.size_delta,
-        house_old.quote - plan.quote_delta, self.cash[self],
-    )
-    self.insurance_fund += plan.insurance
+    plan: LiquidationPlan = empty(LiquidationPlan)
+    code: uint256 = 0
+    plan, code = self._liquidation_plan(account, market_id, max_size, LIQUIDATION)
+    self._fail(code)
+    self._execute_liquidation(account, market_id, plan)
     if plan.keeper_reward > 0:
         assert extcall IERC20(QUOTE_TOKEN).transfer(msg.sender, plan.keeper_reward, default_return_value=True), "transfer failed"
-    log Liquidation(
-        account=account, market=market_id, liquidator=msg.sender, size_delta=plan.size_delta,
-        price=plan.price, quote_delta=plan.quote_delta, penalty=plan.penalty,
-        keeper_reward=plan.keeper_reward, insurance=plan.insurance, size=plan.size,
-        quote=plan.quote, cash=plan.cash,
-    )
 
 @view
 @internal
-def _collateral_plan(account: address, token: address, max_repay: uint256, strict: bool) -> CollateralLiquidationPlan:
-    max_age: uint256 = PREVIEW
-    if strict:
-        max_age = self._strict_age(self.hot_params)
-    info: uint256 = self.collateral_info[token]
-    assert info != 0, "not listed"
+def _collateral_plan(account: address, token: address, max_repay: uint256, mode: uint256) -> (CollateralLiquidationPlan, uint256):
+    """
+    @dev As _liquidation_plan, for liquidate_collateral.
+    """
+    plan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
+    info: CollateralInfo = self._unpack_info(self.collateral_info[token])
+    assert info.listed, "not listed"
     assert max_repay > 0, "zero amount"
     assert account != self, "house"
-    assert self._health(account, max_age, MAX_MARKETS, 0).maint_health < 0, "healthy"
+    h: Health = self._health(account, mode, MAX_MARKETS, 0, True)
+    if h.maint_health >= 0:
+        return plan, SKIP_HEALTHY
     c: int256 = self.cash[account]
-    assert c < 0, "no debt"
+    if c >= 0:
+        return plan, SKIP_NO_DEBT
     balance: uint256 = self.collateral[account][token]
-    assert balance > 0, "no collateral"
+    if balance == 0:
+        return plan, SKIP_NO_COLLATERAL
 
-    p: int256 = self._price(convert(info & ADDRESS_MASK, address), 10 ** ((info >> 176) & BYTE_MASK), max_age)
+    words: CollateralWords = self.collateral_words[info.index]
+    t: TokenLanes = self._unpack_token_word(words.token_word)
+    f: CollateralFeed = self._unpack_feed_word(words.feed_word)
+    p: int256 = 0
+    status: uint256 = 0
+    p, status = self._read(f.feed, t.exponent, f.max_age, mode)
+    if status != PRICE_OK:
+        return plan, self._price_code(status)
     # The caller's price: P * (1 - discount), rounded up so the account gives up no extra wei.
-    discounted: uint256 = convert(self._mul_up(p, convert(WAD - ((info >> DISCOUNT_SHIFT) & MASK64), int256)), uint256)
-    unit: uint256 = 10 ** ((info >> 168) & BYTE_MASK)
+    discounted: uint256 = convert(self._mul_up(p, convert(WAD - info.discount, int256)), uint256)
+    unit: uint256 = 10 ** t.decimals
     qs: uint256 = QUOTE_SCALE
 
     # Repay in native quote units: the whole debt rounded up, at most max_repay, at most what the
     # balance is worth at the discounted price rounded down (`cap`). A repay of the whole cap
     # takes the whole balance, so no unliquidatable dust (worth under one quote unit) is left
-    # behind to block settle_bad_debt.
+    # behind to block settlement.
     debt: uint256 = (convert(-c, uint256) + qs - 1) // qs
     cap: uint256 = balance * discounted // unit // qs
     repay: uint256 = min(min(debt, max_repay), cap)
-
-    plan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
     plan.repay = repay
     if repay == cap:
         plan.seized = balance
@@ -724,9 +1058,47 @@ def _collateral_plan(account: address, token: address, max_repay: uint256, stric
         # dev: repay < cap, so the seized amount is below the balance
         plan.seized = repay * qs * unit // discounted
     plan.price = convert(p, uint256)
-    plan.cash = c + convert(repay * qs, int256)
     plan.collateral = balance - plan.seized
-    return plan
+
+    # The account bears the discount only as far as its equity allows: equity never falls below
+    # min(equity before, 0); the fund (then the house) credits the rest to its cash.
+    lost: int256 = convert(balance * convert(p, uint256) // unit - plan.collateral * convert(p, uint256) // unit, int256)
+    plan.equity = h.equity + convert(repay * qs, int256) - lost
+    lowest: int256 = min(h.equity, 0)
+    if plan.equity < lowest:
+        plan.subsidy = convert(lowest - plan.equity, uint256)
+        plan.equity = lowest
+    plan.cash = c + convert(repay * qs + plan.subsidy, int256)
+    plan.insurance_fund, plan.house_cash = self._cover(plan.subsidy, 0, self.insurance_fund, self.cash[self])
+
+    # Automatic settlement: nothing left to liquidate and the cash negative.
+    if plan.collateral == 0 and plan.cash < 0 and self.active_markets[account] == 0:
+        if self.held_collaterals[account] & ~(1 << info.index) == 0:
+            plan.bad_debt = convert(-plan.cash, uint256)
+    return plan, EXECUTED
+
+@internal
+def _execute_collateral(account: address, token: address, plan: CollateralLiquidationPlan):
+    """
+    @dev Write a collateral liquidation plan, send the seized collateral, log, settle; the quote
+         repayment is pulled by the caller of this function.
+    """
+    self.cash[account] = plan.cash
+    self.collateral[account][token] = plan.collateral
+    self.total_collateral[token] -= plan.seized
+    if plan.collateral == 0:
+        self.held_collaterals[account] &= ~(1 << self._unpack_info(self.collateral_info[token]).index)
+    self.insurance_fund = plan.insurance_fund
+    self.cash[self] = plan.house_cash
+    if plan.seized > 0:
+        assert extcall IERC20(token).transfer(msg.sender, plan.seized, default_return_value=True), "transfer failed"
+    log CollateralLiquidation(
+        account=account, token=token, liquidator=msg.sender, repay=plan.repay, seized=plan.seized,
+        price=plan.price, subsidy=plan.subsidy, cash=plan.cash, collateral=plan.collateral,
+        insurance_fund=plan.insurance_fund, house_cash=plan.house_cash,
+    )
+    if plan.bad_debt > 0:
+        self._settle(account, plan.bad_debt)
 
 @external
 def liquidate_collateral(account: address, token: address, max_repay: uint256):
@@ -734,19 +1106,71 @@ def liquidate_collateral(account: address, token: address, max_repay: uint256):
     @notice Repay up to max_repay quote native units of a liquidatable account's negative cash and
             receive its collateral `token` at the feed price less the liquidation discount.
     """
-    plan: CollateralLiquidationPlan = self._collateral_plan(account, token, max_repay, True)
-    self.cash[account] = plan.cash
-    self.collateral[account][token] = plan.collateral
-    self.total_collateral[token] -= plan.seized
-    if plan.collateral == 0:
-        self.held_collaterals[account] &= ~(1 << ((self.collateral_info[token] >> INDEX_SHIFT) & BYTE_MASK))
+    plan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
+    code: uint256 = 0
+    plan, code = self._collateral_plan(account, token, max_repay, LIQUIDATION)
+    self._fail(code)
     if plan.repay > 0:
         assert extcall IERC20(QUOTE_TOKEN).transferFrom(msg.sender, self, plan.repay, default_return_value=True), "transfer failed"
-    if plan.seized > 0:
-        assert extcall IERC20(token).transfer(msg.sender, plan.seized, default_return_value=True), "transfer failed"
-    log CollateralLiquidation(
-        account=account, token=token, liquidator=msg.sender, repay=plan.repay, seized=plan.seized,
-        price=plan.price, cash=plan.cash, collateral=plan.collateral,
+    self._execute_collateral(account, token, plan)
+
+@external
+def liquidate_many(orders: DynArray[LiquidationOrder, MAX_ORDERS]) -> uint256:
+    """
+    @notice Execute up to 32 liquidation orders in order, each as liquidate (empty token) or
+            liquidate_collateral (a token) would. An order the single action would reject for a
+            reason that depends on the account's state or on the price of the feed it closes or
+            seizes is skipped (LiquidationSkipped) instead; anything else reverts the whole call.
+            The caller's quote for collateral orders is pulled in one transfer and its rewards
+            paid in one. Returns how many orders executed.
+    """
+    executed: uint256 = 0
+    rewards: uint256 = 0
+    repays: uint256 = 0
+    index: uint256 = 0
+    for o: LiquidationOrder in orders:
+        code: uint256 = 0
+        if o.token == empty(address):
+            plan: LiquidationPlan = empty(LiquidationPlan)
+            plan, code = self._liquidation_plan(o.account, o.market, o.amount, LIQUIDATION)
+            if code == EXECUTED:
+                self._execute_liquidation(o.account, o.market, plan)
+                rewards += plan.keeper_reward
+        else:
+            assert o.market == 0, "bad order"
+            cplan: CollateralLiquidationPlan = empty(CollateralLiquidationPlan)
+            cplan, code = self._collateral_plan(o.account, o.token, o.amount, LIQUIDATION)
+            if code == EXECUTED:
+                self._execute_collateral(o.account, o.token, cplan)
+                repays += cplan.repay
+        if code == EXECUTED:
+            executed += 1
+        else:
+            log LiquidationSkipped(account=o.account, liquidator=msg.sender, index=index, reason=code)
+        index += 1
+    if repays > 0:
+        assert extcall IERC20(QUOTE_TOKEN).transferFrom(msg.sender, self, repays, default_return_value=True), "transfer failed"
+    if rewards > 0:
+        assert extcall IERC20(QUOTE_TOKEN).transfer(msg.sender, rewards, default_return_value=True), "transfer failed"
+    return executed
+
+@internal
+def _settle(account: address, deficit: uint256):
+    """
+    @dev Zero the account's negative cash (-deficit): the insurance fund covers first, the house's
+         cash absorbs the rest.
+    """
+    fund: uint256 = self.insurance_fund
+    covered: uint256 = min(deficit, fund)
+    socialised: uint256 = deficit - covered
+    fund -= covered
+    house_cash: int256 = self.cash[self] - convert(socialised, int256)
+    self.insurance_fund = fund
+    self.cash[self] = house_cash
+    self.cash[account] = 0
+    log BadDebtSettled(
+        account=account, deficit=deficit, covered=covered, socialised=socialised,
+        house_cash=house_cash, insurance_fund=fund,
     )
 
 @external
@@ -760,13 +1184,7 @@ def settle_bad_debt(account: address):
     assert self.held_collaterals[account] == 0, "has collateral"
     c: int256 = self.cash[account]
     assert c < 0, "no bad debt"
-    deficit: uint256 = convert(-c, uint256)
-    covered: uint256 = min(deficit, self.insurance_fund)
-    socialised: uint256 = deficit - covered
-    self.insurance_fund -= covered
-    self.cash[self] -= convert(socialised, int256)
-    self.cash[account] = 0
-    log BadDebtSettled(account=account, deficit=deficit, covered=covered, socialised=socialised)
+    self._settle(account, convert(-c, uint256))
 
 # ---------------------------------------------------------------- INTERNAL STATE
 
@@ -807,6 +1225,9 @@ def _feed_exponent(feed: address) -> uint256:
 
 @external
 def list_collateral(token: address, feed: address, init_weight: uint256, maint_weight: uint256, liquidation_discount: uint256, deposit_cap: uint256):
+    """
+    @notice List a collateral; its max price age starts at max_price_age (set_collateral_price_age).
+    """
     self._only_owner()
     assert token != empty(address), "zero address"
     assert token != QUOTE_TOKEN, "quote token"
@@ -820,15 +1241,17 @@ def list_collateral(token: address, feed: address, init_weight: uint256, maint_w
     self.collateral_tokens.append(token)
     self.collateral_config[token] = CollateralConfig(
         feed=feed, price_scale=scale, decimals=d, unit=10 ** d,
-        init_weight=0, maint_weight=0, liquidation_discount=0, deposit_cap=0, index=index,
+        init_weight=0, maint_weight=0, liquidation_discount=0, deposit_cap=0, index=index, max_price_age=0,
     )
-    # dev: the weights and the discount lanes are written by _set_collateral_params below.
+    # dev: the weight, discount and age lanes are written by the setters below.
+    token_word: uint256 = self._with_lane(convert(token, uint256), TOKEN_DECIMALS_SHIFT, BYTE_MASK, d)
     self.collateral_words[index] = CollateralWords(
-        token_word=convert(token, uint256) | (d << 224) | (e << 232), feed_word=convert(feed, uint256)
+        token_word=self._with_lane(token_word, TOKEN_EXPONENT_SHIFT, BYTE_MASK, e), feed_word=convert(feed, uint256)
     )
-    self.collateral_info[token] = convert(feed, uint256) | (index << INDEX_SHIFT) | (d << 168) | (e << 176)
+    self.collateral_info[token] = self._with_lane(self._with_lane(0, INFO_LISTED_SHIFT, BIT_MASK, 1), INFO_INDEX_SHIFT, BYTE_MASK, index)
     log CollateralListed(token=token, feed=feed, index=index, decimals=d, price_scale=scale)
     self._set_collateral_params(token, init_weight, maint_weight, liquidation_discount, deposit_cap)
+    self._set_collateral_price_age(token, self.max_price_age)
 
 @external
 def set_collateral_params(token: address, init_weight: uint256, maint_weight: uint256, liquidation_discount: uint256, deposit_cap: uint256):
@@ -846,33 +1269,53 @@ def _set_collateral_params(token: address, init_weight: uint256, maint_weight: u
     self.collateral_config[token].deposit_cap = deposit_cap
     # dev: the weights and the discount are below WAD < 2**64, so each fits its 64-bit lane.
     index: uint256 = self.collateral_config[token].index
-    lane: uint256 = MASK64 << WEIGHT_SHIFT
     words: CollateralWords = self.collateral_words[index]
     self.collateral_words[index] = CollateralWords(
-        token_word=(words.token_word & ~lane) | (init_weight << WEIGHT_SHIFT),
-        feed_word=(words.feed_word & ~lane) | (maint_weight << WEIGHT_SHIFT),
+        token_word=self._with_lane(words.token_word, TOKEN_INIT_WEIGHT_SHIFT, MASK64, init_weight),
+        feed_word=self._with_lane(words.feed_word, CFEED_MAINT_WEIGHT_SHIFT, MASK64, maint_weight),
     )
-    info: uint256 = self.collateral_info[token] & ~(MASK64 << DISCOUNT_SHIFT)
-    self.collateral_info[token] = info | (liquidation_discount << DISCOUNT_SHIFT)
+    self.collateral_info[token] = self._with_lane(self.collateral_info[token], INFO_DISCOUNT_SHIFT, MASK64, liquidation_discount)
     log CollateralParamsSet(
         token=token, init_weight=init_weight, maint_weight=maint_weight,
         liquidation_discount=liquidation_discount, deposit_cap=deposit_cap,
     )
 
 @external
+def set_collateral_price_age(token: address, max_price_age: uint256):
+    """
+    @notice Set the max age (seconds) of the answers of a collateral's feed.
+    """
+    self._only_owner()
+    assert self.collateral_config[token].feed != empty(address), "not listed"
+    self._set_collateral_price_age(token, max_price_age)
+
+@internal
+def _set_collateral_price_age(token: address, max_price_age: uint256):
+    assert max_price_age <= MAX_PRICE_AGE, "bad params"
+    self.collateral_config[token].max_price_age = max_price_age
+    index: uint256 = self.collateral_config[token].index
+    self.collateral_words[index].feed_word = self._with_lane(self.collateral_words[index].feed_word, CFEED_AGE_SHIFT, MASK32, max_price_age)
+    log CollateralPriceAgeSet(token=token, max_price_age=max_price_age)
+
+@external
 def list_market(feed: address, imf: uint256, mmf: uint256, liquidation_fee: uint256, taker_fee: uint256, oi_cap: uint256) -> uint256:
+    """
+    @notice List a market; its max price age starts at max_price_age (set_market_price_age).
+    """
     self._only_owner()
     market_id: uint256 = self.market_count
     assert market_id < MAX_MARKETS, "too many markets"
     self.market[market_id].feed = feed
-    scale: uint256 = 10 ** self._feed_exponent(feed)
+    e: uint256 = self._feed_exponent(feed)
+    scale: uint256 = 10 ** e
     self.market[market_id].price_scale = scale
     self.market_count = market_id + 1
-    # dev: OI_CAP_FLAG and the fees are written by _set_market_params below.
-    self.market_words[market_id].oracle = convert(feed, uint256) | (scale << 160)
-    self.hot_params += 1 << MARKET_COUNT_SHIFT
+    # dev: the OI cap flag, the fees and the age are written by the setters below.
+    self.market_words[market_id].oracle = self._with_lane(convert(feed, uint256), ORACLE_EXPONENT_SHIFT, BYTE_MASK, e)
+    self.hot_params = self._with_lane(self.hot_params, PARAMS_MARKET_COUNT_SHIFT, BYTE_MASK, market_id + 1)
     log MarketListed(market=market_id, feed=feed, price_scale=scale)
     self._set_market_params(market_id, imf, mmf, liquidation_fee, taker_fee, oi_cap)
+    self._set_market_price_age(market_id, self.max_price_age)
     return market_id
 
 @external
@@ -891,28 +1334,51 @@ def _set_market_params(market_id: uint256, imf: uint256, mmf: uint256, liquidati
     self.market[market_id].taker_fee = taker_fee
     self.market[market_id].oi_cap = oi_cap
     # dev: imf <= WAD and every other fraction is below it, so each fits its 64-bit lane.
-    oracle: uint256 = self.market_words[market_id].oracle & ~OI_CAP_FLAG
+    capped: uint256 = 0
     if oi_cap != 0:
-        oracle |= OI_CAP_FLAG
+        capped = 1
+    fees: uint256 = self._with_lane(self._with_lane(imf, FEE_MMF_SHIFT, MASK64, mmf), FEE_LIQUIDATION_SHIFT, MASK64, liquidation_fee)
     self.market_words[market_id] = MarketWords(
-        oracle=oracle, fees=imf | (mmf << 64) | (liquidation_fee << 128) | (taker_fee << 192)
+        oracle=self._with_lane(self.market_words[market_id].oracle, ORACLE_OI_CAP_SHIFT, BIT_MASK, capped),
+        fees=self._with_lane(fees, FEE_TAKER_SHIFT, MASK64, taker_fee),
     )
     log MarketParamsSet(market=market_id, imf=imf, mmf=mmf, liquidation_fee=liquidation_fee, taker_fee=taker_fee, oi_cap=oi_cap)
 
 @external
+def set_market_price_age(market_id: uint256, max_price_age: uint256):
+    """
+    @notice Set the max age (seconds) of the answers of a market's feed.
+    """
+    self._only_owner()
+    assert market_id < self.market_count, "not listed"
+    self._set_market_price_age(market_id, max_price_age)
+
+@internal
+def _set_market_price_age(market_id: uint256, max_price_age: uint256):
+    assert max_price_age <= MAX_PRICE_AGE, "bad params"
+    self.market[market_id].max_price_age = max_price_age
+    self.market_words[market_id].oracle = self._with_lane(self.market_words[market_id].oracle, ORACLE_AGE_SHIFT, MASK32, max_price_age)
+    log MarketPriceAgeSet(market=market_id, max_price_age=max_price_age)
+
+@external
 def set_params(keeper_share: uint256, max_price_age: uint256, dust_notional: uint256):
+    """
+    @notice max_price_age is the age given to markets and collaterals listed from now on; listed
+            ones keep theirs (set_market_price_age, set_collateral_price_age).
+    """
     self._only_owner()
     self._set_params(keeper_share, max_price_age, dust_notional)
 
 @internal
 def _set_params(keeper_share: uint256, max_price_age: uint256, dust_notional: uint256):
     assert keeper_share <= WAD, "bad params"
+    assert max_price_age <= MAX_PRICE_AGE, "bad params"
     assert dust_notional <= MAX_PRICE, "bad params"
     self.keeper_share = keeper_share
     self.max_price_age = max_price_age
     self.dust_notional = dust_notional
-    self.hot_params = (self.hot_params & STATUS_MASK) | (keeper_share << KEEPER_SHARE_SHIFT) \
-        | (min(max_price_age, PRICE_AGE_CAP) << PRICE_AGE_SHIFT) | (dust_notional << DUST_SHIFT)
+    word: uint256 = self._with_lane(self.hot_params, PARAMS_KEEPER_SHARE_SHIFT, MASK64, keeper_share)
+    self.hot_params = self._with_lane(word, PARAMS_DUST_SHIFT, MASK112, dust_notional)
     log ParamsSet(keeper_share=keeper_share, max_price_age=max_price_age, dust_notional=dust_notional)
 
 @external
@@ -946,7 +1412,7 @@ def pause():
     self._only_owner()
     assert not self.paused, "paused"
     self.paused = True
-    self.hot_params |= PAUSED_FLAG
+    self.hot_params = self._with_lane(self.hot_params, PARAMS_PAUSED_SHIFT, BIT_MASK, 1)
     log Paused(by=msg.sender)
 
 @external
@@ -954,7 +1420,7 @@ def unpause():
     self._only_owner()
     assert self.paused, "not paused"
     self.paused = False
-    self.hot_params &= ~PAUSED_FLAG
+    self.hot_params = self._with_lane(self.hot_params, PARAMS_PAUSED_SHIFT, BIT_MASK, 0)
     log Unpaused(by=msg.sender)
 
 @external

@@ -33,13 +33,18 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ConfigError, Revert
-from .health import PREVIEW, STRICT, Health, checked, checked_div_up, checked_mul_down, checked_mul_up, health, price
+from .health import (
+    LIQUIDATION, PREVIEW, PRICE_BAD, PRICE_OK, STRICT, Health, checked, checked_div_up, checked_mul_down, checked_mul_up,
+    health, price_age, read_feed, term_price,
+)
 from .state import Account, Collateral, Position, ProtocolState
 from .wad import (
     INT256_MAX,
     INT256_MIN,
     MAX_AMOUNT,
+    MAX_ORDERS,
     MAX_PRICE,
+    MAX_PRICE_AGE,
     MAX_SIZE,
     MAX_TOTAL_COLLATERAL,
     UINT256_MAX,
@@ -52,24 +57,35 @@ from .wad import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SKIP_REASONS",
     "BadDebtSettlement",
+    "BatchResult",
+    "LiquidationOrder",
+    "OrderOutcome",
+    "OrderPreview",
+    "Skip",
     "CollateralLiquidationPlan",
     "DepositResult",
     "LiquidationPlan",
     "TradeResult",
     "Wallets",
     "WithdrawResult",
+    "auto_settlement",
     "deposit",
     "liquidate",
     "liquidate_collateral",
+    "liquidate_many",
     "pause",
     "preview_liquidate",
     "preview_liquidate_collateral",
+    "preview_liquidate_many",
     "seed_house",
     "seed_insurance",
     "set_answer",
     "set_collateral_params",
+    "set_collateral_price_age",
     "set_market_params",
+    "set_market_price_age",
     "set_params",
     "settle_bad_debt",
     "trade",
@@ -107,23 +123,32 @@ class TradeResult(NamedTuple):
     size: BaseWad
     quote: Wad
     cash: Wad
+    house_size: BaseWad
+    house_quote: Wad
+    house_cash: Wad
 
 
 class LiquidationPlan(NamedTuple):
-    """The engine's ``LiquidationPlan`` struct, field for field, in order."""
+    """The engine's ``LiquidationPlan`` struct, field for field, in order (the ``Liquidation`` event's
+    values; ``cash``, ``insurance_fund`` and ``house_cash`` before any automatic settlement)."""
 
     size_delta: BaseWad
     price: Wad
     quote_delta: Wad
-    penalty: Wad
-    keeper_reward: Native     # quote native units paid to the caller
-    insurance: Wad
+    penalty: Wad              # the full penalty
+    charged: Wad              # what the account's cash pays: min(penalty, max(equity after the close, 0))
+    keeper_reward: Native     # quote native units paid to the caller: keeper_share of the full penalty
+    insurance_fund: Wad
+    house_size: BaseWad
+    house_quote: Wad
+    house_cash: Wad
     size: BaseWad
     quote: Wad
     cash: Wad
     equity: Wad
     init_health: Wad
     maint_health: Wad
+    bad_debt: Wad             # settled automatically after the close (0: none)
 
 
 class CollateralLiquidationPlan(NamedTuple):
@@ -132,8 +157,13 @@ class CollateralLiquidationPlan(NamedTuple):
     repay: Native             # quote native units paid by the caller
     seized: Native            # collateral native units sent to the caller
     price: Wad                # undiscounted
+    subsidy: Wad              # credited to the account: the discount its equity cannot bear
     cash: Wad
     collateral: Native
+    insurance_fund: Wad
+    house_cash: Wad
+    equity: Wad
+    bad_debt: Wad             # settled automatically afterwards (0: none)
 
 
 class BadDebtSettlement(NamedTuple):
@@ -142,6 +172,91 @@ class BadDebtSettlement(NamedTuple):
     deficit: Wad
     covered: Wad
     socialised: Wad
+    house_cash: Wad
+    insurance_fund: Wad
+
+
+ZERO_ADDRESS = "0x" + "00" * 20
+
+# liquidate_many's outcome codes (the engine's EXECUTED / SKIP_* constants) and the reasons the
+# single actions revert with for them.
+EXECUTED = 0
+SKIP_REASONS: dict[int, str] = {
+    1: "healthy",
+    2: "no position",
+    3: "no debt",
+    4: "no collateral",
+    5: "bad price",
+    6: "stale price",
+}
+_SKIP_CODES = {reason: code for code, reason in SKIP_REASONS.items()}
+
+
+class Skip(Revert):
+    """A reason the single liquidations revert with and ``liquidate_many`` skips an order for:
+    it depends on the account's state or on the price of the feed closed or seized."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.code = _SKIP_CODES[reason]
+
+
+class LiquidationOrder(NamedTuple):
+    """The engine's ``LiquidationOrder`` struct: a position order (``token`` empty: close up to
+    ``amount`` base units WAD in ``market``) or a collateral order (``market`` 0: repay up to
+    ``amount`` quote native units for ``token``)."""
+
+    account: str
+    market: int = 0
+    token: str = ZERO_ADDRESS
+    amount: int = 0
+
+    @property
+    def is_collateral(self) -> bool:
+        return int(self.token, 16) != 0
+
+    @classmethod
+    def position(cls, account: str, market: int, max_size: int) -> "LiquidationOrder":
+        return cls(account, market, ZERO_ADDRESS, max_size)
+
+    @classmethod
+    def collateral(cls, account: str, token: str, max_repay: int) -> "LiquidationOrder":
+        return cls(account, 0, token, max_repay)
+
+
+class OrderOutcome(NamedTuple):
+    """What one order of :func:`liquidate_many` did: ``status`` 0 (executed, ``plan`` set) or a
+    skip code with its ``reason``; ``settlement`` when it left bad debt that was settled."""
+
+    status: int
+    reason: str
+    plan: "LiquidationPlan | CollateralLiquidationPlan | None" = None
+    settlement: "BadDebtSettlement | None" = None
+
+    @property
+    def executed(self) -> bool:
+        return self.status == EXECUTED
+
+
+class BatchResult(NamedTuple):
+    """:func:`liquidate_many`'s result: the count it returns, each order's outcome, and the two
+    quote transfers (rewards paid to the caller, repayments pulled from it, native units)."""
+
+    executed: int
+    outcomes: list
+    rewards: Native
+    repays: Native
+
+
+class OrderPreview(NamedTuple):
+    """The engine's ``OrderPreview`` struct (``preview_liquidate_many``)."""
+
+    status: int
+    keeper_reward: Native
+    repay: Native
+    seized: Native
+    size_delta: BaseWad
+    bad_debt: Wad
 
 
 # ---------------------------------------------------------------- wallets (Token.vy)
@@ -386,7 +501,7 @@ def trade(state: ProtocolState, sender: str, market_id: int, size_delta: int, li
     if not -MAX_SIZE <= size_delta <= MAX_SIZE:
         raise Revert("size too large")
     market = state.markets[market_id]
-    p = price(state, market.feed, STRICT, market.price_scale)
+    p = term_price(state, market, STRICT)[0]
     if size_delta > 0:
         if p > limit_price:
             raise Revert("price limit")
@@ -430,15 +545,51 @@ def trade(state: ProtocolState, sender: str, market_id: int, size_delta: int, li
     pos = _store_position(acc, market_id, new_size, new_quote, new_cash)
     _store_position(house, market_id, house_size, house_quote, house_cash)
     return TradeResult(
-        BaseWad(size_delta), Wad(p), Wad(quote_delta), Wad(fee), pos.size, pos.quote, acc.cash
+        BaseWad(size_delta), Wad(p), Wad(quote_delta), Wad(fee), pos.size, pos.quote, acc.cash,
+        BaseWad(house_size), Wad(house_quote), Wad(house_cash),
     )
 
 
 # ---------------------------------------------------------------- liquidations
 
 
-def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_size: int, strict: int) -> LiquidationPlan:
-    """``_liquidation_plan``: assert for assert, rounding for rounding (``strict``: STRICT or PREVIEW)."""
+def _cover(owed: int, paid: int, fund: int, house_cash: int) -> tuple[int, int]:
+    """The engine's ``_cover``: the insurance fund and house cash after the protocol receives
+    ``paid`` and owes ``owed`` (USD WAD): a surplus feeds the fund; a shortfall is paid by the fund,
+    then by the house."""
+    if paid >= owed:
+        return _checked_u256(fund + (paid - owed)), house_cash
+    short = owed - paid
+    from_fund = min(short, fund)
+    return fund - from_fund, checked(house_cash - checked(short - from_fund))
+
+
+def _settlement(deficit: int, fund: int, house_cash: int) -> BadDebtSettlement:
+    """The engine's ``_settle`` arithmetic: the fund covers first, the house's cash the rest."""
+    covered = min(deficit, fund)
+    socialised = deficit - covered
+    return BadDebtSettlement(Wad(deficit), Wad(covered), Wad(socialised),
+                             Wad(checked(house_cash - checked(socialised))), Wad(fund - covered))
+
+
+def auto_settlement(plan: LiquidationPlan | CollateralLiquidationPlan) -> BadDebtSettlement | None:
+    """The ``BadDebtSettled`` that followed a liquidation which left bad debt (``plan.bad_debt``)."""
+    return _settlement(plan.bad_debt, plan.insurance_fund, plan.house_cash) if plan.bad_debt else None
+
+
+def _apply_settlement(state: ProtocolState, account: str, s: BadDebtSettlement) -> None:
+    _house(state).cash = s.house_cash
+    state.insurance_fund = s.insurance_fund
+    state.account(account).cash = Wad(0)
+
+
+def _price_skip(status: int) -> Skip:
+    return Skip("bad price" if status == PRICE_BAD else "stale price")
+
+
+def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_size: int, mode: int) -> LiquidationPlan:
+    """``_liquidation_plan``: assert for assert, rounding for rounding (``mode``: LIQUIDATION or
+    PREVIEW). The reasons ``liquidate_many`` skips for are raised as :class:`Skip`."""
     _uint256("market_id", market_id)
     _uint256("max_size", max_size)
     if market_id >= len(state.markets):
@@ -447,21 +598,22 @@ def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_si
         raise Revert("zero amount")
     if account == state.engine:
         raise Revert("house")
+    market = state.markets[market_id]
+    p, status = read_feed(state.feeds[market.feed], market.price_scale, state.timestamp, price_age(state, market), mode)
     acc = _peek(state, account)
-    h: Health = health(state, acc, strict)
+    h: Health = health(state, acc, mode)
     if h.maint_health >= 0:
-        raise Revert("healthy")
+        raise Skip("healthy")
     old = acc.positions.get(market_id, Position())
     if old.size == 0:
-        raise Revert("no position")
-
-    market = state.markets[market_id]
-    p = price(state, market.feed, strict, market.price_scale)
+        raise Skip("no position")
+    if status != PRICE_OK:
+        raise _price_skip(status)
     imf, mmf, fee = market.imf, market.mmf, market.liquidation_fee
 
     # Close what restores init_health to zero; a dust leftover is closed whole.
     s = checked(abs(old.size))
-    need = checked_div_up(checked_div_up(checked(-h.init_health), imf - fee), p)   # p > 0 in both read modes
+    need = checked_div_up(checked_div_up(checked(-h.init_health), imf - fee), p)   # p > 0: usable
     q = min(s, need)
     if checked_mul_up(s - q, p) < state.params.dust_notional:
         q = s
@@ -480,25 +632,37 @@ def _liquidation_plan(state: ProtocolState, account: str, market_id: int, max_si
     new_notional = checked_mul_up(abs(new_size), p)
     equity = checked(checked(h.equity - old_upnl) + new_upnl)
 
+    # The caller earns keeper_share of the full penalty; the account pays what its equity allows.
     penalty = checked_mul_up(checked_mul_up(q, p), fee)
-    penalty = min(penalty, max(equity, 0))
-    cash = checked(acc.cash - penalty)
+    charged = min(penalty, max(equity, 0))
+    qs = state.params.quote_scale
+    keeper_reward = checked_mul_down(penalty, state.params.keeper_share) // qs   # penalty >= 0
+    cash = checked(acc.cash - charged)
     if new_size == 0:
         cash = checked(cash + new_quote)
         new_quote = 0
-    equity = checked(equity - penalty)
-    init_health = _sum_checked(h.init_health, -old_upnl, new_upnl, -penalty,
+    equity = checked(equity - charged)
+    init_health = _sum_checked(h.init_health, -old_upnl, new_upnl, -charged,
                                checked_mul_up(old_notional, imf), -checked_mul_up(new_notional, imf))
-    maint_health = _sum_checked(h.maint_health, -old_upnl, new_upnl, -penalty,
+    maint_health = _sum_checked(h.maint_health, -old_upnl, new_upnl, -charged,
                                 checked_mul_up(old_notional, mmf), -checked_mul_up(new_notional, mmf))
 
-    # The keeper's share, rounded down to native quote units; the rest feeds the insurance fund.
-    qs = state.params.quote_scale
-    keeper_reward = checked_mul_down(penalty, state.params.keeper_share) // qs   # penalty >= 0
-    insurance = penalty - keeper_reward * qs
+    # The house takes the other side; the fund (then the house) pays what the account did not.
+    house = _peek(state, state.engine)
+    house_old = house.positions.get(market_id, Position())
+    house_size = checked(house_old.size - size_delta)
+    house_quote, house_cash = _settle_position(house_size, checked(house_old.quote - quote_delta), house.cash)
+    fund, house_cash = _cover(_checked_u256(keeper_reward * qs), charged, state.insurance_fund, house_cash)
+
+    # Automatic settlement: nothing left to liquidate and the cash negative.
+    bad_debt = 0
+    if new_size == 0 and cash < 0 and not _has_collateral(state, acc):
+        if not any(pos.size != 0 for m, pos in acc.positions.items() if m != market_id):
+            bad_debt = -cash
     return LiquidationPlan(
-        BaseWad(size_delta), Wad(p), Wad(quote_delta), Wad(penalty), Native(keeper_reward), Wad(insurance),
-        BaseWad(new_size), Wad(new_quote), Wad(cash), Wad(equity), Wad(init_health), Wad(maint_health),
+        BaseWad(size_delta), Wad(p), Wad(quote_delta), Wad(penalty), Wad(charged), Native(keeper_reward),
+        Wad(fund), BaseWad(house_size), Wad(house_quote), Wad(house_cash),
+        BaseWad(new_size), Wad(new_quote), Wad(cash), Wad(equity), Wad(init_health), Wad(maint_health), Wad(bad_debt),
     )
 
 
@@ -510,36 +674,45 @@ def _sum_checked(first: int, *terms: int) -> int:
     return total
 
 
-def preview_liquidate(state: ProtocolState, account: str, market_id: int, max_size: int) -> LiquidationPlan:
-    """The ``preview_liquidate`` view: the plan at the latest prices, stale or not (PREVIEW reads).
+def _apply_liquidation(state: ProtocolState, account: str, market_id: int,
+                       plan: LiquidationPlan) -> BadDebtSettlement | None:
+    """``_execute_liquidation``'s writes (after every check); returns the automatic settlement."""
+    settlement = _settlement(plan.bad_debt, plan.insurance_fund, plan.house_cash) if plan.bad_debt else None
+    _store_position(state.account(account), market_id, plan.size, plan.quote, plan.cash)
+    _store_position(_house(state), market_id, plan.house_size, plan.house_quote, plan.house_cash)
+    state.insurance_fund = plan.insurance_fund
+    if settlement is not None:
+        _apply_settlement(state, account, settlement)
+    return settlement
 
-    It raises ``liquidate``'s reasons in ``liquidate``'s order, a bad price (``answer <= 0`` or above
-    ``MAX_PRICE``) included; only a stale price is read instead of rejected.
+
+def preview_liquidate(state: ProtocolState, account: str, market_id: int, max_size: int) -> LiquidationPlan:
+    """The ``preview_liquidate`` view: the plan at the latest prices, ages not checked (PREVIEW).
+
+    It raises ``liquidate``'s reasons in ``liquidate``'s order, a bad price of the closed feed
+    included; a bad price elsewhere counts against the account as in ``liquidate``.
     """
     return _liquidation_plan(state, account, market_id, max_size, PREVIEW)
 
 
 def liquidate(state: ProtocolState, caller: str, account: str, market_id: int, max_size: int,
               wallets: Wallets | None = None) -> LiquidationPlan:
-    """``liquidate(account, market, max_size)`` sent by ``caller``; the caller earns ``keeper_reward``."""
-    plan = _liquidation_plan(state, account, market_id, max_size, STRICT)
+    """``liquidate(account, market, max_size)`` sent by ``caller``; the caller earns ``keeper_reward``.
 
-    house = _house(state)
-    house_old = house.positions.get(market_id, Position())
-    house_size = checked(house_old.size - plan.size_delta)
-    house_quote, house_cash = _settle_position(house_size, checked(house_old.quote - plan.quote_delta), house.cash)
-    fund = _checked_u256(state.insurance_fund + plan.insurance)
+    Where the plan has ``bad_debt``, the account's cash was settled to 0 after the close
+    (``BadDebtSettled``); :func:`liquidate_many` returns that settlement with each outcome.
+    """
+    plan = _liquidation_plan(state, account, market_id, max_size, LIQUIDATION)
+    if plan.bad_debt:
+        _settlement(plan.bad_debt, plan.insurance_fund, plan.house_cash)   # its overflow checks
     if plan.keeper_reward > 0:
         _move(wallets, [_Transfer(state.params.quote_token, state.engine, caller, plan.keeper_reward, None)])
-
-    _store_position(state.account(account), market_id, plan.size, plan.quote, plan.cash)
-    _store_position(house, market_id, house_size, house_quote, house_cash)
-    state.insurance_fund = Wad(fund)
+    _apply_liquidation(state, account, market_id, plan)
     return plan
 
 
-def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: int, strict: int) -> CollateralLiquidationPlan:
-    """``_collateral_plan``: assert for assert, rounding for rounding (``strict``: STRICT or PREVIEW)."""
+def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: int, mode: int) -> CollateralLiquidationPlan:
+    """``_collateral_plan``: assert for assert, rounding for rounding (``mode``: LIQUIDATION or PREVIEW)."""
     _uint256("max_repay", max_repay)
     col = _collateral(state, token)
     if col is None:
@@ -549,16 +722,19 @@ def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: 
     if account == state.engine:
         raise Revert("house")
     acc = _peek(state, account)
-    if health(state, acc, strict).maint_health >= 0:
-        raise Revert("healthy")
+    h = health(state, acc, mode)
+    if h.maint_health >= 0:
+        raise Skip("healthy")
     c = acc.cash
     if c >= 0:
-        raise Revert("no debt")
+        raise Skip("no debt")
     balance = acc.collateral.get(token, 0)
     if balance == 0:
-        raise Revert("no collateral")
+        raise Skip("no collateral")
+    p, status = read_feed(state.feeds[col.feed], col.price_scale, state.timestamp, price_age(state, col), mode)
+    if status != PRICE_OK:
+        raise _price_skip(status)
 
-    p = price(state, col.feed, strict, col.price_scale)
     # The caller's price: P * (1 - discount), rounded up so the account gives up no extra wei.
     discounted = checked_mul_up(p, WAD - col.liquidation_discount)
     unit = col.unit
@@ -566,7 +742,7 @@ def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: 
 
     # Repay in native quote units: the whole debt rounded up, at most max_repay, at most what the
     # balance is worth at the discounted price rounded down (``cap``). A repay of the whole cap
-    # takes the whole balance, so that no dust worth under one quote unit blocks settle_bad_debt
+    # takes the whole balance, so that no dust worth under one quote unit blocks settlement
     # (a balance worth less than one unit goes for a repay of 0). Everything here is >= 0, so //
     # is the engine's unsigned division.
     debt = (-c + qs - 1) // qs
@@ -576,14 +752,52 @@ def _collateral_plan(state: ProtocolState, account: str, token: str, max_repay: 
         seized = balance
     else:
         seized = _checked_u256(repay * qs * unit) // discounted   # repay < cap: below the balance
+    left = balance - seized
+
+    # The account bears the discount only as far as its equity allows: equity never falls below
+    # min(equity before, 0); the fund (then the house) credits the rest to its cash.
+    lost = checked(_checked_u256(balance * p) // unit - _checked_u256(left * p) // unit)
+    equity = checked(checked(h.equity + checked(repay * qs)) - lost)
+    lowest = min(h.equity, 0)
+    subsidy = 0
+    if equity < lowest:
+        subsidy = lowest - equity
+        equity = lowest
+    cash = checked(c + checked(_checked_u256(repay * qs + subsidy)))
+    fund, house_cash = _cover(subsidy, 0, state.insurance_fund, _peek(state, state.engine).cash)
+
+    # Automatic settlement: nothing left to liquidate and the cash negative.
+    bad_debt = 0
+    if left == 0 and cash < 0 and not _has_positions(acc):
+        if not any(b > 0 for t, b in acc.collateral.items() if t != token):
+            bad_debt = -cash
     return CollateralLiquidationPlan(
-        Native(repay), Native(seized), Wad(p), Wad(checked(c + repay * qs)), Native(balance - seized)
+        Native(repay), Native(seized), Wad(p), Wad(subsidy), Wad(cash), Native(left),
+        Wad(fund), Wad(house_cash), Wad(equity), Wad(bad_debt),
     )
 
 
+def _apply_collateral(state: ProtocolState, account: str, token: str,
+                      plan: CollateralLiquidationPlan) -> BadDebtSettlement | None:
+    """``_execute_collateral``'s writes (after every check); returns the automatic settlement."""
+    settlement = _settlement(plan.bad_debt, plan.insurance_fund, plan.house_cash) if plan.bad_debt else None
+    acc = state.account(account)
+    acc.cash = plan.cash
+    if plan.collateral == 0:
+        acc.collateral.pop(token, None)
+    else:
+        acc.collateral[token] = plan.collateral
+    state.total_collateral[token] = state.total_collateral.get(token, 0) - plan.seized
+    state.insurance_fund = plan.insurance_fund
+    _house(state).cash = plan.house_cash
+    if settlement is not None:
+        _apply_settlement(state, account, settlement)
+    return settlement
+
+
 def preview_liquidate_collateral(state: ProtocolState, account: str, token: str, max_repay: int) -> CollateralLiquidationPlan:
-    """The ``preview_liquidate_collateral`` view (PREVIEW reads): ``liquidate_collateral``'s reasons
-    in its order, a bad price included; only a stale price is read instead of rejected."""
+    """The ``preview_liquidate_collateral`` view (PREVIEW): ``liquidate_collateral``'s reasons in
+    its order, a bad price of the seized feed included; ages are not checked."""
     return _collateral_plan(state, account, token, max_repay, PREVIEW)
 
 
@@ -593,22 +807,112 @@ def liquidate_collateral(state: ProtocolState, caller: str, account: str, token:
 
     The caller pays ``repay`` quote native units and receives ``seized`` units of ``token``.
     """
-    plan = _collateral_plan(state, account, token, max_repay, STRICT)
+    plan = _collateral_plan(state, account, token, max_repay, LIQUIDATION)
+    if plan.bad_debt:
+        _settlement(plan.bad_debt, plan.insurance_fund, plan.house_cash)
     transfers = []
     if plan.repay > 0:
         transfers.append(_Transfer(state.params.quote_token, caller, state.engine, plan.repay, state.engine))
     if plan.seized > 0:
         transfers.append(_Transfer(token, state.engine, caller, plan.seized, None))
     _move(wallets, transfers)
-
-    acc = state.account(account)
-    acc.cash = plan.cash
-    if plan.collateral == 0:
-        acc.collateral.pop(token, None)
-    else:
-        acc.collateral[token] = plan.collateral
-    state.total_collateral[token] = state.total_collateral.get(token, 0) - plan.seized
+    _apply_collateral(state, account, token, plan)
     return plan
+
+
+def _order(o: LiquidationOrder | tuple) -> LiquidationOrder:
+    o = LiquidationOrder(*o)
+    _uint256("market", o.market)
+    _uint256("amount", o.amount)
+    if o.is_collateral and o.market != 0:
+        raise Revert("bad order")
+    return o
+
+
+def liquidate_many(state: ProtocolState, caller: str, orders: list[LiquidationOrder],
+                   wallets: Wallets | None = None) -> BatchResult:
+    """``liquidate_many(orders)`` sent by ``caller``: each order as the single action would, in
+    order, on the state the earlier orders left; an order the single action rejects with a
+    :class:`Skip` reason is skipped (``LiquidationSkipped``), any other reason reverts the whole
+    call and leaves the state untouched. The repayments are pulled from the caller in one transfer
+    and the rewards paid in one, after the orders.
+    """
+    if len(orders) > MAX_ORDERS:
+        raise ConfigError(f"liquidate_many takes at most {MAX_ORDERS} orders, got {len(orders)}")
+    # Journal for the all-or-nothing revert: the state of everything an order can write.
+    saved_accounts: dict[str, Account | None] = {}
+    saved_house = _copy_account(_house(state))
+    saved_fund = state.insurance_fund
+    saved_totals = dict(state.total_collateral)
+    outcomes: list[OrderOutcome] = []
+    transfers: list[_Transfer] = []
+    rewards = repays = executed = 0
+    try:
+        for raw in orders:
+            o = _order(raw)
+            if o.account not in saved_accounts and o.account != state.engine:
+                acc = state.accounts.get(o.account)
+                saved_accounts[o.account] = None if acc is None else _copy_account(acc)
+            try:
+                if o.is_collateral:
+                    plan = _collateral_plan(state, o.account, o.token, o.amount, LIQUIDATION)
+                else:
+                    plan = _liquidation_plan(state, o.account, o.market, o.amount, LIQUIDATION)
+            except Skip as skip:
+                outcomes.append(OrderOutcome(skip.code, skip.reason))
+                continue
+            if o.is_collateral:
+                settlement = _apply_collateral(state, o.account, o.token, plan)
+                if plan.seized > 0:
+                    transfers.append(_Transfer(o.token, state.engine, caller, plan.seized, None))
+                repays += plan.repay
+            else:
+                settlement = _apply_liquidation(state, o.account, o.market, plan)
+                rewards += plan.keeper_reward
+            executed += 1
+            outcomes.append(OrderOutcome(EXECUTED, "", plan, settlement))
+        if repays > 0:
+            transfers.append(_Transfer(state.params.quote_token, caller, state.engine, repays, state.engine))
+        if rewards > 0:
+            transfers.append(_Transfer(state.params.quote_token, state.engine, caller, rewards, None))
+        _move(wallets, transfers)
+    except BaseException:
+        for address, acc in saved_accounts.items():
+            if acc is None:
+                state.accounts.pop(address, None)
+            else:
+                state.accounts[address] = acc
+        state.house = saved_house
+        state.insurance_fund = saved_fund
+        state.total_collateral = saved_totals
+        raise
+    return BatchResult(executed, outcomes, Native(rewards), Native(repays))
+
+
+def preview_liquidate_many(state: ProtocolState, orders: list[LiquidationOrder]) -> list[OrderPreview]:
+    """The ``preview_liquidate_many`` view: each order read against the current state (ages
+    checked, as the action does), not after the earlier orders of the batch; raises where the
+    action reverts for a malformed order. For the exact sequential outcome of a batch, run
+    :func:`liquidate_many` on ``state.copy()``."""
+    if len(orders) > MAX_ORDERS:
+        raise ConfigError(f"liquidate_many takes at most {MAX_ORDERS} orders, got {len(orders)}")
+    out: list[OrderPreview] = []
+    for raw in orders:
+        o = _order(raw)
+        try:
+            if o.is_collateral:
+                c = _collateral_plan(state, o.account, o.token, o.amount, LIQUIDATION)
+                out.append(OrderPreview(EXECUTED, Native(0), c.repay, c.seized, BaseWad(0), c.bad_debt))
+            else:
+                p = _liquidation_plan(state, o.account, o.market, o.amount, LIQUIDATION)
+                out.append(OrderPreview(EXECUTED, p.keeper_reward, Native(0), Native(0), p.size_delta, p.bad_debt))
+        except Skip as skip:
+            out.append(OrderPreview(skip.code, Native(0), Native(0), Native(0), BaseWad(0), Wad(0)))
+    return out
+
+
+def _copy_account(acc: Account) -> Account:
+    return Account(acc.address, acc.cash, dict(acc.collateral), dict(acc.positions))
 
 
 def settle_bad_debt(state: ProtocolState, account: str) -> BadDebtSettlement:
@@ -623,15 +927,9 @@ def settle_bad_debt(state: ProtocolState, account: str) -> BadDebtSettlement:
     c = acc.cash
     if c >= 0:
         raise Revert("no bad debt")
-    deficit = -c
-    covered = min(deficit, state.insurance_fund)
-    socialised = deficit - covered
-    house = _house(state)
-    house_cash = checked(house.cash - socialised)
-    state.insurance_fund = Wad(state.insurance_fund - covered)
-    house.cash = Wad(house_cash)
-    state.account(account).cash = Wad(0)
-    return BadDebtSettlement(Wad(deficit), Wad(covered), Wad(socialised))
+    s = _settlement(-c, state.insurance_fund, _house(state).cash)
+    _apply_settlement(state, account, s)
+    return s
 
 
 # ---------------------------------------------------------------- price feeds (PriceFeed.vy)
@@ -689,6 +987,8 @@ def set_params(state: ProtocolState, sender: str, keeper_share: int, max_price_a
     _only_owner(state, sender)
     if keeper_share > WAD:
         raise Revert("bad params")
+    if max_price_age > MAX_PRICE_AGE:
+        raise Revert("bad params")
     if dust_notional > MAX_PRICE:
         raise Revert("bad params")
     state.params.keeper_share = Wad(keeper_share)
@@ -711,6 +1011,30 @@ def set_market_params(state: ProtocolState, sender: str, market_id: int, imf: in
         raise Revert("bad params")
     m = state.markets[market_id]
     m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap = Wad(imf), Wad(mmf), Wad(liquidation_fee), Wad(taker_fee), BaseWad(oi_cap)
+
+
+def set_market_price_age(state: ProtocolState, sender: str, market_id: int, max_price_age: int) -> None:
+    """``set_market_price_age(market, max_price_age)``."""
+    _uint256("market_id", market_id)
+    _uint256("max_price_age", max_price_age)
+    _only_owner(state, sender)
+    if market_id >= len(state.markets):
+        raise Revert("not listed")
+    if max_price_age > MAX_PRICE_AGE:
+        raise Revert("bad params")
+    state.markets[market_id].max_price_age = max_price_age
+
+
+def set_collateral_price_age(state: ProtocolState, sender: str, token: str, max_price_age: int) -> None:
+    """``set_collateral_price_age(token, max_price_age)``."""
+    _uint256("max_price_age", max_price_age)
+    _only_owner(state, sender)
+    col = _collateral(state, token)
+    if col is None:
+        raise Revert("not listed")
+    if max_price_age > MAX_PRICE_AGE:
+        raise Revert("bad params")
+    col.max_price_age = max_price_age
 
 
 def set_collateral_params(state: ProtocolState, sender: str, token: str, init_weight: int, maint_weight: int,

@@ -7,6 +7,7 @@ parameter are documented in ``docs/protocol.md``; the deployment file in ``docs/
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -72,6 +73,10 @@ class FeedSpec:
     price: int                # initial answer in whole USD cents * 10**(decimals-2) is awkward:
                               # it is the answer in feed units (price * 10**decimals)
     decimals: int = 8
+    # Seconds an answer stays usable for every market and collateral this feed prices: the feed's
+    # heartbeat plus a margin (Chainlink's ETH / USD and BTC / USD on Ethereum beat every 3,600 s;
+    # others every 60 s to 24 h). None: DeployConfig.max_price_age. See docs/protocol.md.
+    max_price_age: int | None = 3600
 
 
 @dataclass(frozen=True)
@@ -101,13 +106,13 @@ class DeployConfig:
     quote_symbol: str = "USDC"
     quote_decimals: int = 6
     keeper_share: int = WAD // 2              # half of each penalty to the liquidator
-    max_price_age: int = 3600                 # seconds; production would use about 60
+    max_price_age: int = 3600                 # seconds; the engine's default age for what it lists
     dust_notional: int = 10 * WAD             # USD WAD
     house_seed: int = 10_000_000              # whole quote tokens minted to and seeded by the owner
     insurance_seed: int = 100_000             # whole quote tokens
     feeds: tuple[FeedSpec, ...] = (
-        FeedSpec("ETH", 2_000 * 10**8),
-        FeedSpec("BTC", 60_000 * 10**8),
+        FeedSpec("ETH", 2_000 * 10**8, max_price_age=3600),
+        FeedSpec("BTC", 60_000 * 10**8, max_price_age=3600),
     )
     markets: tuple[MarketSpec, ...] = (
         MarketSpec("ETH-PERP", "ETH", imf=WAD // 10, mmf=WAD // 20, liquidation_fee=WAD // 50, taker_fee=5 * 10**14),
@@ -117,6 +122,20 @@ class DeployConfig:
         CollateralSpec("WETH", "ETH", 18, init_weight=80 * 10**16, maint_weight=85 * 10**16, liquidation_discount=5 * 10**16),
         CollateralSpec("WBTC", "BTC", 8, init_weight=75 * 10**16, maint_weight=80 * 10**16, liquidation_discount=5 * 10**16),
     )
+
+
+def with_max_price_age(config: DeployConfig, max_price_age: int) -> DeployConfig:
+    """``config`` with one max price age for the engine's default and every feed."""
+    feeds = tuple(dataclasses.replace(f, max_price_age=max_price_age) for f in config.feeds)
+    return dataclasses.replace(config, max_price_age=max_price_age, feeds=feeds)
+
+
+def feed_age(config: DeployConfig, asset: str) -> int:
+    """The max price age (seconds) a deployment gives whatever the feed of ``asset`` prices."""
+    for f in config.feeds:
+        if f.asset == asset:
+            return config.max_price_age if f.max_price_age is None else f.max_price_age
+    raise ConfigError(f"no feed for asset {asset}")
 
 
 # ------------------------------------------------------------------ deployment
@@ -298,6 +317,8 @@ def deploy_protocol(w3: Web3, sender: Sender, config: DeployConfig = DeployConfi
         if m.asset not in feeds:
             raise ConfigError(f"market {m.name} names unknown feed asset {m.asset}")
         sender.send(engine.functions.list_market(feeds[m.asset].address, m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap))
+        if feed_age(config, m.asset) != config.max_price_age:
+            sender.send(engine.functions.set_market_price_age(i, feed_age(config, m.asset)))
         markets[m.name] = {"id": i, "feed": feeds[m.asset].address, "asset": m.asset}
 
     collaterals: dict[str, dict[str, Any]] = {}
@@ -308,6 +329,8 @@ def deploy_protocol(w3: Web3, sender: Sender, config: DeployConfig = DeployConfi
         sender.send(engine.functions.list_collateral(
             token.address, feeds[c.asset].address, c.init_weight, c.maint_weight, c.liquidation_discount, c.deposit_cap
         ))
+        if feed_age(config, c.asset) != config.max_price_age:
+            sender.send(engine.functions.set_collateral_price_age(token.address, feed_age(config, c.asset)))
         collaterals[c.symbol] = {"token": token.address, "feed": feeds[c.asset].address, "decimals": c.decimals, "index": i, "asset": c.asset}
 
     unit = 10**config.quote_decimals

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from .errors import ConfigError, Revert
-from .state import Account, Feed, ProtocolState
+from .state import Account, Collateral, Feed, Market, ProtocolState
 from .wad import INT256_MAX, INT256_MIN, MAX_PRICE, UINT256_MAX, WAD, Wad, div_ceil, div_floor, mul_down, mul_up
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,12 @@ __all__ = [
     "Health",
     "HealthBreakdown",
     "HealthBook",
+    "LIQUIDATION",
     "LOOSE",
     "PREVIEW",
+    "PRICE_BAD",
+    "PRICE_OK",
+    "PRICE_STALE",
     "STRICT",
     "UNBOUNDED_RATIO",
     "answer_to_price",
@@ -42,6 +46,7 @@ __all__ = [
     "checked_mul_down",
     "checked_mul_up",
     "feed_liquidation_price",
+    "feed_max_age",
     "feed_price",
     "health",
     "is_bankrupt",
@@ -50,22 +55,31 @@ __all__ = [
     "margin_ratio",
     "overflow_safe",
     "price",
-    "read_age",
+    "price_age",
+    "read_feed",
+    "require_usable",
+    "term_price",
 ]
 
 # margin_ratio of an account with a requirement and a non-positive margin balance.
 UNBOUNDED_RATIO = INT256_MAX
 
 # Price read modes, the ``strict`` argument of the functions below (``False`` and ``True`` are
-# LOOSE and STRICT): views read loosely, actions strictly, the preview views in PREVIEW mode.
+# LOOSE and STRICT), the engine's read modes: views read loosely (clamped, ages ignored), trades and
+# withdrawals strictly (a bad or stale price reverts), liquidations in LIQUIDATION mode (a term
+# whose price is unusable counts against the account, SPEC section 6 "Prices a liquidation needs"),
+# the single preview views in PREVIEW mode (as LIQUIDATION, ages ignored).
 LOOSE = 0
 STRICT = 1
 PREVIEW = 2
+LIQUIDATION = 3
 
-# The engine passes the mode to ``_price`` as ``max_age``: a strict read's age limit is
-# max_price_age, capped below these two values, which select the views' modes.
-_LOOSE_AGE = UINT256_MAX
-_PREVIEW_AGE = UINT256_MAX - 1
+# Status of one feed reading (the engine's ``_read``).
+PRICE_OK = 0
+PRICE_BAD = 1      # answer <= 0 or above MAX_PRICE
+PRICE_STALE = 2    # older than the max age (checked in STRICT and LIQUIDATION reads)
+
+_MODES = (LOOSE, STRICT, PREVIEW, LIQUIDATION)
 
 
 class Health(NamedTuple):
@@ -108,38 +122,49 @@ def answer_to_price(answer: int, price_scale: int) -> Wad:
     return Wad(answer * price_scale)
 
 
-def read_age(strict: int, max_price_age: int) -> int:
-    """The engine's ``max_age`` argument of ``_price`` for a read mode (``_strict_age`` for STRICT)."""
-    if strict == PREVIEW:
-        return _PREVIEW_AGE
-    if strict == STRICT:
-        return min(max_price_age, _PREVIEW_AGE - 1)
-    if strict == LOOSE:
-        return _LOOSE_AGE
-    raise ConfigError(f"unknown price read mode {strict!r}: LOOSE, STRICT or PREVIEW")
+def _mode(strict: int) -> int:
+    mode = int(strict)
+    if mode not in _MODES:
+        raise ConfigError(f"unknown price read mode {strict!r}: LOOSE, STRICT, PREVIEW or LIQUIDATION")
+    return mode
 
 
-def feed_price(feed: Feed, price_scale: int, timestamp: int, max_price_age: int, strict: int) -> Wad:
-    """``_price`` on a feed reading: the same checks in the same order.
+def read_feed(feed: Feed, price_scale: int, timestamp: int, max_age: int, strict: int) -> tuple[Wad, int]:
+    """The engine's ``_read``: the answer in WAD clamped to ``[0, MAX_PRICE]`` and its status.
 
-    ``strict`` is the read mode (``LOOSE``/``False``, ``STRICT``/``True`` or ``PREVIEW``). A bad
-    price (``answer <= 0`` or above ``MAX_PRICE``) raises ``"bad price"`` unless the read is loose;
-    an old one ``"stale price"`` only when it is strict. ``timestamp`` is the block time the read
-    happens at.
+    ``PRICE_BAD`` outside ``(0, MAX_PRICE]``; else ``PRICE_STALE`` if the mode checks ages (STRICT,
+    LIQUIDATION) and the answer is more than ``max_age`` seconds older than ``timestamp``; else
+    ``PRICE_OK``. Never raises.
     """
-    max_age = read_age(strict, max_price_age)
+    mode = _mode(strict)
     answer = feed.answer
     if answer <= 0:
-        if max_age != _LOOSE_AGE:
-            raise Revert("bad price")
-        return Wad(0)
+        return Wad(0), PRICE_BAD
     if answer > MAX_PRICE // price_scale:
-        if max_age != _LOOSE_AGE:
-            raise Revert("bad price")
-        return Wad(MAX_PRICE)
-    if feed.updated_at < timestamp and timestamp - feed.updated_at > max_age:
+        return Wad(MAX_PRICE), PRICE_BAD
+    p = Wad(answer * price_scale)
+    if mode in (STRICT, LIQUIDATION) and feed.updated_at < timestamp and timestamp - feed.updated_at > max_age:
+        return p, PRICE_STALE
+    return p, PRICE_OK
+
+
+def require_usable(status: int) -> None:
+    """The engine's ``_require_usable``: ``"bad price"`` / ``"stale price"``."""
+    if status == PRICE_BAD:
+        raise Revert("bad price")
+    if status == PRICE_STALE:
         raise Revert("stale price")
-    return Wad(answer * price_scale)
+
+
+def feed_price(feed: Feed, price_scale: int, timestamp: int, max_age: int, strict: int) -> Wad:
+    """One price as an action or a view reads it: a strict read raises ``"bad price"`` /
+    ``"stale price"``; PREVIEW and LIQUIDATION reads raise ``"bad price"`` (PREVIEW ignores the
+    age, LIQUIDATION raises ``"stale price"`` too); a loose read clamps and ignores the age."""
+    mode = _mode(strict)
+    p, status = read_feed(feed, price_scale, timestamp, max_age, mode)
+    if mode != LOOSE:
+        require_usable(status)
+    return p
 
 
 def _feed(state: ProtocolState, feed_address: str) -> Feed:
@@ -149,15 +174,41 @@ def _feed(state: ProtocolState, feed_address: str) -> Feed:
     return feed
 
 
-def price(state: ProtocolState, feed_address: str, strict: int, price_scale: int | None = None) -> Wad:
-    """The engine's ``_price(feed, price_scale, max_age)`` in read mode ``strict`` at ``state.timestamp``.
+def price_age(state: ProtocolState, item: Market | Collateral) -> int:
+    """The max price age (seconds) of a market or a collateral: its own, or the protocol default
+    (``params.max_price_age``, what the engine gives a newly listed one) where the model has none."""
+    return state.params.max_price_age if item.max_price_age is None else item.max_price_age
+
+
+def feed_max_age(state: ProtocolState, feed_address: str) -> int:
+    """The smallest max age of whatever the feed prices (the protocol default if nothing)."""
+    ages = [price_age(state, m) for m in state.markets if m.feed == feed_address]
+    ages += [price_age(state, c) for c in state.collaterals if c.feed == feed_address]
+    return min(ages) if ages else state.params.max_price_age
+
+
+def price(state: ProtocolState, feed_address: str, strict: int, price_scale: int | None = None,
+          max_age: int | None = None) -> Wad:
+    """One price in read mode ``strict`` at ``state.timestamp`` (see :func:`feed_price`).
 
     ``price_scale`` defaults to the feed's own ``10**(18 - decimals)``, which is what the engine
-    stored for every market and collateral priced by it.
+    stored for every market and collateral priced by it; ``max_age`` to the smallest max age of
+    the markets and collaterals the feed prices.
     """
     feed = _feed(state, feed_address)
     scale = feed.price_scale if price_scale is None else price_scale
-    return feed_price(feed, scale, state.timestamp, state.params.max_price_age, strict)
+    age = feed_max_age(state, feed_address) if max_age is None else max_age
+    return feed_price(feed, scale, state.timestamp, age, strict)
+
+
+def term_price(state: ProtocolState, item: Market | Collateral, strict: int) -> tuple[Wad, bool]:
+    """The engine's ``_term_price`` for a market or collateral: (price, usable). LOOSE reads any
+    answer as usable, STRICT raises on an unusable one, LIQUIDATION and PREVIEW report it."""
+    mode = _mode(strict)
+    p, status = read_feed(_feed(state, item.feed), item.price_scale, state.timestamp, price_age(state, item), mode)
+    if mode == STRICT:
+        require_usable(status)
+    return p, mode == LOOSE or status == PRICE_OK
 
 
 # ---------------------------------------------------------------- health
@@ -196,15 +247,6 @@ def breakdown(state: ProtocolState, account: Account, strict: int = LOOSE) -> He
     an overflow raises ``Revert("")`` at the same point as in the engine; the ``health`` view
     (loose) reverts on overflow too, and so does this function.
     """
-    prices: dict[tuple[str, int], int] = {}
-
-    def px(feed_address: str, scale: int) -> int:
-        key = (feed_address, scale)
-        p = prices.get(key)
-        if p is None:
-            p = prices[key] = price(state, feed_address, strict, scale)
-        return p
-
     c = account.cash
     eq = ih = mh = checked(c)             # the engine's running Health
     upnl = req_init = req_maint = 0       # the components, for the breakdown
@@ -213,8 +255,10 @@ def breakdown(state: ProtocolState, account: Account, strict: int = LOOSE) -> He
         if pos.size == 0:
             continue
         market = state.markets[m]
-        p = px(market.feed, market.price_scale)
+        p, usable = term_price(state, market, strict)
         u = checked(checked_mul_down(pos.size, p) + pos.quote)
+        if not usable:
+            u = min(u, 0)                 # its loss at the last answer, none of its profit
         notional = checked_mul_up(checked(abs(pos.size)), p)
         ri = checked_mul_up(notional, market.imf)
         rm = checked_mul_up(notional, market.mmf)
@@ -231,7 +275,9 @@ def breakdown(state: ProtocolState, account: Account, strict: int = LOOSE) -> He
             balance = account.collateral.get(col.token, 0)
             if balance == 0:
                 continue
-            p = px(col.feed, col.price_scale)
+            p, usable = term_price(state, col, strict)
+            if not usable:
+                continue                  # worth 0 while its price is unusable
             v = checked(checked(balance) * p) // col.unit    # both factors >= 0: floor == the engine's //
             vi = checked_mul_down(v, col.init_weight)
             vm = checked_mul_down(v, col.maint_weight)

@@ -111,11 +111,11 @@ def load_protocol(w3: Web3, deployment: Deployment, block_identifier: BlockIdent
     names = _names_by_id(deployment)
     markets: list[Market] = []
     for m in range(int(market_count)):
-        feed, price_scale, imf, mmf, liquidation_fee, taker_fee, oi_cap = markets_v[m]
+        feed, price_scale, imf, mmf, liquidation_fee, taker_fee, oi_cap, max_price_age = markets_v[m]
         markets.append(Market(
             id=m, feed=add_feed(market_feeds_v[m], price_scale), price_scale=int(price_scale), imf=Wad(int(imf)),
             mmf=Wad(int(mmf)), liquidation_fee=Wad(int(liquidation_fee)), taker_fee=Wad(int(taker_fee)),
-            oi_cap=BaseWad(int(oi_cap)), name=names.get(m, f"MARKET-{m}"),
+            oi_cap=BaseWad(int(oi_cap)), name=names.get(m, f"MARKET-{m}"), max_price_age=int(max_price_age),
         ))
 
     symbols = _symbols_by_token(deployment)
@@ -124,12 +124,13 @@ def load_protocol(w3: Web3, deployment: Deployment, block_identifier: BlockIdent
     for i in range(int(collateral_count)):
         token = to_checksum_address(collateral_tokens_v[i])
         (feed, price_scale, decimals, unit, init_weight, maint_weight, liquidation_discount, deposit_cap,
-         index) = collaterals_v[i]
+         index, max_price_age) = collaterals_v[i]
         collaterals.append(Collateral(
             token=token, feed=add_feed(collateral_feeds_v[i], price_scale), price_scale=int(price_scale),
             decimals=int(decimals), unit=int(unit), init_weight=Wad(int(init_weight)),
             maint_weight=Wad(int(maint_weight)), liquidation_discount=Wad(int(liquidation_discount)),
             deposit_cap=Native(int(deposit_cap)), index=int(index), symbol=symbols.get(token, token[:10]),
+            max_price_age=int(max_price_age),
         ))
         total_collateral[token] = int(total_collateral_v[i])
 

@@ -185,23 +185,6 @@ def _set_position(state: ProtocolState, account: str, market: int, size: int, qu
     acc.cash = Wad(cash)
 
 
-def _book_house(state: ProtocolState, market: int, size_delta: int, quote_delta: int, fee: int) -> None:
-    """The house takes the opposite of the account's fill, as the engine's _write_position does."""
-    house = state.house
-    if house is None:  # dev: ProtocolState.__post_init__ always creates it
-        raise ChainError("state has no house account")
-    old = house.positions.get(market)
-    size = (old.size if old else 0) - size_delta
-    quote = (old.quote if old else 0) - quote_delta
-    cash = house.cash + fee
-    if size == 0:
-        cash += quote
-        house.positions.pop(market, None)
-    else:
-        house.positions[market] = Position(BaseWad(size), Wad(quote))
-    house.cash = Wad(cash)
-
-
 def _set_collateral(state: ProtocolState, account: str, token: str, balance: int, cash: int) -> None:
     acc = state.account(account)
     if balance == 0:
@@ -228,8 +211,8 @@ def apply_event(state: ProtocolState, event: Event) -> str | None:
     """Apply one decoded event to ``state``; return the address of the account it changed (the
     engine's address for the house), or None for configuration and price events.
 
-    Account fields are set from the event's resulting values; the house, the insurance fund and
-    ``total_collateral`` change by deltas, so each event must be applied once, in chain order
+    Account fields, the house and the insurance fund are set from the event's resulting values;
+    ``total_collateral`` changes by deltas, so each event must be applied once, in chain order
     (see :func:`apply_logs`).
     """
     a = event.args
@@ -247,14 +230,11 @@ def apply_event(state: ProtocolState, event: Event) -> str | None:
         raise ConfigError(f"event from {event.address} applied to the state of engine {state.engine}")
 
     # account events ----------------------------------------------------
-    if name == "Trade":
+    if name in ("Trade", "Liquidation"):
         _set_position(state, a["account"], a["market"], a["size"], a["quote"], a["cash"])
-        _book_house(state, a["market"], a["size_delta"], a["quote_delta"], a["fee"])
-        return a["account"]
-    if name == "Liquidation":
-        _set_position(state, a["account"], a["market"], a["size"], a["quote"], a["cash"])
-        _book_house(state, a["market"], a["size_delta"], a["quote_delta"], 0)
-        state.insurance_fund = Wad(state.insurance_fund + a["insurance"])
+        _set_position(state, state.engine, a["market"], a["house_size"], a["house_quote"], a["house_cash"])
+        if name == "Liquidation":
+            state.insurance_fund = Wad(a["insurance_fund"])
         return a["account"]
     if name in ("Deposit", "Withdraw"):
         token = a["token"]
@@ -269,13 +249,16 @@ def apply_event(state: ProtocolState, event: Event) -> str | None:
         token = a["token"]
         _set_collateral(state, a["account"], token, a["collateral"], a["cash"])
         state.total_collateral[token] = state.total_collateral.get(token, 0) - a["seized"]
+        state.account(state.engine).cash = Wad(a["house_cash"])
+        state.insurance_fund = Wad(a["insurance_fund"])
         return a["account"]
     if name == "BadDebtSettled":
         state.account(a["account"]).cash = Wad(0)
-        state.insurance_fund = Wad(state.insurance_fund - a["covered"])
-        house = state.account(state.engine)
-        house.cash = Wad(house.cash - a["socialised"])
+        state.account(state.engine).cash = Wad(a["house_cash"])
+        state.insurance_fund = Wad(a["insurance_fund"])
         return a["account"]
+    if name == "LiquidationSkipped":
+        return None
     if name == "HouseSeeded":
         state.account(state.engine).cash = Wad(a["cash"])
         return state.engine
@@ -317,6 +300,10 @@ def apply_event(state: ProtocolState, event: Event) -> str | None:
         ))
         state.collaterals.sort(key=lambda c: c.index)
         state.total_collateral.setdefault(token, 0)
+    elif name == "MarketPriceAgeSet":
+        _market(state, int(a["market"])).max_price_age = int(a["max_price_age"])
+    elif name == "CollateralPriceAgeSet":
+        _collateral(state, a["token"]).max_price_age = int(a["max_price_age"])
     elif name == "CollateralParamsSet":
         c = _collateral(state, a["token"])
         c.init_weight, c.maint_weight = Wad(a["init_weight"]), Wad(a["maint_weight"])

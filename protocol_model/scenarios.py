@@ -48,7 +48,7 @@ from typing import Any
 
 from . import actions
 from .errors import ConfigError, Revert
-from .health import Health, HealthBook, health, price
+from .health import Health, HealthBook, feed_max_age, health, price
 from .state import Account, Feed, ProtocolState
 from .wad import MAX_PRICE, UINT256_MAX, WAD, Native, Wad, div_ceil, div_floor, mul_up
 
@@ -297,8 +297,8 @@ def _apply_shocks(sim: ProtocolState, book: HealthBook, shocks: dict[str, int]) 
 def _refresh_stale_feeds(sim: ProtocolState) -> list[str]:
     """Scenarios happen now: a feed that would be stale at ``sim.timestamp`` is marked fresh."""
     refreshed = []
-    age = sim.params.max_price_age
     for address, feed in sim.feeds.items():
+        age = feed_max_age(sim, address)
         if feed.updated_at < sim.timestamp and sim.timestamp - feed.updated_at > age:
             feed.updated_at = sim.timestamp
             refreshed.append(address)
@@ -363,6 +363,17 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
     h = sim.book.health(address)
     out = AccountOutcome(address=address, equity=h.equity, maint_health=h.maint_health)
 
+    auto_deficit = 0
+
+    def settled_by(plan: actions.LiquidationPlan | actions.CollateralLiquidationPlan) -> None:
+        nonlocal auto_deficit
+        s = actions.auto_settlement(plan)
+        if s is not None:
+            auto_deficit += s.deficit
+            out.settled = True
+            out.covered = Wad(out.covered + s.covered)
+            out.socialised = Wad(out.socialised + s.socialised)
+
     steps = 0
     while h.maint_health < 0 and acc.positions:
         if steps >= MAX_LIQUIDATIONS_PER_ACCOUNT:
@@ -370,6 +381,7 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
             log.warning("account %s still liquidatable after %d liquidations", address, steps)
             break
         market_id = max(acc.positions, key=lambda m: (_notional(state, m, acc.positions[m].size), -m))
+        fund_before = state.insurance_fund
         try:
             plan = actions.liquidate(state, keeper, address, market_id, UINT256_MAX)
         except Revert as exc:
@@ -381,7 +393,8 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
         out.volume = Wad(out.volume + notional)
         out.penalty = Wad(out.penalty + plan.penalty)
         out.keeper_reward_native = Native(out.keeper_reward_native + plan.keeper_reward)
-        out.insurance = Wad(out.insurance + plan.insurance)
+        out.insurance = Wad(out.insurance + plan.insurance_fund - fund_before)
+        settled_by(plan)
         feed = state.markets[market_id].feed
         flow[feed] = flow.get(feed, 0) + (notional if plan.size_delta > 0 else -notional)
         h = health(state, acc)
@@ -398,6 +411,7 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
             break
         steps += 1
         token = max(tokens, key=lambda t: (_collateral_value(state, t, acc.collateral[t]), t))
+        fund_before = state.insurance_fund
         try:
             cplan = actions.liquidate_collateral(state, keeper, address, token, UINT256_MAX)
         except Revert as exc:
@@ -407,9 +421,11 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
         out.collateral_liquidations += 1
         out.collateral_repaid = Wad(out.collateral_repaid + cplan.repay * state.params.quote_scale)
         out.collateral_seized[token] = out.collateral_seized.get(token, 0) + cplan.seized
+        out.insurance = Wad(out.insurance + cplan.insurance_fund - fund_before)
+        settled_by(cplan)
         h = health(state, acc)
 
-    out.bad_debt = Wad(max(0, -h.equity))
+    out.bad_debt = Wad(max(0, -h.equity) + auto_deficit)
     if acc.cash < 0 and not acc.positions and not acc.collateral:
         try:
             settled = actions.settle_bad_debt(state, address)
@@ -417,8 +433,8 @@ def _liquidate_account(sim: _Sim, address: str, keeper: str, flow: dict[str, int
             out.errors.append(f"settle_bad_debt: {exc.reason}")
         else:
             out.settled = True
-            out.covered = settled.covered
-            out.socialised = settled.socialised
+            out.covered = Wad(out.covered + settled.covered)
+            out.socialised = Wad(out.socialised + settled.socialised)
             h = health(state, acc)
 
     h = sim.book.apply_account(acc)

@@ -24,6 +24,7 @@ class Market:
     taker_fee: Wad
     oi_cap: BaseWad = BaseWad(0)  # 0 = none; caps the house's |size|
     name: str = ""
+    max_price_age: int | None = None  # seconds; None: params.max_price_age (the engine's listing default)
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class Collateral:
     deposit_cap: Native = Native(0)  # 0 = none
     index: int = 0
     symbol: str = ""
+    max_price_age: int | None = None  # seconds; None: params.max_price_age (the engine's listing default)
 
 
 @dataclass(slots=True)
@@ -61,7 +63,7 @@ class Params:
     quote_token: str
     quote_scale: int           # 10**(18 - quote decimals)
     keeper_share: Wad
-    max_price_age: int         # seconds
+    max_price_age: int         # seconds; the age the engine gives markets and collaterals it lists
     dust_notional: Wad
     paused: bool = False
     owner: str = ""

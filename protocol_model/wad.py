@@ -28,6 +28,8 @@ MAX_COLLATERALS = 8
 MAX_AMOUNT = 2**128     # native units
 MAX_SIZE = 2**100       # base units WAD
 MAX_PRICE = 2**100      # USD WAD
+MAX_PRICE_AGE = 2**32 - 1   # seconds; the largest max price age of a market or collateral
+MAX_ORDERS = 32         # orders per liquidate_many
 # Whole tokens of one collateral the engine holds in total (total_collateral[token] <=
 # MAX_TOTAL_COLLATERAL * 10**decimals, else "deposit cap"): the largest such bound for which
 # balance * P and value * weight fit in int256 at every P <= MAX_PRICE, weight < WAD and

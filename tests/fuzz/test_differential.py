@@ -114,6 +114,16 @@ def accounts_calldata(engine: str, addrs: list[str]) -> str:
     return "0x" + (_selector("accounts(address,address[])") + body).hex()
 
 
+ORDERS_SIGNATURE = "(address,uint256,address,uint256)[]"
+
+
+def orders_calldata(function: str, orders: list[pm.LiquidationOrder]) -> str:
+    """``liquidate_many`` / ``preview_liquidate_many`` calldata: a dynamic array of static structs."""
+    body = _word(32) + _word(len(orders)) + b"".join(
+        _word(o.account) + _word(o.market) + _word(o.token) + _word(o.amount) for o in orders)
+    return "0x" + (_selector(f"{function}({ORDERS_SIGNATURE})") + body).hex()
+
+
 def _words(hexdata: str | bytes) -> list[int]:
     raw = bytes.fromhex(hexdata[2:]) if isinstance(hexdata, str) else bytes(hexdata)
     return [int.from_bytes(raw[i:i + 32], "big") for i in range(0, len(raw), 32)]
@@ -208,10 +218,11 @@ class RawChain:
 EVENTS = {
     "deposit": "Deposit(address,address,uint256,int256,uint256)",
     "withdraw": "Withdraw(address,address,uint256,int256,uint256)",
-    "trade": "Trade(address,uint256,int256,uint256,int256,uint256,int256,int256,int256)",
-    "liquidate": "Liquidation(address,uint256,address,int256,uint256,int256,uint256,uint256,uint256,int256,int256,int256)",
-    "liquidate_collateral": "CollateralLiquidation(address,address,address,uint256,uint256,uint256,int256,uint256)",
-    "settle_bad_debt": "BadDebtSettled(address,uint256,uint256,uint256)",
+    "trade": "Trade(address,uint256,int256,uint256,int256,uint256,int256,int256,int256,int256,int256,int256)",
+    "liquidate": "Liquidation(address,uint256,address,int256,uint256,int256,uint256,uint256,uint256,uint256,int256,int256,int256,int256,int256,int256)",
+    "liquidate_collateral": "CollateralLiquidation(address,address,address,uint256,uint256,uint256,uint256,int256,uint256,uint256,int256)",
+    "settle_bad_debt": "BadDebtSettled(address,uint256,uint256,uint256,int256,uint256)",
+    "skipped": "LiquidationSkipped(address,address,uint256,uint256)",
 }
 TOPICS = {kind: keccak(text=sig) for kind, sig in EVENTS.items()}
 
@@ -312,8 +323,10 @@ def model_protocol(state: pm.ProtocolState) -> dict[str, Any]:
         "insurance_fund": state.insurance_fund,
         "paused": state.params.paused,
         "params": (state.params.keeper_share, state.params.max_price_age, state.params.dust_notional),
-        "markets": [(m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap) for m in state.markets],
-        "collaterals": [(c.init_weight, c.maint_weight, c.liquidation_discount, c.deposit_cap) for c in state.collaterals],
+        "markets": [(m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap, pm.price_age(state, m)) for m in state.markets],
+        "collaterals": [(c.init_weight, c.maint_weight, c.liquidation_discount, c.deposit_cap, c.index,
+                         pm.price_age(state, c)) for c in state.collaterals],
+        "packed": packed_words(state),
         "total_collateral": [state.total_collateral.get(c.token, 0) for c in state.collaterals],
         "feeds": {a: (f.round_id, f.answer, f.updated_at) for a, f in state.feeds.items()},
     }
@@ -326,17 +339,27 @@ def chain_protocol(read: Callable[[str, int], int], state: pm.ProtocolState) -> 
 
     def markets() -> list[tuple[int, ...]]:
         out = []
-        for m in state.markets:   # struct Market: feed, price_scale, imf, mmf, liquidation_fee, taker_fee, oi_cap
+        for m in state.markets:   # struct Market: feed, price_scale, imf, mmf, liquidation_fee, taker_fee, oi_cap, max_price_age
             base = hashmap_slot(e["market"], m.id)
-            out.append(tuple(read(engine, base + k) for k in range(2, 7)))
+            out.append(tuple(read(engine, base + k) for k in range(2, 8)))
         return out
 
     def collaterals() -> list[tuple[int, ...]]:
         out = []
-        for c in state.collaterals:   # struct CollateralConfig: ..., init_weight (4) .. deposit_cap (7), index
+        for c in state.collaterals:   # struct CollateralConfig: ..., init_weight (4) .. deposit_cap (7), index, max_price_age
             base = hashmap_slot(e["collateral_config"], c.token)
-            out.append(tuple(read(engine, base + k) for k in range(4, 8)))
+            out.append(tuple(read(engine, base + k) for k in range(4, 10)))
         return out
+
+    def packed() -> dict[str, Any]:
+        return {
+            "hot_params": read(engine, e["hot_params"]),
+            "markets": [(read(engine, hashmap_slot(e["market_words"], m.id)),
+                         read(engine, hashmap_slot(e["market_words"], m.id) + 1)) for m in state.markets],
+            "collaterals": [(read(engine, hashmap_slot(e["collateral_words"], c.index)),
+                             read(engine, hashmap_slot(e["collateral_words"], c.index) + 1),
+                             read(engine, hashmap_slot(e["collateral_info"], c.token))) for c in state.collaterals],
+        }
 
     return {
         "insurance_fund": read(engine, e["insurance_fund"]),
@@ -344,12 +367,33 @@ def chain_protocol(read: Callable[[str, int], int], state: pm.ProtocolState) -> 
         "params": (read(engine, e["keeper_share"]), read(engine, e["max_price_age"]), read(engine, e["dust_notional"])),
         "markets": markets(),
         "collaterals": collaterals(),
+        "packed": packed(),
         "total_collateral": [read(engine, hashmap_slot(e["total_collateral"], c.token)) for c in state.collaterals],
         "feeds": {
             a: (read(a, f["latest_round"]), _signed(read(a, f["latest_answer"])), read(a, f["latest_timestamp"]))
             for a in state.feeds
         },
     }
+
+
+def packed_words(state: pm.ProtocolState) -> dict[str, Any]:
+    """The engine's packed copies of the configuration, built here from the readable config with
+    the lane layout documented in MarginEngine.vy (CONSTANTS), written independently of it: after
+    every step (every admin action included) each stored word must equal this."""
+    def addr(a: str) -> int:
+        return int(a, 16)
+
+    def exponent(scale: int) -> int:
+        return len(str(scale)) - 1    # scale = 10**exponent
+
+    p = state.params
+    hot = int(p.paused) | len(state.markets) << 8 | p.keeper_share << 16 | p.dust_notional << 80
+    markets = [(addr(m.feed) | exponent(m.price_scale) << 160 | int(m.oi_cap != 0) << 168 | pm.price_age(state, m) << 176,
+                m.imf | m.mmf << 64 | m.liquidation_fee << 128 | m.taker_fee << 192) for m in state.markets]
+    collaterals = [(addr(c.token) | c.decimals << 160 | exponent(c.price_scale) << 168 | c.init_weight << 176,
+                    addr(c.feed) | c.maint_weight << 160 | pm.price_age(state, c) << 224,
+                    1 | c.index << 8 | c.liquidation_discount << 16) for c in state.collaterals]
+    return {"hot_params": hot, "markets": markets, "collaterals": collaterals}
 
 
 # ---------------------------------------------------------------- the harness shared by examples
@@ -456,13 +500,13 @@ def load_state(protocol: Any, engine: str) -> pm.ProtocolState:
     markets = []
     feeds: dict[str, pm.Feed] = {}
     for m in range(eng.functions.market_count().call()):
-        feed, scale, imf, mmf, fee, taker, cap = eng.functions.market(m).call()
-        markets.append(pm.Market(m, feed, scale, imf, mmf, fee, taker, cap))
+        feed, scale, imf, mmf, fee, taker, cap, age = eng.functions.market(m).call()
+        markets.append(pm.Market(m, feed, scale, imf, mmf, fee, taker, cap, max_price_age=age))
     collaterals = []
     for i in range(eng.functions.collateral_count().call()):
         token = eng.functions.collateral_tokens(i).call()
-        feed, scale, decimals, unit, iw, mw, disc, cap, index = eng.functions.collateral_config(token).call()
-        collaterals.append(pm.Collateral(token, feed, scale, decimals, unit, iw, mw, disc, cap, index))
+        feed, scale, decimals, unit, iw, mw, disc, cap, index, age = eng.functions.collateral_config(token).call()
+        collaterals.append(pm.Collateral(token, feed, scale, decimals, unit, iw, mw, disc, cap, index, max_price_age=age))
     for feed_addr in {m.feed for m in markets} | {c.feed for c in collaterals}:
         from protocol_model.deploy import contract_at
 
@@ -607,6 +651,12 @@ class DifferentialMachine(RuleBasedStateMachine):
                 assert len(emitted) == 1 and emitted[0] == tuple(result)[:len(emitted[0])], (
                     f"{what}: event {EVENTS[kind]} data {emitted} != model result {result!r}"
                 )
+            if kind in ("liquidate", "liquidate_collateral"):
+                settled = pm.auto_settlement(result)
+                assert event_data(logs, "settle_bad_debt") == ([] if settled is None else [tuple(settled)]), what
+                _event(f"{kind}: settles bad debt" if settled else f"{kind}: no settlement")
+            if kind == "liquidate_many":
+                self.check_batch_events(logs, result, what)
             if after is not None:
                 after()
             else:
@@ -621,6 +671,26 @@ class DifferentialMachine(RuleBasedStateMachine):
             )
             assert (self.model, self.wallets) == before, f"{what}: the model changed state on a revert"
         return result
+
+    def check_batch_events(self, logs: list[Any], result: pm.BatchResult, what: str) -> None:
+        """The events of a ``liquidate_many``, kind by kind, in order, against its outcomes."""
+        want: dict[str, list[tuple[int, ...]]] = {k: [] for k in ("liquidate", "liquidate_collateral", "settle_bad_debt", "skipped")}
+        sender = None
+        for index, o in enumerate(result.outcomes):
+            if not o.executed:
+                want["skipped"].append((index, o.status))
+                _event(f"liquidate_many: skip {o.reason}")
+                continue
+            kind = "liquidate_collateral" if isinstance(o.plan, pm.CollateralLiquidationPlan) else "liquidate"
+            want[kind].append(o.plan)
+            if o.settlement is not None:
+                want["settle_bad_debt"].append(tuple(o.settlement))
+        for kind, items in want.items():
+            got = event_data(logs, kind)
+            assert len(got) == len(items), f"{what}: {len(got)} {kind} events, the model {len(items)}"
+            for g, w in zip(got, items):
+                assert g == tuple(w)[:len(g)], f"{what}: {kind} event {g} != model {w!r}"
+        del sender
 
     def check_state(self) -> None:
         """Every field of every tracked account, the protocol and the wallets: model == chain.
@@ -841,7 +911,8 @@ class DifferentialMachine(RuleBasedStateMachine):
     def warp(self, kind: str, x: int) -> None:
         """Move time; ``edge`` puts the next block exactly on (or one past) the staleness bound."""
         pending = self.chain.pending_timestamp()
-        age = self.model.params.max_price_age
+        ages = [pm.price_age(self.model, m) for m in self.model.markets] + [pm.price_age(self.model, c) for c in self.model.collaterals]
+        age = ages[x % len(ages)]    # one market's or collateral's own age
         if kind == "past":
             target = pending + age + 1 + x
         elif kind == "edge":
@@ -903,6 +974,49 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.mirror("settle_bad_debt", f"{caller} settles the bad debt of {target}", self.addr(caller), self.c.engine,
                     calldata("settle_bad_debt(address)", target), lambda: pm.settle_bad_debt(self.model, target))
 
+    @rule(caller=CALLERS, picks=st.lists(st.tuples(ACCOUNTS, st.sampled_from(("pos", "pos", "coll", "bad")),
+                                                    MARKETS, COLL_TOKENS, LIQ_AMOUNTS), min_size=1, max_size=6))
+    def liquidate_many(self, caller: str, picks: list[tuple[str, str, int, str, str]]) -> None:
+        """A batch of position and collateral orders, some on healthy accounts or repeated (skips),
+        some malformed (a collateral order with a market: the whole call reverts)."""
+        orders = []
+        for account, kind, market, token, amount in picks:
+            if kind == "pos":
+                target = self.pick_account(account, lambda a: self.health_or_zero(a).maint_health < 0 and bool(a.positions))
+                acc = self.account(target)
+                if account == "auto" and acc.positions and market not in acc.positions:
+                    market = min(acc.positions)
+                size = abs(acc.positions[market].size) if market in acc.positions else 0
+                max_size = {"all": MAX_UINT, "one": 1, "frac": max(size // 2, 1), "zero": 0}[amount]
+                orders.append(pm.LiquidationOrder.position(target, market, max_size))
+            else:
+                target = self.pick_account(account, lambda a: self.health_or_zero(a).maint_health < 0 and a.cash < 0 and bool(a.collateral))
+                acc = self.account(target)
+                tok = self.token(token)
+                if account == "auto" and acc.collateral and tok not in acc.collateral and token in ("WETH", "WBTC"):
+                    tok = next(t for t in acc.collateral)
+                max_repay = {"all": MAX_UINT, "one": 1, "frac": max(-acc.cash // self.model.params.quote_scale // 2, 1), "zero": 0}[amount]
+                orders.append(pm.LiquidationOrder(target, market if kind == "bad" else 0, tok, max_repay))
+        self.compare_batch_preview(orders)
+        sender = self.addr(caller)
+        self.mirror("liquidate_many", f"{caller} liquidates a batch {orders}", sender, self.c.engine,
+                    orders_calldata("liquidate_many", orders),
+                    lambda: pm.liquidate_many(self.model, sender, orders, self.wallets))
+
+    def compare_batch_preview(self, orders: list[pm.LiquidationOrder]) -> None:
+        self.model.timestamp = self.chain.pending_timestamp()
+        try:
+            expected: Any = [tuple(v) for v in pm.preview_liquidate_many(self.model, orders)]
+        except Revert as exc:
+            expected = exc.reason
+        try:
+            words = [_signed(w) for w in _words(self.chain.call(self.h.actors["owner"], self.c.engine,
+                                                                 orders_calldata("preview_liquidate_many", orders), "pending"))]
+            got: Any = [tuple(words[2 + 6 * k: 8 + 6 * k]) for k in range(words[1])]
+        except TransactionFailed as exc:
+            got = _reason(exc)
+        assert got == expected, f"preview_liquidate_many({orders}): contract {got!r}, model {expected!r}"
+
     @rule(caller=CALLERS, which=st.integers(0, 11), overshoot=st.integers(0, 600), up=st.booleans(),
           amount=st.sampled_from(("all", "all", "one", "frac")), frac=st.integers(1, 1000),
           token=st.sampled_from(("quote", "WETH", "WBTC")), whole=st.integers(1, 10**5), lev=st.integers(500, 990))
@@ -945,9 +1059,9 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ admin
     @rule(action=st.sampled_from(("pause", "unpause", "unpause", "params", "market", "collateral", "seed_house",
-                                  "seed_insurance")),
+                                  "seed_insurance", "market_age", "collateral_age", "collateral_age")),
           by_owner=st.integers(0, 7), share=st.sampled_from((0, WAD // 3, WAD // 2, WAD, WAD + 1)),
-          age=st.sampled_from((0, 60, 3600, 3600, DAY)), dust=st.sampled_from((0, 10 * WAD, 10 * WAD, MAX_PRICE, MAX_PRICE + 1)),
+          age=st.sampled_from((0, 60, 3600, 3600, DAY, 2**32 - 1, 2**32)), dust=st.sampled_from((0, 10 * WAD, 10 * WAD, MAX_PRICE, MAX_PRICE + 1)),
           which=st.integers(0, 1), cap=st.sampled_from((0, 0, 1, 10**18, 10**21, 10**24, 2**200)), amount=st.integers(0, 10**6),
           weights=st.sampled_from(((80, 85, 5), (0, 0, 0), (50, 90, 9), (90, 85, 5), (50, 96, 4), (10, 50, 49))),
           fractions=st.sampled_from(((100, 50, 20, 5), (200, 100, 10, 0), (50, 50, 20, 5), (100, 50, 0, 5), (1000, 999, 1, 999))))
@@ -980,6 +1094,16 @@ class DifferentialMachine(RuleBasedStateMachine):
                         calldata("set_collateral_params(address,uint256,uint256,uint256,uint256)", token, iw, mw, disc, cap),
                         lambda: pm.set_collateral_params(self.model, sender, token, iw, mw, disc, cap),
                         after=self.book.rebuild)
+        elif action == "market_age":
+            market = which if by_owner != 1 else 2    # sometimes an unlisted market
+            self.mirror(action, f"{sender_name} sets market {market} max price age {age}", sender, engine,
+                        calldata("set_market_price_age(uint256,uint256)", market, age),
+                        lambda: pm.set_market_price_age(self.model, sender, market, age), after=self.book.rebuild)
+        elif action == "collateral_age":
+            token = self.token(("WETH", "WBTC", "unlisted")[which if by_owner != 1 else 2])
+            self.mirror(action, f"{sender_name} sets collateral {token} max price age {age}", sender, engine,
+                        calldata("set_collateral_price_age(address,uint256)", token, age),
+                        lambda: pm.set_collateral_price_age(self.model, sender, token, age), after=self.book.rebuild)
         else:
             n = amount * self.unit("quote")
             fn = pm.seed_house if action == "seed_house" else pm.seed_insurance

@@ -47,9 +47,10 @@ class Expected:
     q: int
     size_delta: int
     quote_delta: int
-    penalty: int
+    penalty: int                # the full penalty
+    charged: int                # what the account pays
     keeper_reward: int
-    insurance: int
+    insurance: int              # the fund's change (charged - reward), with a fund large enough
     size: int
     quote: int
     cash: int
@@ -78,8 +79,9 @@ def expected_liquidation(
     quote_delta = mul_down(-size_delta, price)
     new_size, new_quote = size + size_delta, quote + quote_delta
     equity_close = equity - upnl(size, quote, price) + upnl(new_size, new_quote, price)
-    penalty = min(mul_up(mul_up(q, price), LIQ_FEE), max(equity_close, 0))
-    new_cash = cash - penalty
+    penalty = mul_up(mul_up(q, price), LIQ_FEE)
+    charged = min(penalty, max(equity_close, 0))
+    new_cash = cash - charged
     if new_size == 0:
         new_cash += new_quote
         new_quote = 0
@@ -87,8 +89,8 @@ def expected_liquidation(
     term_init = perp_term(new_size, new_quote, price, IMF)
     term_maint = perp_term(new_size, new_quote, price, MMF)
     return Expected(
-        q=q, size_delta=size_delta, quote_delta=quote_delta, penalty=penalty, keeper_reward=keeper,
-        insurance=penalty - keeper * quote_scale, size=new_size, quote=new_quote, cash=new_cash,
+        q=q, size_delta=size_delta, quote_delta=quote_delta, penalty=penalty, charged=charged, keeper_reward=keeper,
+        insurance=charged - keeper * quote_scale, size=new_size, quote=new_quote, cash=new_cash,
         equity=new_cash + other_equity + upnl(new_size, new_quote, price),
         init_health=new_cash + other_init + term_init, maint_health=new_cash + other_maint + term_maint,
     )
@@ -117,21 +119,36 @@ def open_long_4_eth(p, trader, deposit_usd: int | str = 1000) -> None:
 def assert_liquidation_matches(p, receipt, account: str, liquidator: str, exp: Expected, plan: dict, price: int) -> None:
     """Event, preview and resulting state all equal the hand-computed expectation."""
     [ev] = events(p, receipt, "Liquidation")
+    house = p.engine.address
+    house_size, house_quote = p.position(house, "ETH-PERP")
+    settled = events(p, receipt, "BadDebtSettled")
+    fund, house_cash = p.engine.functions.insurance_fund().call(), p.cash(house)
+    if settled:   # the Liquidation event's values are before the settlement that follows it
+        fund, house_cash = fund + settled[0].args["covered"], house_cash + settled[0].args["socialised"]
     assert dict(ev.args) == {
         "account": account, "market": ETH, "liquidator": liquidator, "size_delta": exp.size_delta,
-        "price": price, "quote_delta": exp.quote_delta, "penalty": exp.penalty,
-        "keeper_reward": exp.keeper_reward, "insurance": exp.insurance, "size": exp.size,
+        "price": price, "quote_delta": exp.quote_delta, "penalty": exp.penalty, "charged": exp.charged,
+        "keeper_reward": exp.keeper_reward, "insurance_fund": fund, "house_size": house_size,
+        "house_quote": house_quote, "house_cash": house_cash, "size": exp.size,
         "quote": exp.quote, "cash": exp.cash,
     }
     assert plan == {
         "size_delta": exp.size_delta, "price": price, "quote_delta": exp.quote_delta,
-        "penalty": exp.penalty, "keeper_reward": exp.keeper_reward, "insurance": exp.insurance,
+        "penalty": exp.penalty, "charged": exp.charged, "keeper_reward": exp.keeper_reward,
+        "insurance_fund": fund, "house_size": house_size, "house_quote": house_quote, "house_cash": house_cash,
         "size": exp.size, "quote": exp.quote, "cash": exp.cash, "equity": exp.equity,
         "init_health": exp.init_health, "maint_health": exp.maint_health,
+        "bad_debt": settled[0].args["deficit"] if settled else 0,
     }
     assert p.position(account, "ETH-PERP") == (exp.size, exp.quote)
-    assert p.cash(account) == exp.cash
-    assert p.health(account) == (exp.equity, exp.init_health, exp.maint_health)
+    if not settled:
+        assert p.cash(account) == exp.cash
+        assert p.health(account) == (exp.equity, exp.init_health, exp.maint_health)
+
+
+def settled_socialised(p, receipt) -> int:
+    settled = events(p, receipt, "BadDebtSettled")
+    return settled[0].args["socialised"] if settled else 0
 
 
 # ---------------------------------------------------------------- success paths
@@ -260,35 +277,66 @@ def test_penalty_capped_at_equity_after_close(protocol, actors):
     exp = expected_liquidation(cash=996 * WAD, size=4 * WAD, quote=-8000 * WAD, price=price, max_size=MAX_UINT)
     assert exp.q == 4 * WAD
     assert mul_up(mul_up(exp.q, price), LIQ_FEE) == 140_160000000000000000
-    assert exp.penalty == 4 * WAD
+    assert exp.charged == 4 * WAD and exp.penalty == 140_160000000000000000
     plan = preview(p, trader.address, ETH, MAX_UINT)
 
     receipt = liquidate(p, liquidator, trader.address, ETH)
 
     assert_liquidation_matches(p, receipt, trader.address, liquidator.address, exp, plan, price)
     assert exp.cash == exp.equity == 0
-    assert p.quote.functions.balanceOf(liquidator.address).call() == 2 * 10**6
-    assert p.engine.functions.insurance_fund().call() == fund0 + 2 * WAD
+    # The keeper gets half of the full 140.16: the account's 4, then 66.08 from the fund.
+    assert p.quote.functions.balanceOf(liquidator.address).call() == 70_080000
+    assert p.engine.functions.insurance_fund().call() == fund0 + 4 * WAD - 70_080000 * 10**12
 
 
-def test_bankrupt_account_pays_no_penalty(protocol, actors):
+def test_regression_bankrupt_account_pays_its_keeper(protocol, actors):
+    """Issue 11: a bankrupt account's penalty was capped at zero, so its keeper was paid 0 and a
+    rational keeper left it open while its losses grew. Now the account pays nothing, the keeper
+    is paid keeper_share of the full penalty by the insurance fund, and the bad debt the close
+    leaves is settled in the same call."""
     p, trader, liquidator = protocol, actors.trader, actors.liquidator
     open_long_4_eth(p, trader)
     p.set_price("ETH", 1700)  # equity 6800 - 7004 = -204
     price = 1700 * WAD
     fund0 = p.engine.functions.insurance_fund().call()
+    house_cash0 = p.cash(p.engine.address)
     exp = expected_liquidation(cash=996 * WAD, size=4 * WAD, quote=-8000 * WAD, price=price, max_size=MAX_UINT)
-    assert (exp.q, exp.penalty, exp.keeper_reward, exp.insurance) == (4 * WAD, 0, 0, 0)
+    assert (exp.q, exp.penalty, exp.charged, exp.keeper_reward) == (4 * WAD, 136 * WAD, 0, 68 * 10**6)
     plan = preview(p, trader.address, ETH, MAX_UINT)
 
     receipt = liquidate(p, liquidator, trader.address, ETH)
 
     assert_liquidation_matches(p, receipt, trader.address, liquidator.address, exp, plan, price)
     assert exp.cash == -204 * WAD
-    assert p.quote.functions.balanceOf(liquidator.address).call() == 0
-    assert p.engine.functions.insurance_fund().call() == fund0
-    # No token transfer happened at all.
-    assert list(p.quote.events.Transfer().process_receipt(receipt, errors=DISCARD)) == []
+    assert p.quote.functions.balanceOf(liquidator.address).call() == 68 * 10**6
+    [settled] = events(p, receipt, "BadDebtSettled")
+    assert dict(settled.args) == {
+        "account": trader.address, "deficit": 204 * WAD, "covered": 204 * WAD, "socialised": 0,
+        "house_cash": house_cash0 + 1_200 * WAD,   # its short 4 ETH closed: quote 8,000 - 6,800 into cash
+        "insurance_fund": fund0 - 68 * WAD - 204 * WAD,
+    }
+    assert p.cash(trader.address) == 0
+    assert p.engine.functions.insurance_fund().call() == fund0 - 68 * WAD - 204 * WAD
+
+
+def test_bankrupt_liquidation_events_carry_the_resulting_fund_and_house(protocol, actors):
+    p, trader, liquidator = protocol, actors.trader, actors.liquidator
+    open_long_4_eth(p, trader, 10_000)
+    p.trade(trader, "ETH-PERP", 40 * WAD)                      # 44 ETH, cash 9,976
+    p.set_price("ETH", 1700)                                   # equity 9,976 + 44 * (1700 - 2000) < 0
+    fund0 = p.engine.functions.insurance_fund().call()
+    house_cash0 = p.cash(p.engine.address)
+    receipt = liquidate(p, liquidator, trader.address, ETH)
+    [ev] = events(p, receipt, "Liquidation")
+    penalty = mul_up(mul_up(44 * WAD, 1700 * WAD), LIQ_FEE)   # 1,496
+    assert ev.args["charged"] == 0 and ev.args["keeper_reward"] == mul_down(penalty, KEEPER_SHARE) // 10**12
+    assert fund0 >= ev.args["keeper_reward"] * 10**12          # the fund pays the keeper first
+    assert ev.args["insurance_fund"] == fund0 - ev.args["keeper_reward"] * 10**12
+    assert ev.args["house_cash"] == p.cash(p.engine.address) + settled_socialised(p, receipt)
+    assert ev.args["house_size"] == ev.args["house_quote"] == 0 and house_cash0 < ev.args["house_cash"]
+    [settled] = events(p, receipt, "BadDebtSettled")
+    assert settled.args["insurance_fund"] == p.engine.functions.insurance_fund().call()
+    assert settled.args["house_cash"] == p.cash(p.engine.address)
 
 
 @pytest.mark.parametrize("keeper_share", [KEEPER_SHARE, 333333333333333333, 0, WAD])
@@ -415,13 +463,26 @@ def test_liquidate_stale_price_reverts_but_preview_reads_it(protocol, actors, te
     assert liquidate_reverts(p, liquidator, trader.address, ETH) == "stale price"
     exp = expected_liquidation(cash=996 * WAD, size=4 * WAD, quote=-8000 * WAD, price=1800 * WAD, max_size=MAX_UINT)
     assert preview(p, trader.address, ETH, MAX_UINT)["size_delta"] == exp.size_delta
-    # A stale feed of another holding also blocks it: health reads every held feed.
-    p.set_price("ETH", 1800)
+
+
+def test_regression_one_satoshi_of_stale_wbtc_does_not_block_liquidation(protocol, actors, tester):
+    """Issue 11: an underwater trader who deposited 1 satoshi of WBTC while the BTC feed was older
+    than its max age could not be liquidated at all ("stale price" from both liquidations) while
+    his ETH losses ran on. Only the feed of what is closed must be usable now; the stale WBTC counts
+    as worth 0."""
+    p, trader, liquidator = protocol, actors.trader, actors.liquidator
+    open_long_4_eth(p, trader)
     p.deposit(trader, "WBTC", 1)
     t1 = updated_at(p, "BTC")
     set_next_timestamp(tester, max(t1 + 3601, tester.get_block_by_number("pending")["timestamp"]))
-    p.set_price("ETH", 1800)
-    assert liquidate_reverts(p, liquidator, trader.address, ETH) == "stale price"
+    p.set_price("ETH", 1800)                                   # ETH fresh, BTC stale
+    assert reverts(trader, p.engine.functions.withdraw(p.quote.address, 1)) == "stale price"
+    exp = expected_liquidation(cash=996 * WAD, size=4 * WAD, quote=-8000 * WAD, price=1800 * WAD, max_size=MAX_UINT)
+    receipt = liquidate(p, liquidator, trader.address, ETH)
+    [ev] = events(p, receipt, "Liquidation")
+    assert ev.args["size_delta"] == exp.size_delta
+    # The stale WBTC itself cannot be seized: its own feed is the one that must be usable.
+    assert p.engine.functions.collateral(trader.address, p.token("WBTC").address).call() == 1
 
 
 # ---------------------------------------------------------------- preview on unusable prices

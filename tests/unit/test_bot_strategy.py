@@ -59,16 +59,18 @@ def crashed() -> ProtocolState:
     return state
 
 
-def test_normal_planner_leaves_a_bankrupt_account_alone() -> None:
+def test_normal_planner_closes_a_bankrupt_account_the_insurance_fund_pays_for() -> None:
+    """SPEC 6 (liquidate step 5): the keeper is paid keeper_share of the full penalty also when the
+    account is bankrupt (the insurance fund pays it), so a plain profit-seeking planner closes it."""
     plan = planner(backstop=False, min_profit=0).plan(crashed(), A, base_fee_wei=10**9, eth_price_wad=2_000 * WAD)
-    assert plan.chosen == [] and plan.evaluated           # no penalty, no reward: profit 0 - gas < min
+    assert [c.kind for c in plan.chosen] == [LIQUIDATE]
+    assert plan.chosen[0].profit_usd_wad > 0
 
 
 def test_backstop_closes_a_bankrupt_account_below_the_minimum_profit() -> None:
     state = crashed()
     plan = planner(backstop=True).plan(state, A, base_fee_wei=10**9, eth_price_wad=2_000 * WAD)
     assert [c.kind for c in plan.chosen] == [LIQUIDATE]
-    assert plan.chosen[0].profit_usd_wad < 0              # a gas-only loss
     assert state.accounts[A].positions                    # planned on a scratch copy only
 
 

@@ -213,7 +213,7 @@ def test_trade_books_the_house_and_the_fee() -> None:
     state.account(TRADER).cash = 1_000 * WAD
     house_cash = state.house.cash
     r = pm.trade(state, TRADER, 0, WAD, 2_000 * WAD)                      # limit == P: allowed
-    assert r == (WAD, 2_000 * WAD, -2_000 * WAD, WAD, WAD, -2_000 * WAD, 999 * WAD)
+    assert r == (WAD, 2_000 * WAD, -2_000 * WAD, WAD, WAD, -2_000 * WAD, 999 * WAD, -WAD, 2_000 * WAD, house_cash + WAD)
     assert state.house.positions[0] == pm.Position(-WAD, 2_000 * WAD)
     assert state.house.cash == house_cash + WAD
     # close at 2100: quote_delta +2100, the position closes and its quote (+100) moves to cash
@@ -302,7 +302,7 @@ def test_liquidation_by_hand() -> None:
     # need = div_up(div_up(150, 0.10 - 0.02), 2000) = 0.9375 ETH; the 0.0625 ETH left is worth 125 >= 10.
     # quote_delta = +1875; penalty = mul_up(1875, 0.02) = 37.5 (<= equity 50); cash 12.5;
     # init = -150 - 37.5 + 200 - 12.5 = 0; maint = -50 - 37.5 + 100 - 6.25 = 6.25;
-    # keeper = floor(18.75 USD / 1e12) = 18.75 USDC; insurance 18.75.
+    # keeper = floor(18.75 USD / 1e12) = 18.75 USDC; the fund gets the other 18.75.
     state = make_state()
     with_position(state, 50 * WAD, 0, WAD, -2_000 * WAD)
     w = funded_wallets(KEEPER)
@@ -311,8 +311,9 @@ def test_liquidation_by_hand() -> None:
     plan = pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX, w)
     assert plan == preview
     assert plan == (
-        -9_375 * 10**14, 2_000 * WAD, 1_875 * WAD, 375 * 10**17, 18_750_000, 1_875 * 10**16,
-        625 * 10**14, -125 * WAD, 125 * 10**17, 125 * 10**17, 0, 625 * 10**16,
+        -9_375 * 10**14, 2_000 * WAD, 1_875 * WAD, 375 * 10**17, 375 * 10**17, 18_750_000, fund + 1_875 * 10**16,
+        -625 * 10**14, 125 * WAD, state.house.cash,
+        625 * 10**14, -125 * WAD, 125 * 10**17, 125 * 10**17, 0, 625 * 10**16, 0,
     )
     acc = state.accounts[TRADER]
     assert acc.positions[0] == pm.Position(625 * 10**14, -125 * WAD) and acc.cash == 125 * 10**17
@@ -338,11 +339,14 @@ def test_liquidation_max_size_and_penalty_cap() -> None:
     state = make_state()
     with_position(state, 50 * WAD, 0, WAD, -2_000 * WAD)
     assert pm.liquidate(state, KEEPER, TRADER, 0, 1).size_delta == -1
-    # bankrupt: the penalty is capped at max(equity after the close, 0) = 0
+    # bankrupt: the account pays max(equity after the close, 0) = 0 of the 40 USD penalty; the
+    # keeper is paid its half all the same, by the insurance fund
     state = make_state()
     with_position(state, -5 * WAD, 0, WAD, -2_000 * WAD)
+    fund = state.insurance_fund
     plan = pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX)
-    assert plan.penalty == plan.keeper_reward == plan.insurance == 0
+    assert plan.penalty == 40 * WAD and plan.charged == 0 and plan.keeper_reward == 20_000_000
+    assert plan.insurance_fund == fund - 20 * WAD
 
 
 def test_liquidation_reverts_in_the_engine_order() -> None:
@@ -387,23 +391,20 @@ def test_preview_liquidate_rejects_a_bad_price_like_liquidate(answer: int) -> No
     reverts("bad price", state, lambda: pm.preview_liquidate(state, TRADER, 0, UINT256_MAX))
 
 
-def test_preview_liquidate_bad_price_in_the_engine_order() -> None:
-    # The health read comes after "not listed", "zero amount" and "house", and a bad price of any
-    # feed the account holds (here the WBTC collateral's) stops it, healthy or not, before "healthy"
-    # and "no position"; a feed the account does not hold is never read.
+def test_a_bad_price_elsewhere_counts_against_the_account_and_never_reverts() -> None:
+    # The health read of a liquidation reverts on nothing: a held WBTC with a bad price is worth 0.
+    # With it the account (cash 150, long 1 ETH at 2000) is healthy (maint 150 - 100 = 50) either way.
     state = make_state()
-    with_position(state, 150 * WAD, 0, WAD, -2_000 * WAD, wbtc=10**8)     # healthy
+    with_position(state, 150 * WAD, 0, WAD, -2_000 * WAD, wbtc=10**8)
     state.feeds[BTC_FEED].answer = 0
     for fn in (lambda *a: pm.liquidate(state, KEEPER, *a), lambda *a: pm.preview_liquidate(state, *a)):
         reverts("not listed", state, lambda: fn(TRADER, 2, 0))
         reverts("zero amount", state, lambda: fn(TRADER, 0, 0))
         reverts("house", state, lambda: fn(ENGINE, 0, 1))
-        reverts("bad price", state, lambda: fn(TRADER, 0, 1))
-        reverts("bad price", state, lambda: fn(TRADER, 1, 1))             # before "no position"
-    state.feeds[BTC_FEED].answer = 60_000 * 10**8
-    state.feeds[ETH_FEED].answer = 1_000 * 10**8                          # liquidatable now
-    state.accounts[TRADER].collateral.clear()
-    state.feeds[BTC_FEED].answer = -1                                     # not held: not read
+        reverts("healthy", state, lambda: fn(TRADER, 0, 1))
+    # cash 50: liquidatable, and the 1 BTC (60,000 USD at its last answer) does not save it
+    state.account(TRADER).cash = 50 * WAD
+    reverts("no position", state, lambda: pm.liquidate(state, KEEPER, TRADER, 1, 1))
     assert pm.preview_liquidate(state, TRADER, 0, 1).size_delta == -1
     pm.liquidate(state, KEEPER, TRADER, 0, 1)
 
@@ -430,7 +431,7 @@ def test_keeper_reward_in_an_18_decimal_quote() -> None:
     state.params.keeper_share = WAD // 3
     plan = pm.liquidate(state, KEEPER, TRADER, 0, UINT256_MAX)
     assert plan.keeper_reward == 375 * 10**17 * (WAD // 3) // WAD    # mul_down(37.5, 0.333...), no unit flooring
-    assert plan.insurance == plan.penalty - plan.keeper_reward
+    assert plan.insurance_fund == state.insurance_fund == 100_000 * WAD + plan.penalty - plan.keeper_reward
 
 
 # ---------------------------------------------------------------- liquidate_collateral
@@ -451,8 +452,14 @@ def test_collateral_liquidation_by_hand() -> None:
     debtor(state, -1_000 * WAD, WAD)
     w = funded_wallets(KEEPER)
     # repay 100 USDC: seized = floor(100e6 * 1e12 * 1e18 / 950e18) = 0.105263157894736842 WETH
+    # It is worth 105.263157894736842 USD: equity 0 would fall to -5.26, so the fund credits that
+    # part of the discount to the account (equity never below min(equity before, 0) = 0).
+    fund = state.insurance_fund
     plan = pm.liquidate_collateral(state, KEEPER, TRADER, WETH, 100_000_000, w)
-    assert plan == (100_000_000, 105_263_157_894_736_842, 1_000 * WAD, -900 * WAD, WAD - 105_263_157_894_736_842)
+    lost = 105_263_157_894_736_842 * 1_000
+    subsidy = lost - 100 * WAD
+    assert plan == (100_000_000, 105_263_157_894_736_842, 1_000 * WAD, subsidy, -900 * WAD + subsidy,
+                    WAD - 105_263_157_894_736_842, fund - subsidy, state.house.cash, 0, 0)
     assert w.balance(WETH, KEEPER) == BIG + 105_263_157_894_736_842
     assert w.balance(USDC, KEEPER) == BIG - 100_000_000
     # repay the whole cap: the whole balance goes (no dust left to block settle_bad_debt)
@@ -460,7 +467,8 @@ def test_collateral_liquidation_by_hand() -> None:
     cap = left * 950 * WAD // WAD // QS
     preview = pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX)
     plan = pm.liquidate_collateral(state, KEEPER, TRADER, WETH, UINT256_MAX, w)
-    assert plan == preview == (cap, left, 1_000 * WAD, -900 * WAD + cap * QS, 0)
+    assert plan == preview
+    assert (plan.repay, plan.seized, plan.collateral, plan.cash, plan.equity, plan.bad_debt) == (cap, left, 0, 0, 0, 0)
     assert state.accounts[TRADER].collateral == {} and state.total_collateral[WETH] == 0
 
 
@@ -479,7 +487,7 @@ def test_collateral_liquidation_rounds_the_debt_up() -> None:
     debtor(state, -1, WAD)
     state.account(TRADER).positions[0] = pm.Position(WAD, -4_000 * WAD)   # liquidatable through a loss
     plan = pm.preview_liquidate_collateral(state, TRADER, WETH, UINT256_MAX)
-    assert plan.repay == 1 and plan.cash == QS - 1
+    assert plan.repay == 1 and plan.cash == QS - 1 + plan.subsidy and plan.equity == -1 and plan.subsidy > 0
 
 
 @pytest.mark.parametrize("answer", [0, -1, MAX_PRICE // SCALE + 1])
@@ -535,7 +543,7 @@ def test_settle_bad_debt() -> None:
     state = make_state()
     state.account(TRADER).cash = -150_000 * WAD
     house = state.house.cash
-    assert pm.settle_bad_debt(state, TRADER) == (150_000 * WAD, 100_000 * WAD, 50_000 * WAD)
+    assert pm.settle_bad_debt(state, TRADER) == (150_000 * WAD, 100_000 * WAD, 50_000 * WAD, house - 50_000 * WAD, 0)
     assert state.insurance_fund == 0 and state.house.cash == house - 50_000 * WAD
     assert state.accounts[TRADER].cash == 0
 

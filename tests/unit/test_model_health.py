@@ -129,17 +129,35 @@ def test_preview_reads_ignore_the_age() -> None:
     assert pm.price(state, ETH_FEED, pm.PREVIEW) == top * SCALE
 
 
-def test_read_modes_are_the_engines_max_age() -> None:
-    # _price's max_age argument: LOOSE and PREVIEW are the two largest uint256, a strict read's
-    # max_price_age is capped below them; False / True are LOOSE / STRICT
-    top = 2**256 - 1
-    assert pm.read_age(pm.LOOSE, 60) == pm.read_age(False, 60) == top
-    assert pm.read_age(pm.PREVIEW, 60) == top - 1
-    assert pm.read_age(pm.STRICT, 60) == pm.read_age(True, 60) == 60
-    assert pm.read_age(pm.STRICT, top) == pm.read_age(pm.STRICT, top - 1) == top - 2
-    assert pm.read_age(pm.STRICT, top - 3) == top - 3
+def test_read_feed_reports_instead_of_raising() -> None:
+    # _read: the clamped price and its status; only STRICT and LIQUIDATION reads check the age
+    state = make_state()
+    feed = state.feeds[ETH_FEED]
+    stale_at = feed.updated_at + 3_601
+    for mode in (pm.STRICT, pm.LIQUIDATION):
+        assert pm.read_feed(feed, SCALE, stale_at, 3_600, mode) == (2_000 * WAD, pm.PRICE_STALE)
+        assert pm.read_feed(feed, SCALE, stale_at, 3_601, mode) == (2_000 * WAD, pm.PRICE_OK)
+    for mode in (pm.LOOSE, pm.PREVIEW):
+        assert pm.read_feed(feed, SCALE, stale_at, 3_600, mode) == (2_000 * WAD, pm.PRICE_OK)
+    feed.answer = 0
+    assert pm.read_feed(feed, SCALE, stale_at, 3_600, pm.STRICT) == (0, pm.PRICE_BAD)   # bad before stale
     with pytest.raises(pm.ConfigError):
-        pm.read_age(3, 60)
+        pm.read_feed(feed, SCALE, stale_at, 3_600, 7)
+
+
+def test_each_market_and_collateral_reads_its_own_max_age() -> None:
+    # The WETH collateral under the ETH feed with a one-day age, ETH-PERP with one minute: 2 minutes
+    # after the last answer the collateral's price is usable and the market's is not.
+    state = make_state()
+    state.markets[0].max_price_age = 60
+    state.collateral_by_token(WETH).max_price_age = 86_400
+    state.timestamp = state.feeds[ETH_FEED].updated_at + 120
+    assert pm.term_price(state, state.collateral_by_token(WETH), pm.LIQUIDATION) == (2_000 * WAD, True)
+    assert pm.term_price(state, state.markets[0], pm.LIQUIDATION) == (2_000 * WAD, False)
+    with pytest.raises(Revert) as exc:
+        pm.term_price(state, state.markets[0], pm.STRICT)
+    assert exc.value.reason == "stale price"
+    assert pm.health(state, account(0, None, {WETH: WAD}), pm.STRICT) == (2_000 * WAD, 1_600 * WAD, 1_700 * WAD)
 
 
 def test_unknown_feed_is_a_config_error() -> None:
@@ -197,16 +215,24 @@ def test_health_reads_markets_then_collaterals_and_reports_the_first_bad_price()
     assert pm.health(state, account(0, None, {WETH: WAD})) == (0, 0, 0)
 
 
-def test_health_in_preview_mode_reports_the_first_bad_price_and_reads_stale_ones() -> None:
+def test_liquidation_health_counts_unusable_prices_against_the_account() -> None:
+    # SPEC 6 "Prices a liquidation needs": a collateral with an unusable price is worth 0; a position
+    # in a market with an unusable price counts its loss at the last answer and none of its profit,
+    # with its requirements at that answer. The views (LOOSE) still read every answer.
     state = make_state()
     state.feeds[ETH_FEED].answer = 0                  # bad
     state.feeds[BTC_FEED].updated_at = T0 - 3_601     # stale
-    # strictly, market 1 (BTC, stale) stops the pass; in preview mode it is read and WETH (bad) stops it
-    acc = account(0, {1: (WAD, -60_000 * WAD)}, {WETH: WAD})
+    winner = account(0, {1: (WAD, -50_000 * WAD)}, {WETH: WAD})   # +10,000 on BTC, 1 WETH at a bad price
+    loser = account(0, {1: (WAD, -70_000 * WAD)})                 # -10,000 on BTC
+    for mode in (pm.LIQUIDATION,):
+        assert pm.health(state, winner, mode) == (0, -6_000 * WAD, -3_000 * WAD)
+        assert pm.health(state, loser, mode) == (-10_000 * WAD, -16_000 * WAD, -13_000 * WAD)
+    # PREVIEW ignores ages: the stale BTC profit counts; the bad WETH still does not
+    assert pm.health(state, winner, pm.PREVIEW) == (10_000 * WAD, 4_000 * WAD, 7_000 * WAD)
+    assert pm.health(state, winner, pm.LOOSE) == (10_000 * WAD, 4_000 * WAD, 7_000 * WAD)   # ETH clamps to 0
     with pytest.raises(Revert) as exc:
-        pm.health(state, acc, pm.PREVIEW)
-    assert exc.value.reason == "bad price"
-    assert pm.health(state, account(0, {1: (WAD, -60_000 * WAD)}), pm.PREVIEW) == (0, -6_000 * WAD, -3_000 * WAD)
+        pm.health(state, winner, pm.STRICT)
+    assert exc.value.reason == "stale price"
 
 
 def test_the_total_collateral_bound_is_exact() -> None:

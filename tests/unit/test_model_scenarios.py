@@ -176,18 +176,21 @@ def test_price_shock_eth_minus_20_percent_hand_checked():
 
     # E (BTC at 61,000): init = 0 - 6,100; need = 6,100 / 0.08 / 61,000 = 1.25 BTC > 1 -> closed
     # whole: buys 1 BTC for 61,000, quote 60,000 - 61,000 = -1,000 moves to cash: 1,000 - 1,000 = 0.
-    # Penalty 2 % * 61,000 = 1,220 capped at equity 0 -> 0. No bad debt.
+    # Penalty 2 % * 61,000 = 1,220; the account pays max(equity 0, 0) = 0 of it; the keeper is paid
+    # half of it all the same, 610: the fund's 250, then the house's 360. No bad debt.
     e = out[E]
-    assert (e.liquidations, e.volume, e.penalty, e.keeper_reward_native, e.bad_debt) == (1, 61_000 * USD, 0, 0, 0)
+    assert (e.liquidations, e.volume, e.penalty, e.keeper_reward_native, e.bad_debt) == (1, 61_000 * USD, 1_220 * USD, 610_000_000, 0)
+    assert e.insurance == -250 * USD
     assert e.equity_after == 0 and e.maint_health_after == 0
 
     # A: init = 1,000 - 1,600 - 640 = -1,240; need = 1,240 / 0.08 / 1,600 = 9.6875 > 4 -> whole.
-    # Sells 4 ETH for 6,400: volume 6,400. Equity after the close -600 -> penalty capped at 0.
-    # cash = 1,000 + (-8,000 + 6,400) = -600: bad debt 600, settled: the fund's 250 covers,
-    # the house absorbs 350.
+    # Sells 4 ETH for 6,400: volume 6,400. Penalty 128; equity after the close -600 -> the account
+    # pays 0; the keeper's 64 come from the house (the fund is empty after E).
+    # cash = 1,000 + (-8,000 + 6,400) = -600 and nothing left: settled in the same call, all of it
+    # socialised to the house.
     a = out[A]
-    assert (a.liquidations, a.volume, a.penalty, a.keeper_reward_native, a.insurance) == (1, 6_400 * USD, 0, 0, 0)
-    assert (a.bad_debt, a.covered, a.socialised) == (600 * USD, 250 * USD, 350 * USD)
+    assert (a.liquidations, a.volume, a.penalty, a.keeper_reward_native, a.insurance) == (1, 6_400 * USD, 128 * USD, 64_000_000, 0)
+    assert (a.bad_debt, a.covered, a.socialised) == (600 * USD, 0, 600 * USD)
     assert a.equity_after == 0 and a.errors == []
 
     # B: init = 500 - 1,600 = -1,100; need = 1,100 / 0.08 / 1,600 = 8.59375 ETH (exact).
@@ -205,21 +208,22 @@ def test_price_shock_eth_minus_20_percent_hand_checked():
 
     t = r.totals
     assert r.liquidation_volume == t.volume == (61_000 + 6_400 + 13_750) * USD
-    assert t.penalties == 275 * USD
-    assert (t.keeper_rewards_native, t.keeper_rewards) == (137_500_000, usd("137.5"))
-    assert t.insurance_inflow == usd("137.5")
+    assert t.penalties == (1_220 + 128 + 275) * USD
+    assert (t.keeper_rewards_native, t.keeper_rewards) == (811_500_000, usd("811.5"))
+    assert t.insurance_inflow == usd("-112.5")
     assert r.bad_debt == t.bad_debt == 600 * USD
-    assert (t.covered, t.socialised, t.unsettled_bad_debt) == (250 * USD, 350 * USD, 0)
-    # The fund: 250 - 250 (A, settled before B's penalty arrives) + 137.5 = 137.5.
+    assert (t.covered, t.socialised, t.unsettled_bad_debt) == (0, 600 * USD, 0)
+    # The fund: 250 - 250 (E's keeper) + 137.5 (B) = 137.5.
     assert (r.insurance_fund_before, r.insurance_fund_after) == (250 * USD, usd("137.5"))
 
     # The house, before (ETH 2,000, BTC 61,000): short 15 ETH with quote 30,000 -> 0;
     # long 1 BTC with quote -60,000 -> 1,000; equity 10,001,000.
     # After: it bought 4 + 8.59375 ETH (size -2.40625, quote 30,000 - 6,400 - 13,750 = 9,850), sold
-    # 1 BTC (closed: quote -60,000 + 61,000 = 1,000 into cash), paid 350 of A's debt:
-    # cash 10,000,650; ETH upnl -3,850 + 9,850 = 6,000; equity 10,006,650.
+    # 1 BTC (closed: quote -60,000 + 61,000 = 1,000 into cash), paid 360 of E's keeper, 64 of A's
+    # and 600 of A's debt: cash 10,000,000 + 1,000 - 1,024 = 9,999,976; ETH upnl -3,850 + 9,850 =
+    # 6,000; equity 10,005,976.
     assert r.house_equity_before == 10_001_000 * USD
-    assert r.house_equity_after == 10_006_650 * USD
+    assert r.house_equity_after == 10_005_976 * USD
 
     doc = json.loads(json.dumps(r.to_json()))
     assert doc["totals"]["volume"] == 81_150 * USD
@@ -234,7 +238,8 @@ def test_price_shock_collateral_liquidation_and_settlement_hand_checked():
     # keeper 170 USD = 170,000,000 native, insurance 170. cash = -340 - 3,000 = -3,340;
     # maint = 2,890 - 3,340 = -450 < 0 with cash < 0 -> collateral liquidation at
     # 1,700 * 0.95 = 1,615: the 2 WETH cover at most 3,230 < 3,340 -> repay 3,230, seize both.
-    # cash -110, nothing left -> settle 110: the fund (100 + 170) covers it all.
+    # Equity 60 would fall to 60 + 3,230 - 3,400 = -110: the fund credits 110 of the discount to the
+    # account (equity never below min(60, 0) = 0), so the cash ends at 0: no bad debt.
     state = make_state(insurance="100")
     open_position(state, W, 0, 0, eth(10), 2_000, weth=2 * 10**18)
     r = price_shock(state, {"WETH": -15 * 10**16})
@@ -242,7 +247,7 @@ def test_price_shock_collateral_liquidation_and_settlement_hand_checked():
     (w,) = r.accounts
     assert (w.liquidations, w.volume, w.penalty, w.keeper_reward_native) == (1, 17_000 * USD, 340 * USD, 170_000_000)
     assert (w.collateral_liquidations, w.collateral_repaid, w.collateral_seized) == (1, 3_230 * USD, {WETH: 2 * 10**18})
-    assert (w.bad_debt, w.covered, w.socialised) == (110 * USD, 110 * USD, 0)
+    assert (w.bad_debt, w.covered, w.socialised, w.insurance) == (0, 0, 0, 60 * USD)
     assert r.insurance_fund_after == (100 + 170 - 110) * USD
     assert r.newly_liquidatable == [W]
 
@@ -294,8 +299,8 @@ def test_cascade_second_account_falls_in_round_two_third_never():
     # Round 1 at 1,600:
     #   X: upnl 1,000,000 - 1,250,000 = -250,000; equity 10,000; maint = 10,000 - 50,000 < 0.
     #      init = 10,000 - 100,000 = -90,000; need = 90,000 / 0.08 / 1,600 = 703.125 > 625 -> whole:
-    #      sells 625 ETH = 1,000,000 USD; penalty 20,000 capped at equity 10,000 -> 10,000:
-    #      keeper 5,000, insurance 5,000; cash 260,000 - 10,000 - 250,000 = 0.
+    #      sells 625 ETH = 1,000,000 USD; penalty 20,000, the account pays equity 10,000 of it:
+    #      keeper 10,000, insurance 0; cash 260,000 - 10,000 - 250,000 = 0.
     #   Y: upnl -40,000; maint = 48,569.6 - 40,000 - 8,000 = 569.6 >= 0: safe this round.
     #   Z: maint = 6,000 - 4,000 - 800 = 1,200.
     # Impact: 1,000,000 USD sold -> -1 %: ETH 1,600 * 0.99 = 1,584.
@@ -303,13 +308,13 @@ def test_cascade_second_account_falls_in_round_two_third_never():
     assert r1.round == 1 and r1.liquidated == [X] and r1.newly_liquidatable == [X]
     assert r1.prices[ETH_FEED] == 1_600 * USD
     assert r1.totals.volume == 1_000_000 * USD
-    assert r1.totals.penalties == 10_000 * USD
-    assert r1.totals.keeper_rewards == 5_000 * USD and r1.totals.keeper_rewards_native == 5_000 * 10**6
+    assert r1.totals.penalties == 20_000 * USD
+    assert r1.totals.keeper_rewards == 10_000 * USD and r1.totals.keeper_rewards_native == 10_000 * 10**6
     assert r1.totals.bad_debt == 0
     assert r1.net_flow == {ETH_FEED: -1_000_000 * USD}
     (m1,) = r1.moves
     assert (m1.fraction, m1.new_answer, m1.new_price) == (-(10**16), 1_584 * 10**8, 1_584 * USD)
-    assert r1.insurance_fund == 6_000 * USD                     # 1,000 + 5,000
+    assert r1.insurance_fund == 1_000 * USD                     # 1,000 + 10,000 - 10,000
 
     # Round 2 at 1,584:
     #   Y: upnl 158,400 - 200,000 = -41,600; equity 6,969.6; maint = 6,969.6 - 7,920 = -950.4 < 0.
@@ -329,7 +334,7 @@ def test_cascade_second_account_falls_in_round_two_third_never():
     (m2,) = r2.moves
     assert m2.fraction == -1_108_800_000_000_000
     assert m2.new_answer == 158_224_366_080
-    assert r2.insurance_fund == usd("7108.8")                   # 6,000 + 1,108.8
+    assert r2.insurance_fund == usd("2108.8")                   # 1,000 + 1,108.8
 
     # Round 3 at 1,582.2436608: Y's 30 ETH lose 30 * 1.7563392 = 52.690176, its requirement falls
     # by 2.6345088: maint 2,376 - 52.690176 + 2.6345088 > 0. Z: maint about 1,031. Nobody: done.
@@ -337,9 +342,9 @@ def test_cascade_second_account_falls_in_round_two_third_never():
     assert r.ever_liquidated == [X, Y]                          # Z never
     assert r.final_prices[ETH_FEED] == 158_224_366_080 * 10**10
     assert r.totals.volume == 1_110_880 * USD
-    assert r.totals.penalties == usd("12217.6")
+    assert r.totals.penalties == usd("22217.6")
     assert r.totals.bad_debt == 0
-    assert r.insurance_fund_after == usd("7108.8")
+    assert r.insurance_fund_after == usd("2108.8")
 
     # Cross-check the simulated end state of Y with the health function on a copy.
     sim = copy.deepcopy(state)
@@ -387,8 +392,9 @@ def test_dust_collateral_never_loops():
     state.total_collateral[WETH] = 1
     r = price_shock(state, {})
     (d,) = r.accounts
-    # Equity -100 USD + 2,000 wei (1 wei * 2,000 USD) with the dust kept; -100 USD once it is taken.
-    assert d.bad_debt == (100 * USD if d.settled else 100 * USD - 2_000)
+    # Equity -100 USD + 2,000 wei (1 wei * 2,000 USD); a keeper takes the dust for a repay of 0 and
+    # the fund credits its 2,000 wei (equity may not fall), so the debt settled is 100 USD - 2,000.
+    assert d.settled and d.bad_debt == 100 * USD - 2_000
     t = r.totals
     assert t.bad_debt == t.covered + t.socialised + t.unsettled_bad_debt
     assert (r.stuck == [A]) == (not d.settled) == bool(d.errors)
