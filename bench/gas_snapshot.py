@@ -110,8 +110,10 @@ def measure() -> dict[str, int]:
         "MarginEngine.liquidate_collateral (1 collateral, negative cash)",
         liquidator, eng.functions.liquidate_collateral(trader2.address, weth.address, 1_000 * 10**6),
     )
-    liquidator.send(eng.functions.liquidate_collateral(trader2.address, weth.address, UINT256_MAX))
-    rec("MarginEngine.settle_bad_debt", rival, eng.functions.settle_bad_debt(trader2.address))
+    rec(
+        "MarginEngine.liquidate_collateral (last collateral, settles the bad debt)",
+        liquidator, eng.functions.liquidate_collateral(trader2.address, weth.address, UINT256_MAX),
+    )
 
     # Admin --------------------------------------------------------------------
     feed3 = deploy_contract(w3, owner, "PriceFeed", 8, "SOL / USD", 150 * 10**8, 1, 2**100 // 10**10)

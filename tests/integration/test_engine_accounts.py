@@ -409,8 +409,8 @@ def test_withdraw_stale_price_with_short_max_age(protocol, actors, tester):
     p, trader = protocol, actors.trader
     p.deposit(trader, "WBTC", 10**8)
     p.set_price("BTC", 60_000)
-    receipt = p.owner.send(p.engine.functions.set_params(WAD // 2, 5, 10 * WAD))
-    assert events(p, receipt, "ParamsSet")[0].args.max_price_age == 5
+    receipt = p.owner.send(p.engine.functions.set_collateral_price_age(p.token("WBTC").address, 5))
+    assert events(p, receipt, "CollateralPriceAgeSet")[0].args.max_price_age == 5
     set_next_timestamp(tester, updated_at(p, "BTC") + 6)
     assert reverts(trader, p.engine.functions.withdraw(p.token("WBTC").address, 1)) == "stale price"
     # Views read stale prices without reverting.

@@ -148,7 +148,7 @@ def test_list_collateral_success(protocol, actors):
         "liquidation_discount": 10**17, "deposit_cap": 123,
     }
     assert tuple(p.engine.functions.collateral_config(token.address).call()) == (
-        feed.address, 10**12, 12, 10**12, 6 * 10**17, 7 * 10**17, 10**17, 123, 2,
+        feed.address, 10**12, 12, 10**12, 6 * 10**17, 7 * 10**17, 10**17, 123, 2, 3600,
     )
     assert p.engine.functions.collateral_count().call() == 3
     assert p.engine.functions.collateral_tokens(2).call() == token.address
@@ -263,7 +263,7 @@ def test_list_market_success(protocol, actors):
     assert dict(listed.args) == {"market": 2, "feed": feed.address, "price_scale": 1}
     [params] = events(p.engine, receipt, "MarketParamsSet")
     assert dict(params.args) == {"market": 2, "imf": WAD, "mmf": WAD - 1, "liquidation_fee": 1, "taker_fee": WAD - 1, "oi_cap": 9 * WAD}
-    assert tuple(p.engine.functions.market(2).call()) == (feed.address, 1, WAD, WAD - 1, 1, WAD - 1, 9 * WAD)
+    assert tuple(p.engine.functions.market(2).call()) == (feed.address, 1, WAD, WAD - 1, 1, WAD - 1, 9 * WAD, 3600)
     assert p.engine.functions.market_count().call() == 3
     # Tradeable at its 18-decimal price.
     p.deposit(actors.trader, "USDC", 1000 * 10**6)
@@ -313,14 +313,14 @@ def test_set_market_params_success(protocol):
     receipt = p.owner.send(p.engine.functions.set_market_params(1, 2 * IMF, IMF, MMF, 0, 5 * WAD))
     [ev] = events(p.engine, receipt, "MarketParamsSet")
     assert dict(ev.args) == {"market": 1, "imf": 2 * IMF, "mmf": IMF, "liquidation_fee": MMF, "taker_fee": 0, "oi_cap": 5 * WAD}
-    assert tuple(p.engine.functions.market(1).call()) == (p.feed("BTC").address, 10**10, 2 * IMF, IMF, MMF, 0, 5 * WAD)
+    assert tuple(p.engine.functions.market(1).call()) == (p.feed("BTC").address, 10**10, 2 * IMF, IMF, MMF, 0, 5 * WAD, 3600)
 
 
 @pytest.mark.parametrize("imf,mmf,fee,taker", BAD_MARKET_PARAMS)
 def test_set_market_params_rejects_bad_params(protocol, imf, mmf, fee, taker):
     p = protocol
     assert reverts(p.owner, p.engine.functions.set_market_params(0, imf, mmf, fee, taker, 0)) == "bad params"
-    assert tuple(p.engine.functions.market(0).call())[2:] == (IMF, MMF, LIQ_FEE, TAKER, 0)
+    assert tuple(p.engine.functions.market(0).call())[2:] == (IMF, MMF, LIQ_FEE, TAKER, 0, 3600)
 
 
 @pytest.mark.parametrize("market", [2, 16, 2**256 - 1])

@@ -33,7 +33,8 @@ DISCOUNT = 5 * 10**16
 
 
 def expected_plan(*, cash: int, balance: int, price: int, decimals: int, quote_scale: int, max_repay: int,
-                  discount: int = DISCOUNT) -> dict:
+                  discount: int = DISCOUNT, fund: int, house_cash: int, other_equity: int = 0,
+                  nothing_else: bool = True) -> dict:
     """SPEC section 6 liquidate_collateral in native units, with the rounding of docs/protocol.md:
     the debt rounded up to whole quote units, the discounted price rounded up, the balance's
     discounted worth (``cap``) and the seized amount rounded down; a repay equal to ``cap`` takes
@@ -44,10 +45,29 @@ def expected_plan(*, cash: int, balance: int, price: int, decimals: int, quote_s
     cap = balance * discounted // unit // quote_scale
     repay = min(debt, max_repay, cap)
     seized = balance if repay == cap else repay * quote_scale * unit // discounted
+    # SPEC 6: the account bears the discount only as far as its equity allows; the fund (then the
+    # house) credits the rest; nothing left and the cash negative: settled in the same call.
+    equity = balance * price // unit + cash + other_equity
+    lost = balance * price // unit - (balance - seized) * price // unit
+    after = equity + repay * quote_scale - lost
+    subsidy = max(min(equity, 0) - after, 0)
+    new_cash = cash + repay * quote_scale + subsidy
+    from_fund = min(subsidy, fund)
     return {
-        "repay": repay, "seized": seized, "price": price,
-        "cash": cash + repay * quote_scale, "collateral": balance - seized,
+        "repay": repay, "seized": seized, "price": price, "subsidy": subsidy,
+        "cash": new_cash, "collateral": balance - seized,
+        "insurance_fund": fund - from_fund, "house_cash": house_cash - (subsidy - from_fund),
+        "equity": after + subsidy,
+        "bad_debt": -new_cash if new_cash < 0 and seized == balance and nothing_else else 0,
     }
+
+
+def event_of(plan: dict) -> dict:
+    return {k: v for k, v in plan.items() if k not in ("equity", "bad_debt")}
+
+
+def fund_and_house(p) -> dict:
+    return {"fund": p.engine.functions.insurance_fund().call(), "house_cash": p.cash(p.engine.address)}
 
 
 # ---------------------------------------------------------------- helpers
@@ -103,7 +123,8 @@ def test_liquidate_collateral_exact_amounts(any_protocol, actors, btc_usd, max_r
     before = p.health(trader.address)
     assert before[2] < 0
     max_repay = MAX_UINT if max_repay_usd is None else p.units("USDC", max_repay_usd)
-    exp = expected_plan(cash=cash, balance=balance, price=price, decimals=dec, quote_scale=qs, max_repay=max_repay)
+    exp = expected_plan(cash=cash, balance=balance, price=price, decimals=dec, quote_scale=qs, max_repay=max_repay,
+                        **fund_and_house(p))
     debt, worth = ceil_div(-cash, qs), balance * mul_up(price, WAD - DISCOUNT) // 10**dec // qs
     assert exp["repay"] == {"debt": debt, "max_repay": max_repay, "collateral": worth}[limit]
     assert exp["repay"] < {"debt": min(max_repay, worth), "max_repay": min(debt, worth), "collateral": debt}[limit]
@@ -116,8 +137,9 @@ def test_liquidate_collateral_exact_amounts(any_protocol, actors, btc_usd, max_r
 
     assert plan == exp
     [ev] = events(p, receipt, "CollateralLiquidation")
-    assert dict(ev.args) == {"account": trader.address, "token": wbtc.address, "liquidator": liquidator.address, **exp}
-    assert p.cash(trader.address) == exp["cash"]
+    assert dict(ev.args) == {"account": trader.address, "token": wbtc.address, "liquidator": liquidator.address, **event_of(exp)}
+    assert p.cash(trader.address) == (0 if exp["bad_debt"] else exp["cash"])
+    assert [e.args["deficit"] for e in events(p, receipt, "BadDebtSettled")] == ([exp["bad_debt"]] if exp["bad_debt"] else [])
     assert p.engine.functions.collateral(trader.address, wbtc.address).call() == exp["collateral"]
     assert p.engine.functions.total_collateral(wbtc.address).call() == total0 - exp["seized"]
     assert p.quote.functions.balanceOf(liquidator.address).call() == 0
@@ -131,8 +153,11 @@ def test_liquidate_collateral_exact_amounts(any_protocol, actors, btc_usd, max_r
         assert 0 <= balance * discounted - paid < qs * 10**dec
     else:
         assert exp["seized"] * discounted <= paid < (exp["seized"] + 1) * discounted
-    # A collateral liquidation raises maint_health.
+    # A collateral liquidation raises maint_health, and never takes equity below min(before, 0).
     assert p.health(trader.address)[2] > before[2]
+    assert p.health(trader.address)[0] >= min(before[0], 0)
+    if limit == "collateral":   # equity -17.5 would have fallen by the 250 discount: the fund paid it
+        assert exp["subsidy"] > 0 and exp["bad_debt"] > 0
     if limit == "debt":
         assert 0 <= exp["cash"] < qs  # the debt was rounded up to whole quote units
         assert p.engine.functions.held_collaterals(trader.address).call() != 0
@@ -153,14 +178,19 @@ def test_liquidate_collateral_seizing_everything_clears_the_bit(any_protocol, ac
     receipt = liquidate_collateral(p, liquidator, trader.address, wbtc.address)
 
     [ev] = events(p, receipt, "CollateralLiquidation")
-    assert (ev.args.repay, ev.args.seized, ev.args.cash, ev.args.collateral) == (
-        p.units("USDC", 95_000), balance, -206_850 * WAD, 0,
+    # Equity -201,850 would fall by the 5,000 discount: the fund credits it (equity never below
+    # min(before, 0)); with nothing left the -201,850 of cash is settled in the same call.
+    assert (ev.args.repay, ev.args.seized, ev.args.subsidy, ev.args.cash, ev.args.collateral) == (
+        p.units("USDC", 95_000), balance, 5_000 * WAD, -201_850 * WAD, 0,
     )
+    [settled] = events(p, receipt, "BadDebtSettled")
+    assert (settled.args.deficit, settled.args.covered, settled.args.socialised) == (
+        201_850 * WAD, 95_000 * WAD, 106_850 * WAD)
     assert p.engine.functions.held_collaterals(trader.address).call() == 0
     assert p.engine.functions.collateral(trader.address, wbtc.address).call() == 0
+    assert p.cash(trader.address) == 0
     assert 95_000 * WAD == p.units("USDC", 95_000) * qs
-    # With nothing left the account is bad debt.
-    assert reverts(liquidator, p.engine.functions.liquidate_collateral(trader.address, wbtc.address, 1)) == "no collateral"
+    assert reverts(liquidator, p.engine.functions.liquidate_collateral(trader.address, wbtc.address, 1)) == "healthy"
 
 
 def test_liquidate_collateral_works_while_paused(protocol, actors):
@@ -216,18 +246,21 @@ def test_dust_collateral_is_taken_for_nothing_then_debt_settles(protocol, actors
     p.deposit(trader, "WETH", 1)
     assert cash < 0 and p.health(trader.address)[2] < 0
     assert reverts(actors.outsider, p.engine.functions.settle_bad_debt(trader.address)) == "has collateral"
-    exp = expected_plan(cash=cash, balance=1, price=p.price("ETH"), decimals=18, quote_scale=10**12, max_repay=MAX_UINT)
-    assert (exp["repay"], exp["seized"]) == (0, 1)
+    exp = expected_plan(cash=cash, balance=1, price=p.price("ETH"), decimals=18, quote_scale=10**12, max_repay=MAX_UINT,
+                        **fund_and_house(p))
+    assert (exp["repay"], exp["seized"], exp["subsidy"]) == (0, 1, 1_700)
     assert preview(p, trader.address, weth.address, MAX_UINT) == exp
 
-    # The caller has neither quote tokens nor an allowance: a repay of 0 pulls nothing.
+    # The caller has neither quote tokens nor an allowance: a repay of 0 pulls nothing. The fund
+    # credits the 1,700 wei the wei of WETH was worth, and the debt left is settled in the same call.
     receipt = liquidate_collateral(p, liquidator, trader.address, weth.address)
 
     [ev] = events(p, receipt, "CollateralLiquidation")
-    assert (ev.args.repay, ev.args.seized, ev.args.cash, ev.args.collateral) == (0, 1, cash, 0)
+    assert (ev.args.repay, ev.args.seized, ev.args.cash, ev.args.collateral) == (0, 1, cash + 1_700, 0)
     assert weth.functions.balanceOf(liquidator.address).call() == 1
     assert p.engine.functions.held_collaterals(trader.address).call() == 0
-    actors.outsider.send(p.engine.functions.settle_bad_debt(trader.address))
+    [settled] = events(p, receipt, "BadDebtSettled")
+    assert settled.args.deficit == -(cash + 1_700)
     assert p.cash(trader.address) == 0
 
 
@@ -299,7 +332,8 @@ def test_settle_bad_debt_covered_by_insurance(any_protocol, actors):
     receipt = actors.outsider.send(p.engine.functions.settle_bad_debt(trader.address))
 
     [ev] = events(p, receipt, "BadDebtSettled")
-    assert dict(ev.args) == {"account": trader.address, "deficit": -cash, "covered": -cash, "socialised": 0}
+    assert dict(ev.args) == {"account": trader.address, "deficit": -cash, "covered": -cash, "socialised": 0,
+                             "house_cash": house0, "insurance_fund": fund0 + cash}
     assert p.cash(trader.address) == 0
     assert p.engine.functions.insurance_fund().call() == fund0 + cash
     assert p.cash(p.engine.address) == house0
@@ -308,14 +342,10 @@ def test_settle_bad_debt_covered_by_insurance(any_protocol, actors):
 
 
 def test_settle_bad_debt_beyond_insurance_is_socialised(any_protocol, actors):
-    p, trader, liquidator = any_protocol, actors.trader, actors.liquidator
-    wbtc = p.token("WBTC")
-    p.deposit(trader, "WBTC", p.units("WBTC", 10))
-    realise_eth_loss(p, trader, 1000 * WAD, "1700")
-    p.set_price("BTC", 10_000)
-    p.fund(liquidator, "USDC", p.units("USDC", 95_000))
-    liquidate_collateral(p, liquidator, trader.address, wbtc.address)
-    assert p.cash(trader.address) == -206_850 * WAD
+    p, trader = any_protocol, actors.trader
+    p.deposit(trader, "USDC", p.units("USDC", 210_000))
+    cash = 210_000 * WAD + realise_eth_loss(p, trader, 1000 * WAD, "1600")
+    assert cash == -191_800 * WAD          # 209,000 after the fee, -400,000 - 800 on the close
     fund0 = p.engine.functions.insurance_fund().call()
     house0 = p.cash(p.engine.address)
 
@@ -323,11 +353,12 @@ def test_settle_bad_debt_beyond_insurance_is_socialised(any_protocol, actors):
 
     [ev] = events(p, receipt, "BadDebtSettled")
     assert dict(ev.args) == {
-        "account": trader.address, "deficit": 206_850 * WAD, "covered": fund0, "socialised": 206_850 * WAD - fund0,
+        "account": trader.address, "deficit": 191_800 * WAD, "covered": fund0, "socialised": 191_800 * WAD - fund0,
+        "house_cash": house0 - (191_800 * WAD - fund0), "insurance_fund": 0,
     }
     assert fund0 == 100_000 * WAD
     assert p.engine.functions.insurance_fund().call() == 0
-    assert p.cash(p.engine.address) == house0 - (206_850 * WAD - fund0)
+    assert p.cash(p.engine.address) == house0 - (191_800 * WAD - fund0)
     assert p.cash(trader.address) == 0
     assert p.health(trader.address) == (0, 0, 0)
 
@@ -335,11 +366,8 @@ def test_settle_bad_debt_beyond_insurance_is_socialised(any_protocol, actors):
 def test_settle_bad_debt_with_empty_insurance_socialises_everything(protocol, actors):
     p = protocol
     # First drain the insurance fund with one large bad debt ...
-    p.deposit(actors.trader, "WBTC", 10 * 10**8)
-    realise_eth_loss(p, actors.trader, 1000 * WAD, "1700")
-    p.set_price("BTC", 10_000)
-    p.fund(actors.liquidator, "USDC", 95_000 * 10**6)
-    liquidate_collateral(p, actors.liquidator, actors.trader.address, p.token("WBTC").address)
+    p.deposit(actors.trader, "USDC", 210_000 * 10**6)
+    realise_eth_loss(p, actors.trader, 1000 * WAD, "1600")
     actors.outsider.send(p.engine.functions.settle_bad_debt(actors.trader.address))
     assert p.engine.functions.insurance_fund().call() == 0
     # ... then a second account's deficit goes entirely to the house.

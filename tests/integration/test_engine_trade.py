@@ -70,6 +70,7 @@ def test_buy_pays_rounded_up_and_emits_exact_event(protocol, actors):
     assert dict(ev.args) == {
         "account": trader.address, "market": ETH, "size_delta": delta, "price": price,
         "quote_delta": quote_delta, "fee": fee, "size": delta, "quote": quote_delta, "cash": cash,
+        "house_size": -delta, "house_quote": -quote_delta, "house_cash": p.cash(p.engine.address),
     }
     assert p.position(trader.address, "ETH-PERP") == (delta, quote_delta)
     assert p.cash(trader.address) == cash
@@ -93,7 +94,8 @@ def test_sell_receives_rounded_down_and_emits_exact_event(protocol, actors):
     assert dict(ev.args) == {
         "account": trader.address, "market": BTC, "size_delta": delta, "price": price,
         "quote_delta": quote_delta, "fee": fee, "size": delta, "quote": quote_delta,
-        "cash": 10_000 * WAD - fee,
+        "cash": 10_000 * WAD - fee, "house_size": -delta, "house_quote": -quote_delta,
+        "house_cash": p.cash(p.engine.address),
     }
     assert p.engine.functions.active_markets(trader.address).call() == 1 << BTC
 

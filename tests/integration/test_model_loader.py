@@ -101,7 +101,7 @@ def test_load_state_equals_engine_views(protocol, busy, w3):
     assert state.insurance_fund == e.insurance_fund().call()
     assert [m.name for m in state.markets] == ["ETH-PERP", "BTC-PERP"]
     for m in state.markets:
-        assert (m.feed, m.price_scale, m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap) == tuple(e.market(m.id).call())
+        assert (m.feed, m.price_scale, m.imf, m.mmf, m.liquidation_fee, m.taker_fee, m.oi_cap, m.max_price_age) == tuple(e.market(m.id).call())
         feed = p.w3.eth.contract(address=m.feed, abi=p.feed("ETH").abi)
         rid, answer, _, updated_at, _ = feed.functions.latestRoundData().call()
         f = state.feeds[m.feed]
@@ -111,7 +111,7 @@ def test_load_state_equals_engine_views(protocol, busy, w3):
     for c in state.collaterals:
         cfg = e.collateral_config(c.token).call()
         assert (c.feed, c.price_scale, c.decimals, c.unit, c.init_weight, c.maint_weight,
-                c.liquidation_discount, c.deposit_cap, c.index) == tuple(cfg)
+                c.liquidation_discount, c.deposit_cap, c.index, c.max_price_age) == tuple(cfg)
         assert state.total_collateral[c.token] == e.total_collateral(c.token).call()
     assert state.total_collateral[p.dep.collateral("WETH")["token"]] == p.units("WETH", "2.25")
 
