@@ -13,7 +13,9 @@
      :class:`bot.strategy.Planner`), over the eligible accounts at the step's gas price
      (``base_fee_wei`` + the fixed tip ``tip_wei``, priced in USD with the ETH feed), with its
      minimum profit and, with ``backstop``, the operator's backstop (bankrupt accounts closed at a
-     gas-only loss, then ``settle_bad_debt``); its orders are executed in its order with
+     gas-only loss, then ``settle_bad_debt``; a liquidation that leaves only negative cash settles
+     it at once, :func:`protocol_model.actions.auto_settlement`, and that settlement is counted
+     like an explicit one); its orders are executed in its order with
      :mod:`protocol_model.actions` (a refused step ends that account's sequence and is suppressed for
      the rest of the step, as the bot suppresses it for a block). Each round is one tick; nothing is
      in flight between ticks (a step is at least a block). The keeper's quote budget for collateral
@@ -48,7 +50,7 @@ from typing import Any, Literal, Protocol
 from bot.decide import decide
 from bot.strategy import LIQUIDATE, SETTLE, GasModel, Planner
 from bot.txs import FixedTip
-from protocol_model.actions import liquidate, liquidate_collateral, settle_bad_debt
+from protocol_model.actions import BadDebtSettlement, auto_settlement, liquidate, liquidate_collateral, settle_bad_debt
 from protocol_model.errors import ConfigError, Revert
 from protocol_model.health import price
 from protocol_model.scenarios import SCENARIO_KEEPER, Stepper, impact_fraction
@@ -161,13 +163,16 @@ def _bot_round(st: Stepper, planner: Planner, k: KeeperSettings, eligible: list[
         if c.account in failed:
             continue
         st.own(c.account)
+        settled: BadDebtSettlement | None = None
         try:
             if c.kind == LIQUIDATE:
                 plan = liquidate(state, planner.liquidator, c.account, int(c.target), c.amount)
+                settled = auto_settlement(plan)
             elif c.kind == SETTLE:
                 settled = settle_bad_debt(state, c.account)
             else:
-                liquidate_collateral(state, planner.liquidator, c.account, str(c.target), c.amount)
+                settled = auto_settlement(
+                    liquidate_collateral(state, planner.liquidator, c.account, str(c.target), c.amount))
         except Revert:
             failed.add(c.account)      # the rest of its sequence was planned on this step's result
             refused.add((c.account, str(c.target)))
@@ -181,12 +186,12 @@ def _bot_round(st: Stepper, planner: Planner, k: KeeperSettings, eligible: list[
             tally.rewards += plan.keeper_reward * qs
             feed = state.markets[int(c.target)].feed
             flow[feed] = flow.get(feed, 0) + (notional if plan.size_delta > 0 else -notional)
-        elif c.kind == SETTLE:
+        elif c.kind != SETTLE:
+            tally.collateral_liquidations += 1
+        if settled is not None:          # settle_bad_debt, or the automatic settlement of a liquidation
             tally.settlements += 1
             tally.covered += settled.covered
             tally.socialised += settled.socialised
-        else:
-            tally.collateral_liquidations += 1
         if c.account not in touched:
             touched.append(c.account)
     for a in touched:
