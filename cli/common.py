@@ -204,6 +204,25 @@ def parse_percent(value: str) -> int:
     return int(d * WAD)
 
 
+def parse_shocks(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``("ETH=-20%", "BTC-PERP=-10%,WETH=5%")`` -> ``(("ETH", -2e17), ("BTC", -1e17), ("WETH", 5e16))``:
+    price moves by feed asset (upper case, a market's ``-PERP`` suffix dropped) as signed WAD fractions.
+    The one parser of ``--shock`` for every command; an asset given twice is refused."""
+    out: dict[str, int] = {}
+    for value in values:
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            asset, sep, change = item.partition("=")
+            asset = asset.strip().upper().removesuffix("-PERP")
+            if not sep or not asset or not change.strip():
+                raise ConfigError(f"invalid shock {item!r}: write ASSET=CHANGE, e.g. --shock ETH=-20%")
+            if asset in out:
+                raise ConfigError(f"invalid shock {item!r}: {asset} is given twice")
+            out[asset] = parse_percent(change)
+    if not out:
+        raise ConfigError("no shock given: write e.g. --shock ETH=-20%")
+    return tuple(out.items())
+
+
 def wad_str(x: int) -> str:
     """Exact decimal string of a WAD integer, for JSON (integers beyond 2**53 lose precision in JS)."""
     return str(x)

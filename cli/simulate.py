@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from protocol_model.errors import ConfigError
 
 from . import cli
-from .common import deployment_option, get_ctx, handle_errors, json_option, parse_percent, rpc_option
+from .common import deployment_option, get_ctx, handle_errors, json_option, parse_percent, parse_shocks, rpc_option
 
 # The bots log every lost race and revert; in a simulation those are the point, not news.
 _CHATTY = ("bot.liquidator", "bot.txs", "bot.mirror", "bot.scanner", "bot.lifecycle", "devnode",
@@ -34,23 +34,6 @@ def _quiet(enabled: bool) -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
-
-
-def parse_shocks(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """``("ETH=-20%", "BTC=-10%,WETH=5%")`` -> ``(("ETH", -2e17), ...)`` (signed WAD fractions)."""
-    out: list[tuple[str, int]] = []
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            asset, sep, change = item.partition("=")
-            if not sep or not asset.strip() or not change.strip():
-                raise ConfigError(f"invalid --shock {item!r}: expected ASSET=CHANGE, e.g. ETH=-20%")
-            out.append((asset.strip().upper(), parse_percent(change)))
-    if not out:
-        raise ConfigError("give at least one --shock, e.g. --shock ETH=-20%")
-    return tuple(out)
 
 
 @cli.group()
