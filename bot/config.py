@@ -113,8 +113,8 @@ class BotConfig:
     dry_run: bool = _setting(False, _BOOL, "decide and log liquidations but never sign or send them")
     backstop: bool = _setting(
         False, _BOOL,
-        "the protocol operator's keeper: also closes positions of bankrupt accounts at a gas-only loss "
-        "and settles bad debt",
+        "the protocol operator's keeper: also closes bankrupt accounts whose keeper reward does not cover "
+        "the gas and the minimum profit (dust), at a loss, and settles bad debt no liquidation settled",
     )
     metrics_port: int | None = _setting(None, _OPT_PORT, "TCP port of the Prometheus endpoint (unset or 'off' = no endpoint)")
     metrics_addr: str = _setting("127.0.0.1", _STR, "address the Prometheus endpoint listens on")

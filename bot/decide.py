@@ -12,8 +12,9 @@ or a reverted transaction) does to the keeper's bookkeeping.
 
 For each liquidatable account in the given order:
 
-* in backstop mode an account with nothing left but negative cash is not liquidated: it is
-  settled (``settle_bad_debt``) after every liquidation of the tick;
+* in backstop mode an account with nothing left but negative cash (bad debt no liquidation
+  settled, e.g. after the trader's own close at a loss) is settled (``settle_bad_debt``) after
+  every liquidation of the tick;
 * an account backed off after a lost race is skipped (listed in ``backed_off``), as is one with a
   transaction of ours in flight (its outcome comes first);
 * :meth:`bot.strategy.Planner.plan` plans its steps; a step whose (account, target) the chain

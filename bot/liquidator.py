@@ -27,10 +27,12 @@ batch), sign those that passed, and send them (batched too), most profitable fir
 store write of the tick in one SQLite transaction.
 
 Backstop mode (``backstop``, ``--backstop``): the protocol operator's keeper. A bankrupt account
-(equity < 0) pays no penalty, so no profit-seeking keeper closes it and its bad debt can never be
-settled; in backstop mode the bot also closes the positions of bankrupt accounts at a gas-only
-loss (most profitable first, after the profitable ones), and sends ``settle_bad_debt`` for every
-account left with no position, no collateral and negative cash (history kind ``"settle"``).
+(equity < 0) pays its keeper like any other (the insurance fund, then the house, pays what it
+cannot), so a plain bot closes it, and a liquidation that leaves nothing but negative cash settles
+that bad debt itself. What is left needs an operator: in backstop mode the bot also closes bankrupt
+accounts whose reward does not cover the gas and the minimum profit (dust), at a loss, and sends
+``settle_bad_debt`` for every account left with no position, no collateral and negative cash that
+no liquidation settled, e.g. after the trader's own close at a loss (history kind ``"settle"``).
 The key is never printed nor logged; log lines are one per event, e.g.::
 
     liquidated 0x5B38…ddC4 ETH-PERP 12.5 @ 1,700.00 reward 212.50 USDC gas 0.42 USD tx 0x… block 123

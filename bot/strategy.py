@@ -10,8 +10,9 @@ liquidatable account, the gas price of the head and the USD price of ETH, :meth:
    minus the gas at the head's base fee plus the fee strategy's tip, converted to USD with the ETH
    feed (:class:`GasModel`);
 3. keeps the most profitable one whose profit reaches ``min_profit_usd_wad`` (in backstop mode, for a
-   bankrupt account - equity < 0, which pays no penalty - the most profitable one whatever its
-   profit: the operator's keeper closes it at a gas-only loss), applies it to a scratch
+   bankrupt account - equity < 0 - the most profitable one whatever its profit: its keeper is paid
+   by the insurance fund like any other, so only a position too small to pay for its gas is left
+   to the operator's keeper, which closes it at a loss), applies it to a scratch
    copy of the account with the model's own ``liquidate`` / ``liquidate_collateral`` (strict
    prices, as the engine will execute it), and starts again on the result, until the account is
    healthy or nothing profitable is left. So the second action of an account is planned on the
@@ -228,8 +229,9 @@ class Planner:
                 break
             cands = self._candidates(sim, address, step, budget, base_fee_wei, eth_price_wad)
             out.evaluated.extend(cands)
-            # Backstop: a bankrupt account pays no penalty, so nobody profits from closing it; the
-            # operator's keeper closes it anyway (best first), so its bad debt can be settled.
+            # Backstop: a bankrupt account whose reward does not cover the gas (dust) is closed by
+            # nobody else; the operator's keeper closes it anyway (best first), so its losses stop
+            # and the engine settles its bad debt.
             floor = None if (self.backstop and h.equity < 0) else self.min_profit_usd_wad
             good = [c for c in cands if c.gas is not None and (floor is None or c.profit_usd_wad >= floor)]
             if not good:

@@ -78,8 +78,9 @@ def _settings_epilog() -> str:
 @click.option("--no-collateral", is_flag=True, default=False,
               help="never liquidate collateral (it spends quote tokens the bot holds)")
 @click.option("--backstop", is_flag=True, default=False,
-              help="the protocol operator's keeper: also closes positions of bankrupt accounts at a gas-only "
-                   "loss and settles bad debt [XMARGIN_BACKSTOP]")
+              help="the protocol operator's keeper: also closes bankrupt accounts whose reward does not cover "
+                   "the gas and the minimum profit (dust), at a loss, and settles bad debt that no "
+                   "liquidation settled [XMARGIN_BACKSTOP]")
 @click.option("--fresh-db", is_flag=True, default=False,
               help="move an existing --db aside (to DB.TIMESTAMP.old) and start a new one, e.g. after the node "
                    "was restarted")

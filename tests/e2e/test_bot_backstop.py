@@ -1,10 +1,23 @@
-"""Backstop mode end to end: bankrupt accounts are closed at a gas-only loss and their bad debt settled.
+"""Backstop mode end to end: what still needs the operator once keepers are always paid.
 
 Each node of ``tests/nodes.py`` over HTTP (the dev node and anvil, as in test_bot_e2e.py), one
-deployment with 30 traders. A deep crash makes
-some of them bankrupt (equity < 0): they pay no penalty, so a profit-seeking bot leaves their
-positions open. A bot with ``backstop=True`` closes them and then sends ``settle_bad_debt``; the
-oracles are the engine's own views and its BadDebtSettled events.
+deployment with 30 traders and two hand-made ones. A deep crash makes many traders bankrupt
+(equity < 0). Since keepers are paid ``keeper_share`` of the full penalty also for a bankrupt
+account (the insurance fund, then the house, pays what the account cannot; SPEC 6), a plain
+profit-seeking bot closes every one of them whose reward covers its gas and minimum profit, and
+the engine settles their bad debt in the same call (automatic settlement).
+
+Two things are left for the operator's keeper (``backstop=True``):
+
+* DUST: a bankrupt account whose position is so small that its reward (1 % of about 44 USD) is
+  below the plain bot's minimum profit (1 USD): the backstop closes it at a loss, and the
+  liquidation settles its bad debt;
+* SELF: a bankrupt trader who closed his own position (a reduce-only trade is always allowed):
+  nothing is left to liquidate, so no automatic settlement happens; the backstop sends
+  ``settle_bad_debt``.
+
+The oracles are the engine's own views and its events (each carries the resulting insurance fund
+and house cash, SPEC invariant 6).
 """
 
 from __future__ import annotations
@@ -47,7 +60,16 @@ def setup(node_kind: str) -> Iterator[dict[str, Any]]:
                 owner.send(dep.quote_contract.functions.mint(Account.from_key(node.accounts[i][1]).address,
                                                              200_000 * 10**6))
             traders = [p.address for p in seed_accounts(w3, dep, owner, N_TRADERS, SEED)]
-        yield {"node": node, "w3": w3, "dep": dep, "owner": owner.address, "traders": traders,
+            hand_made = {}
+            for name, index, usdc, eth_wad in (("dust", 7, 10, 4 * WAD // 100), ("self", 8, 1_000, 4 * WAD)):
+                trader = Sender.unlocked(w3, index)
+                owner.send(dep.quote_contract.functions.mint(trader.address, usdc * 10**6))
+                trader.send(dep.quote_contract.functions.approve(dep.engine, usdc * 10**6))
+                trader.send(dep.engine_contract.functions.deposit(dep.quote, usdc * 10**6))
+                trader.send(dep.engine_contract.functions.trade(0, eth_wad, 2**256 - 1))
+                hand_made[name] = trader
+        yield {"node": node, "w3": w3, "dep": dep, "owner": owner.address,
+               "traders": traders + [t.address for t in hand_made.values()], "hand_made": hand_made,
                "keys": (node.accounts[5][1], node.accounts[6][1])}
     finally:
         node.stop()
@@ -86,9 +108,28 @@ def _bad_debt_left(state: Any) -> set[str]:
             if acc.cash < 0 and not acc.positions and not any(v > 0 for v in acc.collateral.values())}
 
 
-def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str, Any], tmp_path: Path) -> None:
+def _engine_events(s: dict[str, Any], lo: int, hi: int) -> list[Any]:
+    logs = s["w3"].eth.get_logs({"fromBlock": lo, "toBlock": hi, "address": s["dep"].engine,
+                                 "topics": [[engine_topic("BadDebtSettled"), engine_topic("Liquidation"),
+                                             engine_topic("CollateralLiquidation")]]})
+    return sorted(decode_logs(logs, s["dep"].engine), key=lambda e: e.order)
+
+
+def _assert_events_carry_the_fund_and_the_house(s: dict[str, Any], events: list[Any]) -> None:
+    """SPEC invariant 6: the last event of a block that moves the insurance fund or the house's
+    cash carries their values at the end of that block."""
+    engine = s["dep"].engine_contract
+    for block in sorted({e.block for e in events}):
+        last = [e for e in events if e.block == block][-1]
+        assert int(last.args["insurance_fund"]) == engine.functions.insurance_fund().call(block_identifier=block)
+        assert int(last.args["house_cash"]) == engine.functions.cash(engine.address).call(block_identifier=block)
+
+
+def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str, Any],
+                                                               tmp_path: Path) -> None:
     s = setup
-    w3, engine = s["w3"], s["dep"].engine_contract
+    w3, dep = s["w3"], s["dep"]
+    dust, self_closed = s["hand_made"]["dust"].address, s["hand_made"]["self"].address
     normal = _bot(s, tmp_path, "normal", s["keys"][0])
     backstop = _bot(s, tmp_path, "backstop", s["keys"][1], backstop=True)
     try:
@@ -100,23 +141,39 @@ def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str,
         _set_prices(s, CRASH_PCT)
         crash_block = _mine(s)
         bankrupt = _bankrupt_with_positions(_state(s, crash_block))
-        assert bankrupt, "the crash makes no account bankrupt"
+        assert {dust, self_closed} <= bankrupt and len(bankrupt) > 3, "the crash makes too few accounts bankrupt"
+        # SELF closes his own position at a loss: nothing left to liquidate, bad debt not settled.
+        with s["node"].automine():
+            s["hand_made"]["self"].send(dep.engine_contract.functions.trade(0, -4 * WAD, 0))
+        assert self_closed in _bad_debt_left(_state(s, w3.eth.block_number))
 
-        # The profit-seeking bot leaves the bankrupt accounts' positions open.
+        # The plain, profit-seeking bot closes every bankrupt account but DUST, paid by the fund.
+        normal_from = w3.eth.block_number + 1
         for _ in range(6):
             normal.tick()
             _mine(s)
         normal.tick()
-        after_normal = _state(s, w3.eth.block_number)
-        left = _bankrupt_with_positions(after_normal) | _bad_debt_left(after_normal)
-        assert left, "the normal bot left nothing for the backstop"
-        assert {a for a in bankrupt if after_normal.accounts[a].positions} <= left
+        normal_to = w3.eth.block_number
+        after_normal = _state(s, normal_to)
+        assert _bankrupt_with_positions(after_normal) == {dust}
+        assert _bad_debt_left(after_normal) == {self_closed}, "automatic settlement left bad debt"
+        events = _engine_events(s, normal_from, normal_to)
+        closes = [e for e in events if e.name == "Liquidation" and e.args["account"] in bankrupt]
+        assert {e.args["account"] for e in closes} == bankrupt - {dust, self_closed}
+        assert all(e.args["liquidator"] == normal.address for e in events if e.name != "BadDebtSettled")
+        # Keepers are paid for bankrupt accounts: the account pays what its equity allows (here
+        # nothing, for the first close of each), the insurance fund the rest of the reward.
+        assert all(int(e.args["keeper_reward"]) > 0 for e in closes)
+        assert any(int(e.args["charged"]) == 0 for e in closes)
+        settled = {e.args["account"] for e in events if e.name == "BadDebtSettled"}
+        assert settled and settled <= bankrupt - {dust, self_closed}   # automatic settlements
+        _assert_events_carry_the_fund_and_the_house(s, events)
 
-        # The backstop bot closes them and settles their bad debt.
+        # The backstop closes DUST at a loss (settled in the same call) and settles SELF.
         start_block = w3.eth.block_number
         backstop.start()
         sent_kinds: list[str] = []
-        for _ in range(12):
+        for _ in range(6):
             report = backstop.tick()
             sent_kinds += [r.tx.kind for r in report.sent if r.tx is not None]
             _mine(s)
@@ -127,40 +184,17 @@ def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str,
         final = _state(s, end_block)
         assert not _bankrupt_with_positions(final)
         assert not _bad_debt_left(final), "an account is left with nothing but negative cash"
-
-        # The store's history has the settlements.
         settles = [r for r in backstop.store.liquidations() if r.kind == "settle"]
-        assert settles and all(r.outcome == "won" for r in settles)
-
-        # Every BadDebtSettled: the insurance fund pays `covered`, the house's cash absorbs `socialised`.
-        logs = w3.eth.get_logs({"fromBlock": start_block + 1, "toBlock": end_block, "address": s["dep"].engine,
-                                "topics": [[engine_topic("BadDebtSettled"), engine_topic("Liquidation"),
-                                            engine_topic("CollateralLiquidation")]]})
-        events = decode_logs(logs, s["dep"].engine)
-        settled = [e for e in events if e.name == "BadDebtSettled"]
-        assert {e.args["account"] for e in settled} == {r.account for r in settles}
-        checked = 0
-        for block in sorted({e.block for e in settled}):
-            in_block = [e for e in events if e.block == block]
-            if any(e.name != "BadDebtSettled" for e in in_block):
-                continue   # a liquidation in the same block moves the fund and the house too
-            covered = sum(int(e.args["covered"]) for e in in_block)
-            socialised = sum(int(e.args["socialised"]) for e in in_block)
-            for e in in_block:
-                assert int(e.args["deficit"]) == int(e.args["covered"]) + int(e.args["socialised"])
-            fund_before = engine.functions.insurance_fund().call(block_identifier=block - 1)
-            fund_after = engine.functions.insurance_fund().call(block_identifier=block)
-            house_before = engine.functions.cash(engine.address).call(block_identifier=block - 1)
-            house_after = engine.functions.cash(engine.address).call(block_identifier=block)
-            assert fund_after == fund_before - covered
-            assert house_after == house_before - socialised
-            checked += 1
-        assert checked, "no block with settlements alone to check"
-        # And over the whole run: the fund's change is the liquidations' insurance minus what it covered.
-        fund_start = engine.functions.insurance_fund().call(block_identifier=start_block)
-        fund_end = engine.functions.insurance_fund().call(block_identifier=end_block)
-        inflow = sum(int(e.args["insurance"]) for e in events if e.name == "Liquidation")
-        assert fund_end == fund_start + inflow - sum(int(e.args["covered"]) for e in settled)
+        assert [r.account for r in settles] == [self_closed] and settles[0].outcome == "won"
+        events = _engine_events(s, start_block + 1, end_block)
+        by_name = {(e.name, e.args["account"]): e for e in events}
+        assert by_name[("Liquidation", dust)].args["liquidator"] == backstop.address
+        assert by_name[("BadDebtSettled", dust)].tx_hash == by_name[("Liquidation", dust)].tx_hash
+        assert ("BadDebtSettled", self_closed) in by_name
+        for e in events:
+            if e.name == "BadDebtSettled":
+                assert int(e.args["deficit"]) == int(e.args["covered"]) + int(e.args["socialised"]) > 0
+        _assert_events_carry_the_fund_and_the_house(s, events)
     finally:
         normal.close()
         backstop.close()
