@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from protocol_model.seeding import seed_accounts
 
 from . import cli
-from .common import common_options, get_ctx, handle_errors
+from .common import EXIT_FAILED, common_options, fail, get_ctx, handle_errors
 
 
 @cli.command()
@@ -17,19 +17,28 @@ from .common import common_options, get_ctx, handle_errors
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True, help="random seed (same seed, same traders)")
 @handle_errors
 def seed(n: int, seed: int) -> None:
-    """Create N traders: random collateral and leverage, a fifth of them close to liquidation."""
+    """Create N traders: random collateral and leverage, a fifth of them close to liquidation.
+
+    Traders are derived from the seed; running it again skips those already seeded and finishes
+    any that an interrupted run left half-way (so a larger --accounts adds traders)."""
     ctx = get_ctx()
     dep = ctx.dep()
     owner = ctx.sender()
-    if ctx.as_json:
-        plans = seed_accounts(ctx.chain(), dep, owner, n, seed)
-    else:
-        with Progress(TextColumn("seeding traders"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=ctx.console, transient=True) as bar:
-            task = bar.add_task("seed", total=3 * n)
-            plans = seed_accounts(ctx.chain(), dep, owner, n, seed, progress=lambda done, total: bar.update(task, completed=done))
+    try:
+        if ctx.as_json:
+            plans = seed_accounts(ctx.chain(), dep, owner, n, seed)
+        else:
+            with Progress(TextColumn("seeding traders"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=ctx.console, transient=True) as bar:
+                task = bar.add_task("seed", total=3 * n)
+                plans = seed_accounts(ctx.chain(), dep, owner, n, seed,
+                                      progress=lambda done, total: bar.update(task, completed=done))
+    except KeyboardInterrupt:
+        fail(f"interrupted: run the same `xmargin seed --accounts {n} --seed {seed}` again to finish "
+             "(traders already seeded are skipped)", EXIT_FAILED)
     high = sum(1 for p in plans if p.leverage_pct >= 800)
+    already = f"; {plans.skipped} of them were already seeded and skipped" if plans.skipped else ""
     ctx.emit(
-        {"seed": seed, "accounts": [p.to_json() for p in plans]},
-        lambda c: c.print(f"seeded {len(plans)} traders (seed {seed}); {high} leveraged 8x or more"),
+        {"seed": seed, "skipped": plans.skipped, "accounts": [p.to_json() for p in plans]},
+        lambda c: c.print(f"seeded {len(plans)} traders (seed {seed}); {high} leveraged 8x or more{already}"),
     )

@@ -18,6 +18,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
+from web3.contract import Contract
 
 from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment
@@ -109,6 +110,14 @@ def _wait_all(w3: Web3, hashes: list[bytes], timeout: float) -> int:
     return failed
 
 
+class SeededTraders(list[TraderPlan]):
+    """The plans of :func:`seed_accounts` (all of them), and how many were already on chain."""
+
+    def __init__(self, plans: list[TraderPlan], skipped: int) -> None:
+        super().__init__(plans)
+        self.skipped = skipped
+
+
 def seed_accounts(
     w3: Web3,
     dep: Deployment,
@@ -117,15 +126,19 @@ def seed_accounts(
     seed: int,
     progress: Progress | None = None,
     timeout: float = 120.0,
-) -> list[TraderPlan]:
+) -> SeededTraders:
     """Create ``n`` traders per :func:`plan_traders` on chain. Returns the plans.
 
-    Raises ChainError if any seeding transaction fails.
+    Idempotent and resumable, judged by what the engine holds (so a new deployment on the same
+    chain is seeded anew): a trader with a position is seeded and skipped; one without deposits
+    and positions the deployer funds (ETH and the tokens its wallet lacks), and it approves and
+    deposits what the engine does not hold yet and opens its positions. A run interrupted by
+    Ctrl-C is finished by running it again. Raises ChainError if any seeding transaction fails.
     """
+    from protocol_model.loader import load_state
+
     eng = dep.engine_contract
-    usdc = dep.quote_contract
-    weth = dep.token_contract("WETH")
-    wbtc = dep.token_contract("WBTC")
+    tokens = (dep.quote_contract, dep.token_contract("WETH"), dep.token_contract("WBTC"))
     prices = {}
     for asset in ("ETH", "BTC"):
         feed = dep.feed_contract(asset)
@@ -140,38 +153,57 @@ def seed_accounts(
         if progress is not None:
             progress(done, total)
 
+    # What the engine holds of each trader decides what is left to do.
+    held = load_state(w3, dep, [p.address for p in plans]).accounts
+    todo = [p for p in plans if not held[p.address].positions]
+    skipped = len(plans) - len(todo)
+    tick(3 * skipped)
+
+    def deposits(p: TraderPlan) -> list[tuple[Contract, int]]:
+        acc = held[p.address]
+        there = (acc.cash != 0, acc.collateral.get(tokens[1].address, 0) > 0, acc.collateral.get(tokens[2].address, 0) > 0)
+        return [(tok, amount) for tok, amount, ok in zip(tokens, (p.usdc, p.weth, p.wbtc), there) if amount and not ok]
+
     chain_id = w3.eth.chain_id
 
     def fee() -> int:
         # Three times the base fee: enough headroom for a node whose blocks fill during a phase.
         return 3 * w3.eth.get_block("latest")["baseFeePerGas"] + owner.tip_wei
 
-    # Phase 1: the owner funds gas and mints tokens.
+    # Phase 1: the owner funds gas and mints the tokens a trader's wallet lacks for its deposits.
     max_fee = fee()
     nonce = w3.eth.get_transaction_count(owner.address, "pending")
     hashes: list[bytes] = []
-    for p in plans:
-        hashes.append(owner.submit(None, GAS["transfer"], nonce, to=p.address, value=GAS_ETH, max_fee=max_fee, chain_id=chain_id))
-        nonce += 1
-        for tok, amount in ((usdc, p.usdc), (weth, p.weth), (wbtc, p.wbtc)):
-            if amount:
-                hashes.append(owner.submit(tok.functions.mint(p.address, amount), GAS["mint"], nonce, max_fee=max_fee, chain_id=chain_id))
+    nonces: dict[int, int] = {}
+    for p in todo:
+        nonces[p.index] = int(w3.eth.get_transaction_count(p.address, "pending"))
+        balance = int(w3.eth.get_balance(p.address))
+        fresh = balance == 0 and nonces[p.index] == 0   # the owner sends its ETH first: no token minted either
+        if balance < GAS_ETH // 2:
+            hashes.append(owner.submit(None, GAS["transfer"], nonce, to=p.address, value=GAS_ETH, max_fee=max_fee,
+                                       chain_id=chain_id))
+            nonce += 1
+        for tok, amount in deposits(p):
+            missing = amount if fresh else amount - int(tok.functions.balanceOf(p.address).call())
+            if missing > 0:
+                hashes.append(owner.submit(tok.functions.mint(p.address, missing), GAS["mint"], nonce,
+                                           max_fee=max_fee, chain_id=chain_id))
                 nonce += 1
         tick()
     if _wait_all(w3, hashes, timeout):
         raise ChainError("seeding failed: some funding transactions reverted (is the sender the token owner?)")
 
-    # Phase 2: each trader approves and deposits.
+    # Phase 2: each trader approves and deposits what the engine does not hold yet.
     max_fee = fee()
     hashes = []
-    for p in plans:
+    for p in todo:
         trader = Sender.from_key(w3, trader_account(seed, p.index))
-        tn = 0
-        for tok, amount in ((usdc, p.usdc), (weth, p.weth), (wbtc, p.wbtc)):
-            if amount:
-                trader.submit(tok.functions.approve(eng.address, UINT256_MAX), GAS["approve"], tn, max_fee=max_fee, chain_id=chain_id)
-                hashes.append(trader.submit(eng.functions.deposit(tok.address, amount), GAS["deposit"], tn + 1, max_fee=max_fee, chain_id=chain_id))
-                tn += 2
+        for tok, amount in deposits(p):
+            trader.submit(tok.functions.approve(eng.address, UINT256_MAX), GAS["approve"], nonces[p.index],
+                          max_fee=max_fee, chain_id=chain_id)
+            hashes.append(trader.submit(eng.functions.deposit(tok.address, amount), GAS["deposit"], nonces[p.index] + 1,
+                                        max_fee=max_fee, chain_id=chain_id))
+            nonces[p.index] += 2
         tick()
     if _wait_all(w3, hashes, timeout):
         raise ChainError("seeding failed: some deposits reverted")
@@ -179,17 +211,17 @@ def seed_accounts(
     # Phase 3: each trader opens its positions (nonces continue from phase 2).
     max_fee = fee()
     hashes = []
-    for p in plans:
+    for p in todo:
         trader = Sender.from_key(w3, trader_account(seed, p.index))
-        tn = 2 * sum(1 for amount in (p.usdc, p.weth, p.wbtc) if amount)
         for market, size in ((0, p.eth_size), (1, p.btc_size)):
             if size:
                 limit = UINT256_MAX if size > 0 else 0
-                hashes.append(trader.submit(eng.functions.trade(market, size, limit), GAS["trade"], tn, max_fee=max_fee, chain_id=chain_id))
-                tn += 1
+                hashes.append(trader.submit(eng.functions.trade(market, size, limit), GAS["trade"], nonces[p.index],
+                                            max_fee=max_fee, chain_id=chain_id))
+                nonces[p.index] += 1
         tick()
     failed = _wait_all(w3, hashes, timeout)
     if failed:
         raise ChainError(f"seeding failed: {failed} trades reverted")
-    log.info("seeded %d traders (seed %d)", n, seed)
-    return plans
+    log.info("seeded %d traders (seed %d), %d of them already there", n, seed, skipped)
+    return SeededTraders(plans, skipped)
