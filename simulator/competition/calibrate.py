@@ -15,7 +15,8 @@ key the simulator gives it:
   with every combination of long and short positions, two partial liquidations by one keeper (the
   first one's quote balance goes from zero: first-touch storage; then warm) and one of a single
   unit (no reward: no transfer); a whole close that pays a reward (to a new keeper or to one
-  paid before), long and short; and the whole close of a bankrupt account (no penalty, no reward);
+  paid before), long and short; and the whole close of a bankrupt account (the insurance fund pays
+  the reward; without collateral or another position, the close settles the bad debt it leaves);
 * the rarer writes of the house: its position in a market closed (to zero) and opened (from
   zero), with and without a position in the other market (two more deployments); the main
   deployment meets some of them too, and accounts whose cash closes at exactly zero;
@@ -31,8 +32,8 @@ house and insurance fund with the chain's.
 
 :func:`fit` turns the samples into the table. The execution gas of a transaction is modelled as
 in :class:`~simulator.competition.offchain.GasTable`: its path's gas, plus the gas of the engine's branches
-(:data:`BRANCHES`: a position closed, the house's position to or from zero, short positions)
-times how often the transaction runs them, plus its storage writes at their EIP-2200/2929 prices,
+(:data:`BRANCHES`: a position closed, the house's position to or from zero, short positions, bad
+debt settled in the call) times how often the transaction runs them, plus its storage writes at their EIP-2200/2929 prices,
 minus its capped refund. The branches' gas is the least-squares fit over all samples (exact
 arithmetic, so the table is reproducible to the gas), each path's gas the mean of its samples.
 :func:`errors` gives each sample's error against a table; the largest is a hundred gas or so (the
@@ -68,7 +69,8 @@ from protocol_model.scenarios import moved_answer
 from protocol_model.state import Account, Position, ProtocolState
 
 from .agents import intrinsic_gas, liquidate_calldata
-from .offchain import GasKey, GasSample, GasTable, ModelChain, ModelTx, exec_gas_before_refund, short_gas, write_gas
+from .offchain import (GasKey, GasSample, GasTable, ModelChain, ModelTx, exec_gas_before_refund, settle_gas, short_gas,
+                       write_gas)
 
 log = logging.getLogger(__name__)
 
@@ -383,13 +385,15 @@ class _Calibration:
     # whole closes ----------------------------------------------------------------------
     def close(self, venue: _Venue, spec: AccountSpec, market: int, keeper: Sender, bankrupt: bool = False) -> str:
         """A whole close of ``market`` that pays a reward (``bankrupt``: of an account with no
-        equity left: no penalty, no reward), then the lost races that may follow it."""
+        equity left, so the account pays nothing and the insurance fund pays the reward; an
+        account left with nothing but its negative cash is settled in the same call), then the
+        lost races that may follow it."""
         case = f"{'bankrupt' if bankrupt else 'close'} m{market} {spec.label()}"
         address = self.account(venue, spec)
 
         def closes(s: ProtocolState) -> bool:
             p = _plan(s, address, market, UINT256_MAX)
-            return p is not None and p.size == 0 and (p.keeper_reward == 0 and p.penalty == 0) == bankrupt
+            return p is not None and p.size == 0 and p.keeper_reward > 0 and (p.charged == 0) == bankrupt
 
         venue.set_prices(_find_shock(venue, address, closes, case))
         venue.liquidate(keeper, address, market, UINT256_MAX, case)
@@ -470,7 +474,7 @@ def measure(w3: Web3 | None = None, progress: Progress | None = None) -> list[Ga
 # ---------------------------------------------------------------------- the fit
 
 
-BRANCHES = ("close", "house_close", "house_open", "short", "short_plan", "short_close")
+BRANCHES = ("close", "house_close", "house_open", "short", "short_plan", "short_close", "settle")
 
 
 @dataclass
@@ -499,10 +503,11 @@ def _row(sample: GasSample) -> tuple[str, bool, int, list[int]]:
     k = GasKey.parse(sample.key)
     zero = _unit("")
     if not k.ok:
-        return k.path, False, sample.exec_gas, [short_gas(k, _unit(b)) for b in BRANCHES]
+        return k.path, False, sample.exec_gas, [short_gas(k, _unit(b)) + settle_gas(k, _unit(b)) for b in BRANCHES]
     writes, refund = write_gas(k.slots, zero)
     before = exec_gas_before_refund(sample.exec_gas, refund, sample.intrinsic)
-    coefficients = [write_gas(k.slots, _unit(b))[0] - writes + short_gas(k, _unit(b)) for b in BRANCHES]
+    coefficients = [write_gas(k.slots, _unit(b))[0] - writes + short_gas(k, _unit(b)) + settle_gas(k, _unit(b))
+                    for b in BRANCHES]
     return k.path, True, before - writes, coefficients
 
 

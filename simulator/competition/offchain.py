@@ -50,10 +50,11 @@ from typing import Any
 
 from eth_utils import keccak, to_checksum_address
 
-from protocol_model.actions import LiquidationPlan, deposit, liquidate, seed_house, seed_insurance, set_answer, trade
-from protocol_model.deploy import DeployConfig, Deployment
+from protocol_model.actions import (LiquidationPlan, auto_settlement, deposit, liquidate, seed_house, seed_insurance,
+                                    set_answer, trade)
+from protocol_model.deploy import DeployConfig, Deployment, feed_age
 from protocol_model.errors import ConfigError, Revert
-from protocol_model.health import health, price
+from protocol_model.health import feed_max_age, health, price
 from protocol_model.scenarios import moved_answer
 from protocol_model.state import Collateral, Feed, Market, Params, Position, ProtocolState
 from protocol_model.wad import MAX_PRICE, UINT256_MAX
@@ -100,6 +101,7 @@ DEFAULT_REVERT_GAS: dict[str, int] = dict(_builtin.REVERT_GAS)
 BRANCH_GAS: dict[str, int] = dict(_builtin.BRANCH_GAS)
 FALLBACK_OK_PATH_GAS = 115_000
 FALLBACK_REVERT_GAS = 55_000
+FALLBACK_SETTLE_GAS = 10_000          # a table measured before automatic settlement has no "settle" branch
 
 
 # ---------------------------------------------------------------------- initial state
@@ -132,13 +134,13 @@ def listed_state(config: DeployConfig, dep: Deployment, timestamp: int = START_T
                               max_answer=MAX_PRICE // 10 ** (18 - f.decimals))
     markets = [
         Market(i, dep.feeds[m.asset], 10 ** (18 - feeds[dep.feeds[m.asset]].decimals), m.imf, m.mmf, m.liquidation_fee,
-               m.taker_fee, m.oi_cap, m.name)
+               m.taker_fee, m.oi_cap, m.name, max_price_age=feed_age(config, m.asset))
         for i, m in enumerate(config.markets)
     ]
     collaterals = [
         Collateral(dep.collaterals[c.symbol]["token"], dep.feeds[c.asset],
                    10 ** (18 - feeds[dep.feeds[c.asset]].decimals), c.decimals, 10**c.decimals, c.init_weight, c.maint_weight, c.liquidation_discount, c.deposit_cap, i,
-                   c.symbol)
+                   c.symbol, max_price_age=feed_age(config, c.asset))
         for i, c in enumerate(config.collaterals)
     ]
     params = Params(dep.quote, 10 ** (18 - config.quote_decimals), config.keeper_share, config.max_price_age,
@@ -237,9 +239,11 @@ def _masks(state: ProtocolState, account: str) -> tuple[int, int, int]:
     return acc.active_markets, shorts, state.held_mask(acc)
 
 
-def success_key(market: int, masks: tuple[int, int, int], before: _Slots, after: _Slots, reward: int) -> str:
+def success_key(market: int, masks: tuple[int, int, int], before: _Slots, after: _Slots, reward: int,
+                settled: bool = False) -> str:
+    """``settled``: the liquidation left bad debt that it settled at once (``plan.bad_debt > 0``)."""
     slots = ",".join(_slot(o, n) for o, n in zip(before.values, after.values))
-    return f"ok|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}|r{int(reward > 0)}|{slots}"
+    return f"ok|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}|r{int(reward > 0)}|d{int(settled)}|{slots}"
 
 
 def revert_key(reason: str, market: int, masks: tuple[int, int, int]) -> str:
@@ -256,15 +260,19 @@ class GasKey:
     shorts: int
     collaterals: int
     reward: bool = False
+    settled: bool = False               # a success that settled the bad debt it left (BadDebtSettled)
     slots: tuple[str, ...] = ()         # a success's storage writes by class (:data:`SLOTS`)
 
     @classmethod
     def parse(cls, key: str) -> "GasKey":
         parts = key.split("|")
         try:
-            if parts[0] == "ok" and len(parts) == 7:
+            if parts[0] == "ok" and len(parts) == 8 and parts[6][:1] == "d":
+                m, a, s, c, r, d = (int(x[1:]) for x in parts[1:7])
+                return cls(None, m, a, s, c, bool(r), bool(d), tuple(parts[7].split(",")))
+            if parts[0] == "ok" and len(parts) == 7:       # a key measured before automatic settlement: d0
                 m, a, s, c, r = (int(x[1:]) for x in parts[1:6])
-                return cls(None, m, a, s, c, bool(r), tuple(parts[6].split(",")))
+                return cls(None, m, a, s, c, bool(r), False, tuple(parts[6].split(",")))
             if parts[0] == "revert" and len(parts) == 6:
                 m, a, s, c = (int(x[1:]) for x in parts[2:6])
                 return cls(parts[1], m, a, s, c)
@@ -356,6 +364,17 @@ def short_gas(key: GasKey, branches: dict[str, int] | None = None) -> int:
     return gas
 
 
+def settle_gas(key: GasKey, branches: dict[str, int] | None = None) -> int:
+    """The extra gas of a liquidation that settles the bad debt it leaves (the engine's ``_settle``:
+    the fund, the house's cash and the account's cash written a second time, ``BadDebtSettled``
+    logged): ``settle``. Its slots' classes (:func:`write_gas`) already compare the values before the
+    call with the values after the settlement, so a second write costs what a dirty slot costs."""
+    if not key.settled:
+        return 0
+    b = BRANCH_GAS if branches is None else branches
+    return b.get("settle", FALLBACK_SETTLE_GAS)
+
+
 def capped_refund(refund: int, gas_before_refund: int) -> int:
     """The refund a transaction gets: at most a fifth of its gas used before refunds (EIP-3529)."""
     return min(refund, gas_before_refund // 5)
@@ -419,7 +438,8 @@ class GasTable:
             if k.ok:
                 cost, refund = write_gas(k.slots, self.branches)
                 # dev: a capped refund is undone for a typical intrinsic gas (off by a quarter of the difference)
-                self._paths[k.path] = exec_gas_before_refund(gas, refund) - short_gas(k, self.branches) - cost
+                self._paths[k.path] = (exec_gas_before_refund(gas, refund) - short_gas(k, self.branches)
+                                       - settle_gas(k, self.branches) - cost)
             else:
                 self._reverts[k.path] = gas - short_gas(k, self.branches)
         self._classes: dict[str, list[int]] = {}
@@ -439,7 +459,7 @@ class GasTable:
         extra = short_gas(k, self.branches)
         if not k.ok:
             return (self._reverts.get(k.path) or self._class(k, FALLBACK_REVERT_GAS)) + extra
-        base = (self._paths.get(k.path) or self._class(k, FALLBACK_OK_PATH_GAS)) + extra
+        base = (self._paths.get(k.path) or self._class(k, FALLBACK_OK_PATH_GAS)) + extra + settle_gas(k, self.branches)
         cost, refund = write_gas(k.slots, self.branches)
         return base + cost - capped_refund(refund, intrinsic + base + cost)
 
@@ -620,7 +640,7 @@ class ModelChain:
         self.engine_balance -= reward
         self._versions[tx.account] = self.version(tx.account) + 1
         after = _Slots.read(state, tx.account, tx.market, keeper + reward, self.engine_balance)
-        key = success_key(tx.market, masks, before, after, reward)
+        key = success_key(tx.market, masks, before, after, reward, plan.bad_debt > 0)
         intrinsic = intrinsic_gas(tx.data)
         gas = intrinsic + self.gas.exec_gas(key, intrinsic)
         return Receipt(tx, number, index, True, None, min(gas, tx.gas_limit), base, tip, plan, key)
@@ -679,10 +699,10 @@ class ModelAgent:
 
     def _plan(self, chain: ModelChain, address: str, base_fee: int, eth_price: int) -> AccountPlan:
         """The planner's plan, cached while the account, the fees, the ETH price and the feeds'
-        freshness stay the same (the agents hold no quote: the budget is always 0)."""
-        age = chain.state.params.max_price_age
-        fresh = all(f.updated_at >= chain.timestamp or chain.timestamp - f.updated_at <= age
-                    for f in chain.state.feeds.values())
+        freshness (each feed's own max age) stay the same (the agents hold no quote: the budget is always 0)."""
+        state = chain.state
+        fresh = all(f.updated_at >= chain.timestamp or chain.timestamp - f.updated_at <= feed_max_age(state, a)
+                    for a, f in state.feeds.items())
         key = (chain.version(address), base_fee, eth_price, fresh)
         cached = self._plans.get(address)
         if cached is not None and cached[0] == key:
@@ -827,6 +847,7 @@ def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], 
                for s, b in zip(specs, bots)}
     names = {b.address: s.name for s, b in zip(specs, bots)}
     liquidations: list[Liquidated] = []
+    settled = socialised = 0
     for number in sorted(chain.blocks):
         for r in chain.blocks[number]:
             res = results[r.tx.sender]
@@ -840,6 +861,10 @@ def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], 
                 res.rewards_native += int(r.plan.keeper_reward)
                 liquidations.append(Liquidated(number - SHOCK_BLOCK, r.tx.account, r.tx.market, names[r.tx.sender],
                                                int(r.plan.size_delta), int(r.plan.keeper_reward)))
+                s = auto_settlement(r.plan)
+                if s is not None:
+                    settled += s.deficit
+                    socialised += s.socialised
             else:
                 res.reverted += 1
                 res.gas_reverted_wei += r.cost_wei
@@ -850,8 +875,8 @@ def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], 
         mode=mode, seed=scenario.seed, accounts=scenario.accounts, shocks=scenario.shock_map(), blocks=scenario.blocks,
         quote_symbol=initial.quote_symbol, quote_decimals=initial.quote_decimals,
         eth_price_wad=eth_price, base_fee_wei=BASE_FEE_FLOOR_WEI, bots=list(results.values()),
-        liquidations=liquidations, bad_debt_usd_wad=bad_debt, bankrupt_accounts=bankrupt,
-        liquidatable_at_end=liquidatable,
+        liquidations=liquidations, bad_debt_usd_wad=bad_debt, bad_debt_settled_usd_wad=settled,
+        socialised_usd_wad=socialised, bankrupt_accounts=bankrupt, liquidatable_at_end=liquidatable,
     )
     return report.finish()
 
@@ -906,6 +931,7 @@ __all__ = [
     "listed_state",
     "revert_key",
     "run_offchain",
+    "settle_gas",
     "shocked_answers",
     "success_key",
     "sweep",

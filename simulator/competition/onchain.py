@@ -297,6 +297,7 @@ class OnchainSimulation:
         samples: list[GasSample] = []
         mismatches: list[str] = []
         liquidations: list[Liquidated] = []
+        settled = socialised = 0
         shock_base_fee = int(w3.eth.get_block(S)["baseFeePerGas"])
         for number in range(S + 1, end + 1):
             block = w3.eth.get_block(number, full_transactions=True)
@@ -324,6 +325,9 @@ class OnchainSimulation:
                     if Web3.to_checksum_address(entry["address"]) != dep.engine:
                         continue
                     ev = decode_log(entry, ENGINE)
+                    if ev is not None and ev.name == "BadDebtSettled":
+                        settled += int(ev.args["deficit"])
+                        socialised += int(ev.args["socialised"])
                     if ev is None or ev.name != "Liquidation":
                         continue
                     winner = ev.args["liquidator"]
@@ -360,6 +364,7 @@ class OnchainSimulation:
             shocks=self.scenario.shock_map(), blocks=self.scenario.blocks, quote_symbol=dep.quote_symbol,
             quote_decimals=dep.quote_decimals, eth_price_wad=eth_price, base_fee_wei=shock_base_fee,
             bots=list(results.values()), liquidations=liquidations, bad_debt_usd_wad=bad_debt,
+            bad_debt_settled_usd_wad=settled, socialised_usd_wad=socialised,
             bankrupt_accounts=bankrupt, liquidatable_at_end=liquidatable, gas_table=measured,
             model_mismatches=mismatches,
         )

@@ -10,7 +10,12 @@ the shock (the ETH feed's answer in the shock block): costs round up, so profit 
 * ``tip_share`` of a run = tips (USD) / rewards (USD): the share of all liquidation rewards that
   went to the block producer as tips (``tip_share_wad`` exact, rounded down; ``tip_share`` the same
   rounded to 6 decimals for people and plots);
-* ``bad_debt_usd_wad`` = the sum of ``max(0, -equity)`` over the traders at the end of the run;
+* ``bad_debt_usd_wad`` = the sum of ``max(0, -equity)`` over the traders at the end of the run
+  (the bad debt left unsettled);
+* ``bad_debt_settled_usd_wad`` = the deficits the run's liquidations settled automatically
+  (``BadDebtSettled``), of which ``socialised_usd_wad`` fell on the house (the insurance fund
+  covered the rest): bad debt is settled in the liquidation that leaves it, so it does not appear
+  in ``bad_debt_usd_wad``;
 * ``blocks_to_last_liquidation`` = the block of the last ``Liquidation`` minus the shock's block
   (None without liquidations).
 
@@ -101,6 +106,8 @@ class CompetitionReport:
     bots: list[BotResult]
     liquidations: list[Liquidated] = field(default_factory=list)
     bad_debt_usd_wad: int = 0
+    bad_debt_settled_usd_wad: int = 0
+    socialised_usd_wad: int = 0
     bankrupt_accounts: int = 0
     liquidatable_at_end: int = 0
     # per run, filled by finish()
@@ -188,6 +195,8 @@ class CompetitionReport:
             "tip_share": self.tip_share,
             "tip_share_wad": str(self.tip_share_wad),
             "bad_debt_usd_wad": str(self.bad_debt_usd_wad),
+            "bad_debt_settled_usd_wad": str(self.bad_debt_settled_usd_wad),
+            "socialised_usd_wad": str(self.socialised_usd_wad),
             "bankrupt_accounts": self.bankrupt_accounts,
             "liquidatable_at_end": self.liquidatable_at_end,
             "blocks_to_last_liquidation": self.blocks_to_last_liquidation,
@@ -226,7 +235,9 @@ class CompetitionReport:
             f"(tip share {fmt_amount(self.tip_share_wad * 100, 18, 2)}% of rewards)"
         )
         console.print(
-            f"bad debt {fmt_amount(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s); "
+            f"bad debt settled {fmt_amount(self.bad_debt_settled_usd_wad, 18, 2)} USD "
+            f"(socialised {fmt_amount(self.socialised_usd_wad, 18, 2)}); "
+            f"unsettled {fmt_amount(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s); "
             f"{self.liquidatable_at_end} still liquidatable; blocks until the last liquidation {last}; "
             f"ETH {fmt_amount(self.eth_price_wad, 18, 2)} USD, base fee {self.base_fee_wei} wei"
         )

@@ -72,7 +72,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Off-chain gas matches on-chain gas to a fraction of a percent (the engine's rounding helpers branch
 # on their operands). With the run's measured table: the first transaction of each key sets it.
 # With the built-in table: every transaction within MAX_ERROR (0.15 %; see simulator/competition/calibrate.py:
-# the calibration's largest error is 0.11 %), so every sum of gas is too.
+# the calibration's largest error is 0.147 %), so every sum of gas is too.
 GAS_TOLERANCE_MEASURED = 0.005
 GAS_TOLERANCE_BUILTIN = MAX_ERROR
 GAS_FIELDS = ("gas_success_wei", "gas_reverted_wei", "tips_wei", "gas_used", "net_profit_usd_wad", "gas_wei")
@@ -230,10 +230,12 @@ def test_the_builtin_gas_table_was_measured_on_these_contracts() -> None:
 def test_the_builtin_gas_table_has_every_path_of_the_default_listing() -> None:
     ok = {f"ok|m{m}|a{a}|c{c}|r{r}" for m in (0, 1) for a in (1, 2, 3) if a >> m & 1 for c in range(4) for r in (0, 1)}
     healthy = {f"revert|healthy|m{m}|a{a}|c{c}" for m in (0, 1) for a in range(4) for c in range(4)}
+    # A liquidatable account without a position in the market; one with nothing left but negative
+    # cash (a0, c0) does not exist: the liquidation that left it so settled it (automatic settlement).
     closed = {f"revert|no position|m{m}|a{a}|c{c}" for m in (0, 1) for a in range(4) if not a >> m & 1
-              for c in range(4)}
+              for c in range(4) if a or c}
     assert set(DEFAULT_PATH_GAS) == ok and len(ok) == 32
-    assert set(DEFAULT_REVERT_GAS) == healthy | closed and len(closed) == 16
+    assert set(DEFAULT_REVERT_GAS) == healthy | closed and len(closed) == 14
     assert tuple(gas_table.BRANCH_GAS) == BRANCHES
 
 
