@@ -153,7 +153,8 @@ def _fraction(text: str, what: str) -> float:
               help="what a sweep's recommendation must meet: METRIC<LIMIT, METRIC var95|var99|cvar95|cvar99|mean "
                    "(as % of open interest) or p_depleted")
 @click.option("--workers", type=int, help="Ray workers (tasks in flight) [default: the machine's cores]")
-@click.option("--ray-address", help="a Ray cluster's address (default: Ray in this machine)")
+@click.option("--ray-address", help="a Ray cluster's address (default: Ray in this machine, on 127.0.0.1; "
+                                     "its ports listen on every interface while it runs: docs/protocol.md)")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="write PNG figures into this directory")
 @rpc_option
 @deployment_option
