@@ -161,7 +161,7 @@ class ChainMirror:
             raise StoreError(
                 f"the node now serves another chain: its block {self.deployment.block}, where the engine was "
                 f"deployed, is {'missing' if now is None else now[:10] + '…'} (was {stored[:10]}…); was the node "
-                "restarted? redeploy with `xmargin deploy`, then run the bot with --fresh-db"
+                "restarted? redeploy with `xmargin deploy --force`, then run the bot with --fresh-db"
             )
 
     def _rediscover(self, through: int) -> None:

@@ -1,7 +1,7 @@
 """``xmargin bot``: run the liquidation bot, and read its history.
 
     xmargin bot run --rpc URL --deployment FILE [--keystore FILE] [--dry-run] [--backstop] [--metrics-port N] ...
-    xmargin bot status --db FILE [--json]
+    xmargin bot status [--db FILE] [--deployment FILE] [--json]
 
 Every ``bot run`` option overrides the matching ``XMARGIN_*`` setting of :class:`bot.config.BotConfig`
 (``xmargin bot run --help`` lists them all). The key comes from ``--keystore`` (password from
@@ -11,6 +11,8 @@ printed. A dry run needs no key.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -32,9 +34,11 @@ from .common import (
     DEFAULT_DEPLOYMENT,
     EXIT_FAILED,
     common_options,
+    deployment_option,
     fail,
     get_ctx,
     handle_errors,
+    json_option,
     parse_decimal,
     require_engine,
 )
@@ -73,7 +77,8 @@ def _settings_epilog() -> str:
 @click.option("--strategy", type=click.Choice(sorted(STRATEGIES)), default=None,
               help="priority fee: a fixed tip, or a share of the expected profit")
 @click.option("--tip-gwei", default=None, help="priority fee of the fixed strategy, gwei, e.g. 1.5")
-@click.option("--profit-share", default=None, help="share of the expected profit paid as priority fee, percent, e.g. 10")
+@click.option("--profit-share", default=None,
+              help="share of the expected profit paid as priority fee, e.g. 10% or 0.1 (as in `simulate competition`)")
 @click.option("--max-blocks", type=click.IntRange(min=1), default=None, help="stop after processing N new blocks")
 @click.option("--no-collateral", is_flag=True, default=False,
               help="never liquidate collateral (it spends quote tokens the bot holds)")
@@ -114,8 +119,9 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
     if tip_gwei is not None:
         overrides["fixed_tip_wei"] = _scaled(tip_gwei, "--tip-gwei", 10**9)
     if profit_share is not None:
-        share = _scaled(profit_share, "--profit-share", WAD // 100)
-        overrides["profit_share_wad"] = share
+        from simulator.competition.agents import parse_share   # the one parser of a share: 10% or 0.1
+
+        overrides["profit_share_wad"] = parse_share(profit_share, "--profit-share")
     cfg = BotConfig.from_env(**overrides)
 
     # The key first: a wrong password is reported before anything touches the network.
@@ -175,19 +181,45 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
              EXIT_FAILED)
 
 
+def default_db_path() -> str:
+    """``bot run``'s database: XMARGIN_DB_PATH, else BotConfig's default."""
+    from bot.config import ENV_PREFIX, BotConfig
+
+    field = next(f for f in dataclasses.fields(BotConfig) if f.name == "db_path")
+    return os.environ.get(f"{ENV_PREFIX}DB_PATH") or str(field.default)
+
+
+def target_names(deployment_path: str, engine: str) -> dict[str, str]:
+    """Market ids and collateral token addresses -> names (ETH-PERP, WETH), from the deployment file
+    when it is the database's engine; empty otherwise (the raw targets are shown)."""
+    try:
+        data = json.loads(Path(deployment_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or str(data.get("engine", "")).lower() != engine.lower():
+        return {}
+    names = {str(m["id"]): name for name, m in data.get("markets", {}).items()}
+    names.update({str(c["token"]).lower(): sym for sym, c in data.get("collaterals", {}).items()})
+    return names
+
+
 @bot.command("status")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False), required=True, help="the bot's SQLite database")
-@click.option("--json", "as_json", is_flag=True, default=False, help="print one JSON document for scripts")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="the bot's SQLite database [XMARGIN_DB_PATH; default xmargin-bot.sqlite3, as for `bot run`]")
+@deployment_option
+@json_option
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
               help="most recent liquidations to list (0 = all)")
 @handle_errors
-def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
-    """The bot's liquidation history and totals: won and lost, rewards, gas."""
+def status_cmd(db_path: str | None, limit: int) -> None:
+    """The bot's liquidation history and totals: won and lost, rewards, gas. Markets and tokens are
+    named from the deployment file (--deployment) when it belongs to the database's engine."""
     from bot.store import Store
 
     ctx = get_ctx()
-    ctx.as_json = ctx.as_json or as_json
+    db_path = db_path or default_db_path()
     meta = _read_meta(Path(db_path))
+    names = target_names(ctx.deployment_path or DEFAULT_DEPLOYMENT, meta["engine"])
     # No lock: the running bot keeps its own; this only reads (WAL lets both go on).
     with Store(db_path, int(meta["chain_id"]), meta["engine"], int(meta["deployment_block"]), lock=False) as store:
         history = store.liquidations()
@@ -197,7 +229,8 @@ def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
         pending = store.pending_txs()
     shown = history[-limit:] if limit else history
     rows = [{
-        "block": r.block, "account": r.account, "kind": r.kind, "target": r.target, "outcome": r.outcome,
+        "block": r.block, "account": r.account, "kind": r.kind, "target": r.target,
+        "target_name": names.get(str(r.target).lower()), "outcome": r.outcome,
         "reward_native": str(r.reward_native), "reward_usd_wad": str(r.reward_usd_wad),
         "gas_cost_wei": str(r.gas_cost_wei), "tx": r.tx_hash, "reason": r.reason,
     } for r in shown]
@@ -214,7 +247,7 @@ def status_cmd(db_path: str, as_json: bool, limit: int) -> None:
 
         t = Table("block", "account", "kind", "target", "outcome", "reward (USD)", "gas (ETH)", "tx")
         for r in shown:
-            t.add_row(str(r.block), r.account, r.kind, r.target, r.outcome, fmt_wad(r.reward_usd_wad),
+            t.add_row(str(r.block), r.account, r.kind, names.get(str(r.target).lower(), r.target), r.outcome, fmt_wad(r.reward_usd_wad),
                       _eth(r.gas_cost_wei), (r.tx_hash or "-")[:12] + ("…" if r.tx_hash else ""))
         console.print(t)
         console.print(

@@ -11,14 +11,17 @@ import functools
 import json
 import logging
 import os
+import string
 import sys
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 from rich.console import Console
 from web3 import Web3
+from web3.exceptions import Web3RPCError
 
 from protocol_model.chain import MEMORY, Sender, connect
 from protocol_model.deploy import Deployment
@@ -89,7 +92,7 @@ def require_engine(w3: Web3, deployment: Deployment) -> None:
     that happens to share its chain id. Raises :class:`ConfigError` (exit code 2)."""
     if not bytes(w3.eth.get_code(Web3.to_checksum_address(deployment.engine))):
         raise ConfigError(f"no engine at {deployment.engine} on this chain: was the node restarted? "
-                          "redeploy with `xmargin deploy`")
+                          "redeploy with `xmargin deploy --force`")
 
 
 def _json_default(obj: Any) -> Any:
@@ -118,14 +121,27 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return callback
 
 
+# One spelling per setting: the environment variables are the bot's (bot.config.BotConfig), for every command.
+RPC_ENV = "XMARGIN_RPC_URL"
+DEPLOYMENT_ENV = "XMARGIN_DEPLOYMENT_PATH"
+# Spellings of earlier versions: refused with the new name rather than silently ignored.
+RENAMED_ENV = {"XMARGIN_RPC": RPC_ENV, "XMARGIN_DEPLOYMENT": DEPLOYMENT_ENV}
+
 rpc_option = click.option(
-    "--rpc", envvar="XMARGIN_RPC", expose_value=False, callback=_store("rpc"), is_eager=True,
-    help=f"JSON-RPC URL of the node, or 'memory' for an in-process chain [env XMARGIN_RPC; default {DEFAULT_RPC}]",
+    "--rpc", envvar=RPC_ENV, expose_value=False, callback=_store("rpc"), is_eager=True,
+    help=f"JSON-RPC URL of the node, or 'memory' for an in-process chain [env {RPC_ENV}; default {DEFAULT_RPC}]",
 )
 deployment_option = click.option(
-    "--deployment", envvar="XMARGIN_DEPLOYMENT", expose_value=False, callback=_store("deployment_path"),
-    type=click.Path(dir_okay=False), help=f"deployment file written by 'xmargin deploy' [env XMARGIN_DEPLOYMENT; default {DEFAULT_DEPLOYMENT}]",
+    "--deployment", envvar=DEPLOYMENT_ENV, expose_value=False, callback=_store("deployment_path"),
+    type=click.Path(dir_okay=False), help=f"deployment file written by 'xmargin deploy' [env {DEPLOYMENT_ENV}; default {DEFAULT_DEPLOYMENT}]",
 )
+
+
+def check_renamed_env() -> None:
+    """One line (exit 2) for an environment variable of an earlier version, naming its new spelling."""
+    for old, new in RENAMED_ENV.items():
+        if old in os.environ and new not in os.environ:
+            raise ConfigError(f"{old} is no longer read: rename it to {new} (the same variable for every command)")
 json_option = click.option(
     "--json", "as_json", is_flag=True, expose_value=False, callback=_store("as_json"),
     help="print one JSON document for scripts instead of tables",
@@ -161,7 +177,15 @@ def handle_errors(f: F) -> F:
             fail(str(exc), EXIT_BAD_INPUT)
         except XmarginError as exc:
             fail(str(exc), EXIT_FAILED)
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        except Web3RPCError as exc:
+            # The node refused a request (a transaction it will not take, a call it cannot serve).
+            error = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            fail(f"the node refused the request: {message or exc}", EXIT_FAILED)
+        except OSError as exc:
+            if exc.filename is not None and not isinstance(exc, (ConnectionError, TimeoutError)):
+                # A local file (a path the user gave): not the node.
+                fail(f"cannot use {exc.filename}: {exc.strerror or exc}", EXIT_BAD_INPUT)
             fail(f"cannot reach the node: {type(exc).__name__}: {exc}. Is it running? start one with 'xmargin node'", EXIT_CHAIN)
 
     return wrapper  # type: ignore[return-value]
@@ -177,8 +201,14 @@ def fail(message: str, code: int) -> None:
 
 
 def parse_address(value: str, what: str = "address") -> str:
-    if not isinstance(value, str) or not Web3.is_address(value):
+    """A 0x-prefixed 20-byte hex address; in mixed case it must carry a valid EIP-55 checksum (a
+    typo in a checksummed address is caught), in one case it is taken as it is."""
+    body = value[2:] if isinstance(value, str) and value.startswith("0x") else ""
+    if len(body) != 40 or any(c not in string.hexdigits for c in body):
         raise ConfigError(f"invalid {what} {value!r}: expected a 0x-prefixed 20-byte hex address")
+    if body != body.lower() and body != body.upper() and not Web3.is_checksum_address(value):
+        raise ConfigError(f"invalid {what} {value!r}: its mixed-case checksum (EIP-55) is wrong; check for a typo "
+                          "(or give it all in lower case)")
     return Web3.to_checksum_address(value)
 
 
@@ -221,6 +251,20 @@ def parse_shocks(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     if not out:
         raise ConfigError("no shock given: write e.g. --shock ETH=-20%")
     return tuple(out.items())
+
+
+def check_writable_file(value: str, option: str) -> Path:
+    """A path a command will write a file to, checked before the work: not a folder, its folder
+    exists (none is created) and takes a file. Raises :class:`ConfigError` (exit 2)."""
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder: give a file path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path} is not writable: give a path you can write")
+    return path
 
 
 def wad_str(x: int) -> str:

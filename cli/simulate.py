@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from protocol_model.errors import ConfigError
 
 from . import cli
-from .common import deployment_option, get_ctx, handle_errors, json_option, parse_percent, parse_shocks, rpc_option
+from .common import (check_writable_file, deployment_option, get_ctx, handle_errors, json_option, parse_percent,
+                     parse_shocks, rpc_option)
 
 # The bots log every lost race and revert; in a simulation those are the point, not news.
 _CHATTY = ("bot.liquidator", "bot.txs", "bot.mirror", "bot.scanner", "bot.lifecycle", "devnode",
@@ -41,20 +42,32 @@ def simulate() -> None:
     """Simulations: liquidators competing for a shock's liquidations; Monte Carlo stress of crashes."""
 
 
+# Bounds of the competition's inputs (documented in --help): beyond them a run takes hours or
+# gigabytes, not a different answer.
+MAX_BOTS = 64
+MAX_BLOCKS = 1000
+MAX_ACCOUNTS = 2000
+DEFAULT_SHOCK = "ETH=-20%"
+
+
 @simulate.command("competition", context_settings={"ignore_unknown_options": False})
-@click.option("--bots", type=int, default=3, show_default=True, help="number of competing bots (K)")
+@click.option("--bots", type=click.IntRange(1, MAX_BOTS), default=3, show_default=True, help="number of competing bots (K)")
 @click.option("--strategy", default="fixed,profit-share:50%,rebid", show_default=True,
               help="comma list cycled over the bots: fixed[:TIP], profit-share[:SHARE], rebid[:TIP], each with an "
                    "optional latency suffix @BLOCKS, e.g. fixed:2gwei,profit-share:50%,rebid@1")
-@click.option("--accounts", type=int, default=30, show_default=True, help="seeded traders (N)")
-@click.option("--shock", "shocks", multiple=True, required=True,
+@click.option("--accounts", type=click.IntRange(1, MAX_ACCOUNTS), default=30, show_default=True, help="seeded traders (N)")
+@click.option("--shock", "shocks", multiple=True, default=(DEFAULT_SHOCK,), show_default=True,
               help="price move ASSET=CHANGE, e.g. ETH=-20% (repeat it, or comma separate, for several assets)")
-@click.option("--seed", type=int, default=1, show_default=True, help="seed of the traders (reproducible runs)")
-@click.option("--blocks", type=int, default=10, show_default=True, help="blocks mined after the shock (B)")
-@click.option("--mode", type=click.Choice(["onchain", "offchain"]), default="onchain", show_default=True,
-              help="onchain: real bots on an in-process dev node; offchain: the same agents on the exact model")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
+              help="seed of the traders (reproducible runs)")
+@click.option("--blocks", type=click.IntRange(1, MAX_BLOCKS), default=10, show_default=True,
+              help="blocks mined after the shock (B)")
+@click.option("--mode", type=click.Choice(["offchain", "onchain"]), default="offchain", show_default=True,
+              help="offchain: the bots' agents on the exact model (about a second); onchain: real bots on an "
+                   "in-process dev node (tens of seconds, progress on the terminal)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="write a PNG: profit by strategy, and the tip share as the number of competitors grows (1..8)")
+              help="write a PNG: profit by strategy, and the tip share as the number of competitors grows (1..8); "
+                   "its folder must exist")
 @json_option
 @handle_errors
 def competition(bots: int, strategy: str, accounts: int, shocks: tuple[str, ...], seed: int, blocks: int,
@@ -80,13 +93,17 @@ def competition(bots: int, strategy: str, accounts: int, shocks: tuple[str, ...]
     verbose = int(click_ctx.find_root().meta.get("verbose", 0) or 0)
     scenario = Scenario(accounts, seed, parse_shocks(shocks), blocks)
     agents = parse_strategies(strategy, bots)
+    if plot_path:
+        check_writable_file(plot_path, "--plot")   # before the run, not after it
     gas_table: dict[str, int] = {}
     initial = None
     with _quiet(verbose == 0):
         if mode == "onchain":
             from simulator.competition.onchain import run_onchain
 
-            report = run_onchain(scenario, agents)
+            # Progress of the tens of seconds on chain: a transient status line on a terminal only.
+            with Console(stderr=True).status("on-chain competition: starting") as status:
+                report = run_onchain(scenario, agents, progress=lambda text: status.update(f"on-chain competition: {text}"))
             gas_table = report.gas_table
         else:
             initial = Initial.build(scenario.accounts, scenario.seed)

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Idle keep-alive connections are closed after this many seconds.
 CONNECTION_TIMEOUT_SECONDS = 30.0
+# The longest block time (seconds): a dev chain that mines less than hourly is a mistake.
+MAX_BLOCK_TIME = 3600.0
 
 
 class _RpcHTTPServer(ThreadingHTTPServer):
@@ -140,8 +142,8 @@ class DevNode:
         host: str = "127.0.0.1",
         accounts: int = 10,
     ) -> None:
-        if block_time is not None and not block_time > 0:
-            raise ValueError("block_time must be a positive number of seconds (or None)")
+        if block_time is not None and not 0 < block_time <= MAX_BLOCK_TIME:   # also refuses nan and inf
+            raise ValueError(f"block_time must be a number of seconds in (0, {MAX_BLOCK_TIME}] (or None)")
         if not 0 <= port <= 65535:
             raise ValueError(f"invalid port {port}")
         self.block_time = block_time

@@ -300,9 +300,7 @@ def plot(report: CompetitionReport, path: str | Path, sweep: list[SweepPoint] | 
         fig.suptitle(f"seed {report.seed}, {report.accounts} accounts, shock "
                      + ", ".join(f"{a} {fmt_pct(f)}" for a, f in report.shocks.items()), fontsize=9)
         fig.tight_layout()
-        out = Path(path)
-        if out.parent and not out.parent.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
+        out = Path(path)   # its folder must exist: no folders are created (the CLI checks it first)
         fig.savefig(out, format="png", dpi=100)
         return out
     finally:

@@ -49,5 +49,5 @@ def test_a_deployment_without_engine_code_is_one_line_and_exit_2(
     assert len(lines) == 1, r.stderr
     engine = json.loads(path.read_text())["engine"]
     assert lines[0] == (f"error: no engine at {engine} on this chain: was the node restarted? "
-                        "redeploy with `xmargin deploy`")
+                        "redeploy with `xmargin deploy --force`")
     assert not (tmp_path / "bot.sqlite3").exists()

@@ -43,7 +43,7 @@ def test_node_serves_json_rpc_until_ctrl_c_and_never_prints_keys(tmp_path: Path)
     assert threading.current_thread() is threading.main_thread(), "Ctrl-C is delivered to the main thread"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    keys = tmp_path / "keys.json"
+    keys = tmp_path / "dev-keys"
     seen: dict[str, object] = {}
 
     def client() -> None:
@@ -88,13 +88,18 @@ def test_node_serves_json_rpc_until_ctrl_c_and_never_prints_keys(tmp_path: Path)
         assert f"({i}) {address}" in result.output
     assert seen["status"] == 1 and seen["block"] == 2  # the transfer's block, then evm_mine's
     assert seen["balance"] == 10**24 + 12345
-    # Keys go to the file (owner-only), never to the terminal.
-    exported = json.loads(keys.read_text())
-    assert [e["address"] for e in exported] == accounts
-    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
-    for entry in exported:
-        key = entry["private_key"]
-        assert key.removeprefix("0x")[:16] not in result.output
+    # Keys go to encrypted keystores that the bot reads (owner-only files), never to the terminal.
+    from bot.keys import load_account
+
+    password = keys / "password"
+    assert stat.S_IMODE(os.stat(password).st_mode) == 0o600
+    assert password.read_text().strip()[:8] not in result.output
+    for i, address in enumerate(accounts):
+        keystore = keys / f"account-{i}.json"
+        assert stat.S_IMODE(os.stat(keystore).st_mode) == 0o600
+        account = load_account(keystore, password)
+        assert account.address == address
+        assert account.key.hex().removeprefix("0x")[:16] not in result.output
     # Nothing listens on the port any more: the node stopped cleanly. (SO_REUSEADDR lets the bind
     # pass over connections in TIME_WAIT; it still fails while a socket listens there.)
     with socket.socket() as s:

@@ -430,7 +430,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
 def test_cli_onchain_json(tmp_path: Path) -> None:
     png = tmp_path / "onchain.png"
     result = CliRunner().invoke(cli, [
-        "simulate", "competition", "--bots", "3", "--strategy", MIXED[1], "--accounts", "12",
+        "simulate", "competition", "--mode", "onchain", "--bots", "3", "--strategy", MIXED[1], "--accounts", "12",
         "--shock", "ETH=-12%", "--shock", "BTC=-12%", "--seed", "26", "--blocks", "5", "--json", "--plot", str(png),
     ])
     assert result.exit_code == 0, result.output
