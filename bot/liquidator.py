@@ -208,6 +208,7 @@ class Liquidator:
         self._processed_once = False               # a head was processed since start()
         self._last_head: int | None = None
         self._suppressed: dict[tuple[str, str], int] = {}   # (account, target) -> until block, after an error
+        self._told_skips: dict[str, str] = {}   # bankrupt account -> why it was last said to be skipped
         self._at_risk: set[str] = set()
         self._blocks = 0
         self._max_blocks: int | None = None
@@ -359,8 +360,9 @@ class Liquidator:
         self._max_blocks = max_blocks
         life.on_startup(lambda: self._start_until_up(life))
         life.on_block(self._on_block)
-        life.on_stale(lambda: log.warning("stale head: no new block for %.0fs; is the node syncing?",
-                                          self.watcher.seconds_since_new_head()))
+        life.on_stale(lambda: log.warning(
+            "stale head: no new block for %.0fs (an automining dev node mines only when it gets a transaction; "
+            "a live chain's node may be stuck or syncing)", self.watcher.seconds_since_new_head()))
         life.every(60.0, self._heartbeat, name="heartbeat")
         life.on_shutdown(self.close)
         return life.run(max_ticks=max_ticks, install_signals=install_signals)
@@ -503,12 +505,24 @@ class Liquidator:
             quote_balance=self._quote_balance, backstop=self.config.backstop,
         )
         for address, why in decision.skipped.items():
-            log.debug("not liquidating %s: %s", address, why)
+            # A bankrupt account left alone says why, once per reason (its bad debt waits meanwhile).
+            if self._told_skips.get(address) != why and self._bankrupt(address):
+                self._told_skips[address] = why
+                hint = "" if self.config.backstop else "; a --backstop keeper closes it and settles its bad debt"
+                log.info("not liquidating bankrupt %s: %s%s", address, why, hint)
+            else:
+                log.debug("not liquidating %s: %s", address, why)
         report.candidates.extend(decision.evaluated)
         report.backed_off.extend(decision.backed_off)
         report.chosen = decision.chosen
         if report.chosen:
             self._send_chosen(report, head)
+
+    def _bankrupt(self, address: str) -> bool:
+        try:
+            return self.book.health(address).equity < 0
+        except Revert:   # the engine's health view would overflow: not a plain bankruptcy
+            return False
 
     def _send_chosen(self, report: TickReport, head: Head) -> None:
         """Preflight and send the chosen transactions, most profitable first, in waves of growing

@@ -125,9 +125,10 @@ def _assert_events_carry_the_fund_and_the_house(s: dict[str, Any], events: list[
         assert int(last.args["house_cash"]) == engine.functions.cash(engine.address).call(block_identifier=block)
 
 
-def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str, Any],
-                                                               tmp_path: Path) -> None:
+def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str, Any], tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     s = setup
+    caplog.set_level("INFO", logger="bot.liquidator")
     w3, dep = s["w3"], s["dep"]
     dust, self_closed = s["hand_made"]["dust"].address, s["hand_made"]["self"].address
     normal = _bot(s, tmp_path, "normal", s["keys"][0])
@@ -156,6 +157,10 @@ def test_backstop_closes_bankrupt_accounts_and_settles_bad_debt(setup: dict[str,
         normal_to = w3.eth.block_number
         after_normal = _state(s, normal_to)
         assert _bankrupt_with_positions(after_normal) == {dust}
+        # ... and says, once, why it leaves DUST (and who can close it).
+        told = [r.getMessage() for r in caplog.records if r.name == "bot.liquidator" and dust in r.getMessage()]
+        assert told == [f"not liquidating bankrupt {dust}: no candidate reaches the minimum profit; "
+                        "a --backstop keeper closes it and settles its bad debt"], told
         assert _bad_debt_left(after_normal) == {self_closed}, "automatic settlement left bad debt"
         events = _engine_events(s, normal_from, normal_to)
         closes = [e for e in events if e.name == "Liquidation" and e.args["account"] in bankrupt]
