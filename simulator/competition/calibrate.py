@@ -15,8 +15,9 @@ key the simulator gives it:
   with every combination of long and short positions, two partial liquidations by one keeper (the
   first one's quote balance goes from zero: first-touch storage; then warm) and one of a single
   unit (no reward: no transfer); a whole close that pays a reward (to a new keeper or to one
-  paid before), long and short; and the whole close of a bankrupt account (the insurance fund pays
-  the reward; without collateral or another position, the close settles the bad debt it leaves);
+  paid before), long and short; and the whole close of a bankrupt account, for each of those
+  (the insurance fund pays the reward; the engine's automatic settlement checks the account:
+  without collateral or another position, the close settles the bad debt it leaves);
 * the rarer writes of the house: its position in a market closed (to zero) and opened (from
   zero), with and without a position in the other market (two more deployments); the main
   deployment meets some of them too, and accounts whose cash closes at exactly zero;
@@ -385,15 +386,18 @@ class _Calibration:
     # whole closes ----------------------------------------------------------------------
     def close(self, venue: _Venue, spec: AccountSpec, market: int, keeper: Sender, bankrupt: bool = False) -> str:
         """A whole close of ``market`` that pays a reward (``bankrupt``: of an account with no
-        equity left, so the account pays nothing and the insurance fund pays the reward; an
-        account left with nothing but its negative cash is settled in the same call), then the
-        lost races that may follow it."""
+        equity left whose cash the close takes below zero, so the account pays nothing, the
+        insurance fund pays the reward, and the engine checks whether to settle; an account left
+        with nothing but its negative cash is settled in the same call), then the lost races that
+        may follow it."""
         case = f"{'bankrupt' if bankrupt else 'close'} m{market} {spec.label()}"
         address = self.account(venue, spec)
 
         def closes(s: ProtocolState) -> bool:
             p = _plan(s, address, market, UINT256_MAX)
-            return p is not None and p.size == 0 and p.keeper_reward > 0 and (p.charged == 0) == bankrupt
+            if p is None or p.size != 0 or p.keeper_reward == 0:
+                return False
+            return p.charged == 0 and p.cash < 0 if bankrupt else p.charged > 0
 
         venue.set_prices(_find_shock(venue, address, closes, case))
         venue.liquidate(keeper, address, market, UINT256_MAX, case)
@@ -446,8 +450,11 @@ class _Calibration:
             for i, (a, m, shorts) in enumerate(closes):
                 keeper = self.fresh_keeper() if (c + i) % 2 == 0 else self.paid_keeper(venue)
                 self.close(venue, AccountSpec(a, c, shorts, small=m if a == 3 else None), m, keeper)
-            for a, m, shorts in closes[:4]:
-                self.close(venue, AccountSpec(a, c, shorts), m, self.fresh_keeper(), bankrupt=True)
+            # the bankrupt close of an account's larger position: its loss takes the cash below zero
+            # while the other position is open (the settlement's check of the positions)
+            for a, m, shorts in closes:
+                self.close(venue, AccountSpec(a, c, shorts, small=1 - m if a == 3 else None), m, self.fresh_keeper(),
+                           bankrupt=True)
             for a in range(4):
                 for shorts in _subsets(a):
                     self.healthy(venue, AccountSpec(a, c, shorts, leverage_pct=200))
@@ -474,7 +481,8 @@ def measure(w3: Web3 | None = None, progress: Progress | None = None) -> list[Ga
 # ---------------------------------------------------------------------- the fit
 
 
-BRANCHES = ("close", "house_close", "house_open", "short", "short_plan", "short_close", "settle")
+BRANCHES = ("close", "house_close", "house_open", "short", "short_plan", "short_close", "settle", "settle_check",
+            "settle_check_positions")
 
 
 @dataclass

@@ -101,7 +101,7 @@ DEFAULT_REVERT_GAS: dict[str, int] = dict(_builtin.REVERT_GAS)
 BRANCH_GAS: dict[str, int] = dict(_builtin.BRANCH_GAS)
 FALLBACK_OK_PATH_GAS = 115_000
 FALLBACK_REVERT_GAS = 55_000
-FALLBACK_SETTLE_GAS = 10_000          # a table measured before automatic settlement has no "settle" branch
+FALLBACK_SETTLE_GAS = 10_000          # a table measured before automatic settlement has no settlement branches
 
 
 # ---------------------------------------------------------------------- initial state
@@ -239,11 +239,27 @@ def _masks(state: ProtocolState, account: str) -> tuple[int, int, int]:
     return acc.active_markets, shorts, state.held_mask(acc)
 
 
+# How far a liquidation runs the engine's automatic settlement (the key's ``d`` field): not at all
+# (the position stays open or the cash is not negative), settled (BadDebtSettled), or checked and
+# stopped by the account's collateral, or by its other open positions.
+NO_SETTLEMENT, SETTLED, KEPT_BY_COLLATERAL, KEPT_BY_POSITIONS = 0, 1, 2, 3
+
+
+def settlement_path(plan: LiquidationPlan, masks: tuple[int, int, int]) -> int:
+    """The engine's automatic settlement branch a liquidation took (``masks`` before it, as
+    :func:`_masks`): its checks run once the position is closed with the cash negative."""
+    if plan.size != 0 or plan.cash >= 0:
+        return NO_SETTLEMENT
+    if plan.bad_debt > 0:
+        return SETTLED
+    return KEPT_BY_COLLATERAL if masks[2] else KEPT_BY_POSITIONS
+
+
 def success_key(market: int, masks: tuple[int, int, int], before: _Slots, after: _Slots, reward: int,
-                settled: bool = False) -> str:
-    """``settled``: the liquidation left bad debt that it settled at once (``plan.bad_debt > 0``)."""
+                settlement: int = NO_SETTLEMENT) -> str:
+    """``settlement``: :func:`settlement_path`."""
     slots = ",".join(_slot(o, n) for o, n in zip(before.values, after.values))
-    return f"ok|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}|r{int(reward > 0)}|d{int(settled)}|{slots}"
+    return f"ok|m{market}|a{masks[0]}|s{masks[1]}|c{masks[2]}|r{int(reward > 0)}|d{settlement}|{slots}"
 
 
 def revert_key(reason: str, market: int, masks: tuple[int, int, int]) -> str:
@@ -260,7 +276,7 @@ class GasKey:
     shorts: int
     collaterals: int
     reward: bool = False
-    settled: bool = False               # a success that settled the bad debt it left (BadDebtSettled)
+    settlement: int = NO_SETTLEMENT     # a success's automatic settlement branch (:func:`settlement_path`)
     slots: tuple[str, ...] = ()         # a success's storage writes by class (:data:`SLOTS`)
 
     @classmethod
@@ -269,10 +285,11 @@ class GasKey:
         try:
             if parts[0] == "ok" and len(parts) == 8 and parts[6][:1] == "d":
                 m, a, s, c, r, d = (int(x[1:]) for x in parts[1:7])
-                return cls(None, m, a, s, c, bool(r), bool(d), tuple(parts[7].split(",")))
+                if d in SETTLEMENT_BRANCHES or d == NO_SETTLEMENT:
+                    return cls(None, m, a, s, c, bool(r), d, tuple(parts[7].split(",")))
             if parts[0] == "ok" and len(parts) == 7:       # a key measured before automatic settlement: d0
                 m, a, s, c, r = (int(x[1:]) for x in parts[1:6])
-                return cls(None, m, a, s, c, bool(r), False, tuple(parts[6].split(",")))
+                return cls(None, m, a, s, c, bool(r), NO_SETTLEMENT, tuple(parts[6].split(",")))
             if parts[0] == "revert" and len(parts) == 6:
                 m, a, s, c = (int(x[1:]) for x in parts[2:6])
                 return cls(parts[1], m, a, s, c)
@@ -283,6 +300,10 @@ class GasKey:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @property
+    def settled(self) -> bool:
+        return self.settlement == SETTLED
 
     @property
     def path(self) -> str:
@@ -364,15 +385,22 @@ def short_gas(key: GasKey, branches: dict[str, int] | None = None) -> int:
     return gas
 
 
+# The branch of each settlement path but the first (its gas in BRANCH_GAS).
+SETTLEMENT_BRANCHES = {SETTLED: "settle", KEPT_BY_COLLATERAL: "settle_check", KEPT_BY_POSITIONS: "settle_check_positions"}
+
+
 def settle_gas(key: GasKey, branches: dict[str, int] | None = None) -> int:
-    """The extra gas of a liquidation that settles the bad debt it leaves (the engine's ``_settle``:
+    """The extra gas of a liquidation's automatic settlement branch (:func:`settlement_path`):
+    ``settle`` when it settles the bad debt it leaves (the checks, then the engine's ``_settle``:
     the fund, the house's cash and the account's cash written a second time, ``BadDebtSettled``
-    logged): ``settle``. Its slots' classes (:func:`write_gas`) already compare the values before the
-    call with the values after the settlement, so a second write costs what a dirty slot costs."""
-    if not key.settled:
+    logged; the slots' classes of :func:`write_gas` already compare the values before the call with
+    those after the settlement, so a second write costs what a dirty slot costs), ``settle_check``
+    when the account's collateral stops it, ``settle_check_positions`` when its other positions do."""
+    name = SETTLEMENT_BRANCHES.get(key.settlement)
+    if name is None:
         return 0
     b = BRANCH_GAS if branches is None else branches
-    return b.get("settle", FALLBACK_SETTLE_GAS)
+    return b.get(name, FALLBACK_SETTLE_GAS if key.settled else 0)
 
 
 def capped_refund(refund: int, gas_before_refund: int) -> int:
@@ -640,7 +668,7 @@ class ModelChain:
         self.engine_balance -= reward
         self._versions[tx.account] = self.version(tx.account) + 1
         after = _Slots.read(state, tx.account, tx.market, keeper + reward, self.engine_balance)
-        key = success_key(tx.market, masks, before, after, reward, plan.bad_debt > 0)
+        key = success_key(tx.market, masks, before, after, reward, settlement_path(plan, masks))
         intrinsic = intrinsic_gas(tx.data)
         gas = intrinsic + self.gas.exec_gas(key, intrinsic)
         return Receipt(tx, number, index, True, None, min(gas, tx.gas_limit), base, tip, plan, key)
@@ -932,6 +960,7 @@ __all__ = [
     "revert_key",
     "run_offchain",
     "settle_gas",
+    "settlement_path",
     "shocked_answers",
     "success_key",
     "sweep",
