@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protocol_model.logscan import DEFAULT_LOG_CHUNK, DEFAULT_MAX_LOG_CHUNK
-from protocol_model.wad import ETHER, GWEI, WAD
+from protocol_model.wad import ETHER, GWEI, MAX_ORDERS, WAD
 
 from .errors import BotConfigError
 
@@ -79,6 +79,13 @@ class BotConfig:
         WAD, _USD_WAD, "least expected profit (USD, WAD-scaled; or e.g. '2.5usd') for which a liquidation is sent"
     )
     lost_race_backoff_blocks: int = _setting(20, _INT, "blocks an account is left alone after a rival liquidated it first")
+    max_batch_orders: int = _setting(
+        16, _INT, "liquidations sent in one liquidate_many transaction (1..32; 1 sends each as its own liquidate call)"
+    )
+    max_batch_gas: int = _setting(
+        15_000_000, _INT, "gas limit of one liquidate_many transaction: it holds at most this / liquidation_gas_estimate "
+        "orders (gas units; half a 30M block by default)"
+    )
 
     # gas -----------------------------------------------------------------
     gas_strategy: str = _setting("fixed", _STR, "priority fee strategy: 'fixed' (fixed_tip_wei) or 'profit_share' (profit_share_wad)")
@@ -145,11 +152,14 @@ class BotConfig:
             need(getattr(self, name) >= 0, name, "must be >= 0 seconds")
         need(self.rpc_backoff_max_s >= self.rpc_backoff_s, "rpc_backoff_max_s", "must be >= rpc_backoff_s")
         for name in ("lens_batch_size", "max_failed_ticks", "breaker_threshold", "liquidation_gas_estimate",
-                     "stuck_after_blocks", "log_chunk_min_blocks"):
+                     "stuck_after_blocks", "log_chunk_min_blocks", "max_batch_orders"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("rpc_retries", "lookback_blocks", "lost_race_backoff_blocks", "min_tip_wei", "fixed_tip_wei"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.min_profit_usd_wad >= 0, "min_profit_usd_wad", "must be >= 0 (USD WAD)")
+        need(self.max_batch_orders <= MAX_ORDERS, "max_batch_orders", f"must be at most {MAX_ORDERS} (the engine's limit)")
+        need(self.max_batch_gas >= self.liquidation_gas_estimate, "max_batch_gas",
+             "must be at least liquidation_gas_estimate (one order)")
         need(self.gas_strategy in GAS_STRATEGIES, "gas_strategy", f"must be one of {', '.join(GAS_STRATEGIES)}")
         need(0 <= self.profit_share_wad <= WAD, "profit_share_wad", "must be between 0 and 100% (0 and 10**18)")
         need(self.max_fee_cap_wei >= 1, "max_fee_cap_wei", "must be >= 1 wei")

@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eth_account import Account
@@ -63,7 +63,8 @@ from protocol_model.health import HealthBook, margin_ratio
 from protocol_model.logs import ENGINE, decode_log
 from protocol_model.report import HEALTHY, status
 from protocol_model.state import ProtocolState
-from protocol_model.wad import UINT256_MAX, WAD
+from protocol_model.actions import SKIP_REASONS, ZERO_ADDRESS
+from protocol_model.wad import MAX_ORDERS, UINT256_MAX, WAD
 
 from .config import BotConfig
 from .decide import after_refusal, decide, unexpired
@@ -76,12 +77,24 @@ from .scanner import Head, HeadWatcher
 from .store import KeeperTotals, LiquidationRecord, SentTx, Store
 from .strategy import (
     LIQUIDATE,
+    LIQUIDATE_COLLATERAL,
     SETTLE,
     Candidate,
     GasModel,
     Planner,
 )
-from .txs import Preflight, SendResult, TxOutcome, TxRequest, TxSender, strategy_from_config
+from .txs import (
+    LIQUIDATE_MANY,
+    Preflight,
+    SendResult,
+    TxOutcome,
+    TxRequest,
+    TxSender,
+    batch_orders,
+    classify_revert,
+    order_target,
+    strategy_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -529,11 +542,17 @@ class Liquidator:
         size (:func:`send_waves`): each wave is one batch of ``eth_call`` preflights, then one batch
         of the raw transactions that passed, its store writes in one transaction. The first
         liquidations go out after a few preflights instead of after all of them, at the cost of a
-        few more round trips (about log2 of the count)."""
+        few more round trips (about log2 of the count).
+
+        The liquidations go out as ``liquidate_many`` batches (:func:`tx_units`), so a race lost
+        to a rival costs a skipped order instead of a reverted transaction; with
+        ``max_batch_orders`` 1 each goes out as its own ``liquidate`` / ``liquidate_collateral``."""
         failed: set[str] = set()
         any_sent = False
         breaker: CircuitOpen | None = None
-        for wave in send_waves(report.chosen):
+        size = batch_size(self.config)
+        units = tx_units(report.chosen, size)
+        for wave in send_waves(units, FIRST_WAVE if size == 1 else 1):
             try:
                 any_sent = self._send_wave(wave, failed, report, head) or any_sent
             except CircuitOpen as exc:   # what was sent stays recorded; stop sending more
@@ -546,17 +565,28 @@ class Liquidator:
         if breaker is not None:
             raise breaker
 
-    def _send_wave(self, chosen: list[Candidate], failed: set[str], report: TickReport, head: Head) -> bool:
-        """One wave of :meth:`_send_chosen`; returns whether anything was sent (or dry-run)."""
+    def _send_wave(self, units: list[list[Candidate]], failed: set[str], report: TickReport, head: Head) -> bool:
+        """One wave of :meth:`_send_chosen` (each unit one transaction); returns whether anything
+        was sent (or dry-run)."""
         sender, store = self.sender, self.store
         if sender is None:  # dev
             raise ChainError("the bot is not started")
-        requests = [self._request(c) for c in chosen]
+        requests = [self._request(u) for u in units]
         flights = sender.preflight_many([(r.to, r.data, 0) for r in requests])
         to_send: list[tuple[TxRequest, Preflight]] = []
-        sent_cands: list[Candidate] = []
+        sent_units: list[list[Candidate]] = []
         failures: list[tuple[Candidate, Preflight]] = []
-        for cand, req, flight in zip(chosen, requests, flights):
+        for unit, req, flight in zip(units, requests, flights):
+            if req.kind == LIQUIDATE_MANY:
+                passed, refused = self._preflight_batch(unit, flight)
+                failures += refused
+                failed.update(c.account for c, _ in refused)
+                if passed:
+                    batch = self._request(passed) if len(passed) < len(unit) else req
+                    to_send.append((batch, Preflight(True)))
+                    sent_units.append(passed)
+                continue
+            cand = unit[0]
             if cand.account in failed:
                 continue   # a later step of an account whose earlier step does not go out
             if not flight.ok:
@@ -564,7 +594,7 @@ class Liquidator:
                 failures.append((cand, flight))
                 continue
             to_send.append((req, flight))
-            sent_cands.append(cand)
+            sent_units.append(unit)
         breaker: CircuitOpen | None = None
         with store.transaction():
             for cand, flight in failures:
@@ -575,16 +605,17 @@ class Liquidator:
         results = sender.send_many(to_send, base_fee_wei=head.base_fee_wei or 0,
                                    head_block=head.number) if to_send else []
         with store.transaction():
-            for cand, result in zip(sent_cands, results):
+            for unit, result in zip(sent_units, results):
                 report.sends.append(result)
-                if result.status in ("sent", "dry_run"):
-                    self._log_send(cand, result, head)
-                    continue
-                failed.add(cand.account)
-                try:
-                    self._not_sent(cand, result, head)
-                except CircuitOpen as exc:   # raised after the commit: what was sent stays recorded
-                    breaker = breaker or exc
+                for cand in unit:
+                    if result.status in ("sent", "dry_run"):
+                        self._log_send(cand, result, head)
+                        continue
+                    failed.add(cand.account)
+                    try:
+                        self._not_sent(cand, result, head)
+                    except CircuitOpen as exc:   # raised after the commit: what was sent stays recorded
+                        breaker = breaker or exc
         if breaker is not None:
             raise breaker
         return any(r.status in ("sent", "dry_run") for r in results)
@@ -607,8 +638,52 @@ class Liquidator:
             log.warning("not sending the %s of %s %s: %s", cand.kind, cand.account, cand.target_name,
                         result.error or result.status)
 
-    def _request(self, cand: Candidate) -> TxRequest:
-        """The transaction of a candidate, its calldata encoded directly (no web3 contract round)."""
+    def _preflight_batch(self, unit: list[Candidate],
+                         flight: Preflight) -> tuple[list[Candidate], list[tuple[Candidate, Preflight]]]:
+        """Which orders of a batch go out, and the refusals of the others.
+
+        The batch's ``eth_call`` returns how many orders would execute. Some: the batch goes out
+        whole (the engine skips what a rival took first in the meantime). None: each order's
+        reason comes from ``preview_liquidate_many`` (a lost race, or an unusable price). A revert
+        (not a skip: e.g. the quote the collateral orders need is missing): each order is
+        preflighted alone, and those that pass go out together."""
+        sender = self.sender
+        if sender is None:  # dev
+            raise ChainError("the bot is not started")
+        if flight.ok:
+            if _executed(flight) > 0:
+                return list(unit), []
+            reasons = self._skip_reasons(unit)
+            return [], [(c, Preflight(False, r, classify_revert(r))) for c, r in zip(unit, reasons)]
+        log.info("preflight of a batch of %d order(s) reverted (%s): trying each on its own", len(unit), flight.reason)
+        alone = sender.preflight_many([(self.engine.address, _batch_data([c]), 0) for c in unit])
+        passed: list[Candidate] = []
+        refused: list[tuple[Candidate, Preflight]] = []
+        for cand, f in zip(unit, alone):
+            if f.ok and _executed(f) > 0:
+                passed.append(cand)
+            elif f.ok:
+                reason = self._skip_reasons([cand])[0]
+                refused.append((cand, Preflight(False, reason, classify_revert(reason))))
+            else:
+                refused.append((cand, f))
+        return passed, refused
+
+    def _skip_reasons(self, unit: list[Candidate]) -> list[str]:
+        """Why each order of ``unit`` would be skipped now (``preview_liquidate_many``)."""
+        previews = self.engine.functions.preview_liquidate_many(_orders(unit)).call({"from": self.address})
+        return [SKIP_REASONS.get(int(p[0]), "skipped") for p in previews]
+
+    def _request(self, unit: Candidate | list[Candidate]) -> TxRequest:
+        """The transaction of a candidate (or of a batch of them: ``liquidate_many``), its calldata
+        encoded directly (no web3 contract round)."""
+        if isinstance(unit, list):
+            if len(unit) > 1 or batch_size(self.config) > 1 and unit[0].kind != SETTLE:
+                return TxRequest(self.engine.address, _batch_data(unit), LIQUIDATE_MANY, unit[0].account,
+                                 f"{len(unit)} orders", len(unit) * self.config.liquidation_gas_estimate,
+                                 sum(c.expected_profit_wei for c in unit), sum(c.profit_usd_wad for c in unit))
+            unit = unit[0]
+        cand = unit
         if cand.kind == LIQUIDATE:
             data = encode_call(calls.LIQUIDATE, cand.account, int(cand.target), cand.amount)
         elif cand.kind == SETTLE:
@@ -673,6 +748,9 @@ class Liquidator:
 
     def _settle(self, outcome: TxOutcome, head: Head) -> None:
         tx = outcome.tx
+        if tx.kind == LIQUIDATE_MANY:
+            self._settle_batch(outcome, head)
+            return
         if tx.kind not in ("liquidate", "liquidate_collateral", SETTLE):
             self.metrics.add_gas(outcome.gas_cost_wei)
             log.info("%s %s %s in block %s", tx.kind, tx.hash, outcome.status, tx.mined_block)
@@ -701,6 +779,103 @@ class Liquidator:
         else:
             log.warning("liquidation of %s %s dropped: its nonce was used by another transaction", tx.account,
                         self._target_name(tx.target))
+
+    def _settle_batch(self, outcome: TxOutcome, head: Head) -> None:
+        """A ``liquidate_many`` of ours settled. Mined: each executed order is a won liquidation
+        (its reward from its own event), each skipped order (``LiquidationSkipped``) a race lost to
+        a rival (backed off) or, for an unusable price, suppressed for a while; the gas is shared
+        by the won orders (by the skipped ones when none won). Reverted (a malformed order or a
+        failed transfer, never a lost race): every order is suppressed for a while."""
+        tx = outcome.tx
+        orders = batch_orders(tx.data)
+        if outcome.status == "dropped":
+            log.warning("batch of %d liquidation(s) dropped: its nonce was used by another transaction", len(orders))
+            return
+        block = tx.mined_block or head.number
+        if outcome.status == "reverted":
+            self.metrics.add_gas(outcome.gas_cost_wei)
+            _, until = after_refusal(0, False, head.number, self.config.lost_race_backoff_blocks)
+            for o in orders:
+                self._suppressed[(o.account, order_target(o))] = until
+            log.warning("batch of %d liquidation(s) reverted in block %s: %s (tx %s)", len(orders), tx.mined_block,
+                        outcome.revert_reason, tx.hash)
+            return
+        state = self.state
+        won: list[tuple[LiquidationRecord, str]] = []
+        skipped: list[tuple[int, str]] = []
+        settled: dict[str, str] = {}
+        for entry in (outcome.receipt or {}).get("logs", []):
+            if to_checksum_address(entry["address"]) != self.engine.address:
+                continue
+            ev = decode_log(entry, ENGINE)
+            if ev is None:
+                continue
+            a = ev.args
+            if ev.name == "BadDebtSettled":
+                settled[a["account"]] = (f"; bad debt {fmt_wad(int(a['deficit']))} USD settled: insurance fund "
+                                         f"{fmt_wad(int(a['covered']))}, house {fmt_wad(int(a['socialised']))}")
+                continue
+            if a.get("liquidator") != self.address:
+                continue
+            if ev.name == "LiquidationSkipped":
+                skipped.append((int(a["index"]), SKIP_REASONS.get(int(a["reason"]), "skipped")))
+                continue
+            if ev.name == "Liquidation":
+                reward = int(a["keeper_reward"])
+                rec = LiquidationRecord(account=a["account"], target=str(int(a["market"])), kind=LIQUIDATE,
+                                        outcome="won", block=block, tx_hash=tx.hash, reward_native=reward,
+                                        reward_usd_wad=reward * state.params.quote_scale)
+                paid = "" if int(a["charged"]) * 2 >= int(a["penalty"]) else " (paid by the insurance fund / house)"
+                text = (f"{self._target_name(a['market'])} {fmt_wad(abs(int(a['size_delta'])), 4)} @ "
+                        f"{fmt_wad(int(a['price']))} reward "
+                        f"{fmt_units(reward, self.deployment.quote_decimals, 2)} {self.deployment.quote_symbol}{paid}")
+                won.append((rec, text))
+            elif ev.name == "CollateralLiquidation":
+                col = state.collateral_by_token(a["token"])
+                unit = col.unit if col is not None else 1
+                gain = int(a["seized"]) * int(a["price"]) // unit - int(a["repay"]) * state.params.quote_scale
+                rec = LiquidationRecord(account=a["account"], target=a["token"], kind=LIQUIDATE_COLLATERAL,
+                                        outcome="won", block=block, tx_hash=tx.hash, reward_native=int(a["seized"]),
+                                        reward_usd_wad=gain)
+                text = (f"{self._target_name(a['token'])} repaid "
+                        f"{fmt_units(int(a['repay']), self.deployment.quote_decimals, 2)} "
+                        f"{self.deployment.quote_symbol} for {fmt_units(int(a['seized']), col.decimals if col else 18)} "
+                        f"@ {fmt_wad(int(a['price']))} gain {fmt_wad(gain)} USD")
+                won.append((rec, text))
+        merged: dict[tuple[str, str, str], tuple[LiquidationRecord, str]] = {}
+        for rec, text in won:   # the same target twice in one batch: one outcome, its rewards summed
+            key = (rec.account, rec.target, rec.kind)
+            if key in merged:
+                old, old_text = merged[key]
+                rec = replace(old, reward_native=old.reward_native + rec.reward_native,
+                              reward_usd_wad=old.reward_usd_wad + rec.reward_usd_wad)
+                text = f"{old_text}; {text}"
+            merged[key] = (rec, text)
+        won = list(merged.values())
+        gas = outcome.gas_cost_wei
+        shares = [gas // len(won) + (gas % len(won) if i == 0 else 0) for i in range(len(won))] if won else []
+        gas_usd = gas * self.book.price(self.eth_feed) // WAD if self.eth_feed else 0
+        for (rec, text), share in zip(won, shares):
+            rec = replace(rec, gas_cost_wei=share)
+            if self.store.record_liquidation(rec):
+                self.metrics.won(rec.reward_usd_wad, share)
+            log.info("liquidated %s %s%s (batch of %d, gas %s USD) tx %s block %s", rec.account, text,
+                     settled.get(rec.account, ""), len(orders), fmt_wad(gas_usd), tx.hash, tx.mined_block)
+        for k, (index, reason) in enumerate(skipped):
+            if index >= len(orders):
+                continue   # dev: the engine numbers the orders of this call
+            o = orders[index]
+            kind = LIQUIDATE_COLLATERAL if o.is_collateral else LIQUIDATE
+            cost = gas if not won and k == 0 else 0
+            if classify_revert(reason) == "lost_race":
+                _, until = after_refusal(0, True, block, self.config.lost_race_backoff_blocks)
+                self._lost(o.account, order_target(o), kind, block, until, tx.hash, cost, reason)
+            else:
+                self.metrics.add_gas(cost)
+                _, until = after_refusal(0, False, head.number, self.config.lost_race_backoff_blocks)
+                self._suppressed[(o.account, order_target(o))] = until
+                log.warning("order for %s %s skipped in block %s: %s (tx %s)", o.account,
+                            self._target_name(order_target(o)), tx.mined_block, reason, tx.hash)
 
     def _won(self, outcome: TxOutcome) -> None:
         tx = outcome.tx
@@ -826,3 +1001,37 @@ def _risk_slack(state: ProtocolState) -> tuple[int, int, int] | None:
 
 
 __all__ = ["Liquidator", "TickReport", "TICK_ERRORS"]
+
+
+def batch_size(config: BotConfig) -> int:
+    """Orders per ``liquidate_many`` transaction: ``max_batch_orders``, as many as its gas limit
+    ``max_batch_gas`` holds at ``liquidation_gas_estimate`` each (at least 1)."""
+    return max(1, min(config.max_batch_orders, MAX_ORDERS, config.max_batch_gas // config.liquidation_gas_estimate))
+
+
+def tx_units(chosen: list[Candidate], size: int) -> list[list[Candidate]]:
+    """The tick's transactions in sending order, each a list of candidates: with ``size`` 1 one
+    per candidate; else the liquidations, in the chosen order (most profitable first, each
+    account's steps in order), cut into ``liquidate_many`` batches of ``size``, then each
+    settlement on its own."""
+    if size <= 1:
+        return [[c] for c in chosen]
+    orders = [c for c in chosen if c.kind != SETTLE]
+    units = [orders[i:i + size] for i in range(0, len(orders), size)]
+    return units + [[c] for c in chosen if c.kind == SETTLE]
+
+
+def _orders(unit: list[Candidate]) -> list[tuple[str, int, str, int]]:
+    """The engine's ``LiquidationOrder`` tuples of a batch."""
+    return [(c.account, int(c.target), ZERO_ADDRESS, c.amount) if c.kind == LIQUIDATE
+            else (c.account, 0, str(c.target), c.amount) for c in unit]
+
+
+def _batch_data(unit: list[Candidate]) -> str:
+    return "0x" + encode_call(calls.LIQUIDATE_MANY, _orders(unit)).hex()
+
+
+def _executed(flight: Preflight) -> int:
+    """``liquidate_many``'s return value (orders executed) in a preflight's result."""
+    text = (flight.result or "0x")[2:]
+    return int(text[:64], 16) if text else 0

@@ -60,7 +60,7 @@ ACCOUNT_EVENTS = frozenset({
     "HouseSeeded", "InsuranceSeeded",
 })
 # Events that change nothing the bot mirrors.
-IGNORED_EVENTS = frozenset({"OwnershipTransferStarted"})
+IGNORED_EVENTS = frozenset({"OwnershipTransferStarted", "LiquidationSkipped"})
 
 
 @dataclass(frozen=True)

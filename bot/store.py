@@ -109,6 +109,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             reason TEXT NOT NULL
         )""",
     )),
+    # A liquidate_many transaction liquidates many targets: one outcome per transaction and target.
+    (2, (
+        """DROP INDEX liquidations_tx""",
+        """CREATE UNIQUE INDEX liquidations_tx_target ON liquidations (tx_hash, account, target, kind)
+           WHERE tx_hash IS NOT NULL""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -616,8 +622,9 @@ class Store:
 
     # liquidation history ---------------------------------------------------------
     def record_liquidation(self, rec: LiquidationRecord) -> bool:
-        """Add an outcome; False if one was already recorded for the same transaction (idempotent
-        across a lookback re-read or a restart)."""
+        """Add an outcome; False if one was already recorded for the same transaction and target
+        (idempotent across a lookback re-read or a restart; a ``liquidate_many`` has one per
+        target)."""
         if rec.outcome not in OUTCOMES:
             raise StoreError(f"unknown liquidation outcome {rec.outcome!r}")  # dev
         rec = replace(

@@ -27,6 +27,7 @@ but never signs nor sends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -41,6 +42,9 @@ from web3 import Web3
 from web3._utils.error_formatters_utils import raise_contract_logic_error_on_revert
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError, Web3TypeError
 
+from protocol_model import calls
+from protocol_model.actions import LiquidationOrder
+from protocol_model.calls import decode_call
 from protocol_model.chain import revert_reason
 from protocol_model.wad import GWEI, WAD
 
@@ -66,6 +70,22 @@ CANCEL_GAS = 21_000
 LOST_RACE_REASONS = frozenset({"healthy", "no position", "no debt", "no collateral", "no bad debt"})
 
 RevertClass = Literal["lost_race", "error"]
+
+
+LIQUIDATE_MANY = "liquidate_many"          # the kind of a batch transaction (SentTx.kind)
+
+
+@functools.lru_cache(maxsize=256)
+def batch_orders(data: str | bytes) -> tuple[LiquidationOrder, ...]:
+    """The orders of a ``liquidate_many`` call's data (empty for any other call)."""
+    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else bytes(data)
+    args = decode_call(calls.LIQUIDATE_MANY, raw)
+    return tuple(LiquidationOrder(*o) for o in args[0]) if args is not None else ()
+
+
+def order_target(order: LiquidationOrder) -> str:
+    """An order's target as stored: the market id (decimal) or the collateral token."""
+    return normalize_target(order.token if order.is_collateral else int(order.market))
 
 
 def classify_revert(reason: str | None) -> RevertClass:
@@ -250,12 +270,14 @@ class NonceManager:
 
 @dataclass(frozen=True)
 class Preflight:
-    """What the ``eth_call`` dry run said: ``ok``, or the revert ``reason`` and its class."""
+    """What the ``eth_call`` dry run said: ``ok`` (and the call's ``result``, 0x hex), or the
+    revert ``reason`` and its class."""
 
     ok: bool
     reason: str | None = None
     classification: RevertClass | None = None
     gas_estimate: int | None = None
+    result: str | None = None
 
     @property
     def lost_race(self) -> bool:
@@ -461,11 +483,18 @@ class TxSender:
             return [self._groups[n].latest for n in sorted(self._groups)]
 
     def pending_for(self, account: str, target: str | int | None = None) -> list[SentTx]:
-        """In-flight liquidations (not cancels) of ``account`` (and ``target``)."""
+        """In-flight liquidations (not cancels) of ``account`` (and ``target``); a ``liquidate_many``
+        is in flight for every account and target of its orders."""
         a = Web3.to_checksum_address(account)
         t = normalize_target(target) if target is not None else None
-        return [tx for tx in self.in_flight
-                if tx.kind != "cancel" and tx.account == a and (t is None or tx.target == t)]
+        out = []
+        for tx in self.in_flight:
+            if tx.kind == LIQUIDATE_MANY:
+                if any(o.account == a and (t is None or order_target(o) == t) for o in batch_orders(tx.data)):
+                    out.append(tx)
+            elif tx.kind != "cancel" and tx.account == a and (t is None or tx.target == t):
+                out.append(tx)
+        return out
 
     def restore(self) -> int:
         """Load this sender's pending transactions from the store (after a restart); returns how many."""
@@ -550,12 +579,12 @@ class TxSender:
         """``eth_call`` the transaction (and optionally estimate its gas); a revert is a result."""
         call = {"from": self.address, "to": Web3.to_checksum_address(to), "data": _hexdata(data), "value": value}
         try:
-            self.w3.eth.call(call, block)  # type: ignore[arg-type]
+            result = self.w3.eth.call(call, block)  # type: ignore[arg-type]
             gas = int(self.w3.eth.estimate_gas(call, block)) if estimate_gas else None  # type: ignore[arg-type]
         except _REVERT_ERRORS as exc:
             reason = revert_reason(exc) or ""
             return Preflight(False, reason, classify_revert(reason))
-        return Preflight(True, gas_estimate=gas)
+        return Preflight(True, gas_estimate=gas, result=_hexdata(bytes(result)))
 
     def preflight_many(self, calls: list[tuple[str, str | bytes, int]], block: int | str = "latest") -> list[Preflight]:
         """:meth:`preflight` of every ``(to, data, value)``: one JSON-RPC batch of ``eth_call``
@@ -572,7 +601,7 @@ class TxSender:
         for (to, data, value), resp in zip(calls, responses):
             error = resp.get("error") if isinstance(resp, Mapping) else None
             if error is None and isinstance(resp, Mapping) and "result" in resp:
-                out.append(Preflight(True))
+                out.append(Preflight(True, result=str(resp["result"])))
                 continue
             reason = _batched_revert_reason(resp)
             if reason is None:   # not a revert (or a malformed answer): ask again on its own

@@ -138,7 +138,7 @@ def predict(out: Out, state: ProtocolState, shocks: dict[str, int], shock_text: 
 KEEPERS = (
     # name, what it does, BotConfig overrides, whether it also liquidates collateral (and closes bankrupt accounts)
     ("keeper-A", "fixed tip 2 gwei, positions only", dict(gas_strategy="fixed", fixed_tip_wei=2 * GWEI), False),
-    ("keeper-B", "50% of profit as tip; backstop: also closes bankrupt accounts and settles bad debt",
+    ("keeper-B", "50% of profit as tip; backstop: also closes bankrupt dust at a loss and settles bad debt",
      dict(gas_strategy="profit_share", profit_share_wad=WAD // 2, backstop=True), True),
 )
 
@@ -222,17 +222,27 @@ def outcome(stage: Stage, keepers: list[Keeper], addrs: list[str], state0: Proto
         f = crashed.feeds[dep.feed(asset)]
         f.answer = f.answer * (WAD + move) // WAD
     liquidated = {e.args.account for e in liq} | {e.args.account for e in cliq}
+    scale = 10 ** (18 - dep.quote_decimals)
+    subsidised = [e for e in liq if e.args.keeper_reward * scale > e.args.charged]
     healthy_touched = [a for a in liquidated if health(crashed, crashed.account(a)).maint_health >= 0]
     return {
         "prediction": prediction.to_json(),
         "keepers": rows,
         "liquidations": [
             {"account": e.args.account, "market": e.args.market, "size_delta": str(e.args.size_delta),
-             "price": str(e.args.price), "penalty": str(e.args.penalty), "keeper_reward": str(e.args.keeper_reward),
+             "price": str(e.args.price), "penalty": str(e.args.penalty), "charged": str(e.args.charged),
+             "keeper_reward": str(e.args.keeper_reward),
              "liquidator": by_keeper.get(e.args.liquidator, e.args.liquidator), "block": e.blockNumber}
             for e in liq
         ],
         "collateral_liquidations": len(cliq),
+        # Keepers are paid keeper_share of the full penalty also for a bankrupt account: what the
+        # account cannot pay of the reward, the insurance fund (then the house) pays.
+        "keeper_pay_for_bankrupt": {
+            "liquidations": len(subsidised),
+            "rewards_usd_wad": str(sum(e.args.keeper_reward * scale for e in subsidised)),
+            "paid_by_fund_usd_wad": str(sum(e.args.keeper_reward * scale - e.args.charged for e in subsidised)),
+        },
         "insurance_fund": {"before": str(state0.insurance_fund), "after": str(state2.insurance_fund)},
         "bad_debt": {"before": str(_bad_debt(state0)), "predicted_by_model": str(prediction.totals.bad_debt),
                      "settled": str(sum(s["deficit"] for s in settled)), "left_after": str(_bad_debt(state2))},
@@ -275,6 +285,10 @@ def report(out: Out, summary: dict[str, Any], stage: Stage, prediction: Any) -> 
     t.add_row("bad debt left (negative equity)", _usd(int(bad["before"])), _usd(int(bad["left_after"])), "")
     t.add_row("house cash (USD)", _usd(int(house["before"])), _usd(int(house["after"])), "")
     console.print(t)
+    pay = summary["keeper_pay_for_bankrupt"]
+    out.say(f"keepers paid by the insurance fund for bankrupt accounts: {pay['liquidations']} liquidations earned "
+            f"{_usd(int(pay['rewards_usd_wad']))} USD, {_usd(int(pay['paid_by_fund_usd_wad']))} USD of it paid by the "
+            "insurance fund (then the house) where the account could not")
     out.say(f"{len(settled)} bankrupt accounts settled: {_usd(covered)} USD from the insurance fund, "
             f"{_usd(socialised)} USD socialised to the house")
     b = summary["blocks"]

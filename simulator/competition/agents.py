@@ -190,6 +190,9 @@ class AgentSpec:
             # The simulator decides every replacement itself (re-bids); the bot's own replacement of
             # transactions stuck for some blocks stays off, so that both modes replace alike.
             stuck_after_blocks=1_000_000_000,
+            # One transaction per liquidation, as the off-chain model prices and orders them; the
+            # live bot's liquidate_many batches are not modelled off-chain yet.
+            max_batch_orders=1,
             rpc_backoff_s=0.0,
             rpc_backoff_max_s=0.0,
             **strategy,

@@ -45,6 +45,7 @@ from bot.keys import write_keystore
 from bot.liquidator import TICK_ERRORS, Liquidator, TickReport
 from protocol_model.seeding import seed_accounts
 from bot.store import Store
+from bot.txs import LIQUIDATE_MANY, batch_orders, order_target
 from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
 from protocol_model.loader import load_accounts, load_protocol
@@ -188,6 +189,10 @@ def bot_config(tmp_path: Path, name: str, **overrides: Any) -> BotConfig:
         "lookback_blocks": 4,
         "lost_race_backoff_blocks": 5,
         "poll_interval_s": 0.05,
+        # One transaction per liquidation: these tests follow single transactions (reverted lost
+        # races, a restart mid-wave); the liquidate_many batches of the default have their own
+        # (test_liquidate_many_race_costs_skipped_orders_not_reverts, tests/e2e/test_bot_solvency.py).
+        "max_batch_orders": 1,
     }
     settings.update(overrides)
     return BotConfig.from_env(environ={}, **settings)
@@ -239,9 +244,18 @@ def _as_int(value: Any) -> int:
 # ---------------------------------------------------------------------- scenarios
 
 
-def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Chain, tmp_path: Path) -> None:
+def orders_of(tx: Any) -> list[tuple[str, str]]:
+    """The (account, target) pairs a transaction of the bot liquidates: one, or a batch's orders."""
+    if tx.kind == LIQUIDATE_MANY:
+        return [(o.account, order_target(o)) for o in batch_orders(tx.data)]
+    return [(tx.account, tx.target)]
+
+
+@pytest.mark.parametrize("batch", [1, 16], ids=["single", "batched"])
+def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Chain, tmp_path: Path,
+                                                                       batch: int) -> None:
     port = _free_port()
-    bot = make_bot(chain, tmp_path, metrics_port=port)
+    bot = make_bot(chain, tmp_path, metrics_port=port, max_batch_orders=batch)
     try:
         warm_up(chain, bot)
         quiet = chain.healths(chain.w3.eth.block_number)
@@ -254,7 +268,8 @@ def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Ch
         # on every account whose liquidation pays (a bankrupt trader's penalty, capped at its equity,
         # pays nothing).
         assert set(first.liquidatable) == liquidatable
-        assert payable <= {s.tx.account for s in first.sends if s.sent}
+        assert payable <= {a for s in first.sends if s.sent for a, _ in orders_of(s.tx)}
+        assert {s.tx.kind for s in first.sends if s.sent} == ({"liquidate_many"} if batch > 1 else {"liquidate"})
         assert first.detection_latency_s is not None and 0 < first.detection_latency_s <= first.tick_seconds
 
         reports = []
@@ -293,7 +308,7 @@ def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Ch
         assert sum(r.reward_native for r in bot.store.liquidations() if r.kind == "liquidate") == keeper
         assert bot.metrics.value("xmargin_liquidations_won_total") == totals.won
         assert bot.metrics.value("xmargin_accounts_tracked") == len(chain.traders)
-        assert sum(len(r.outcomes) for r in reports) == totals.won
+        assert sum(len(orders_of(o.tx)) for r in reports for o in r.outcomes) == totals.won
 
         # The Prometheus endpoint serves the named metrics.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -363,6 +378,56 @@ def test_two_bots_race_for_the_same_accounts(chain: Chain, tmp_path: Path) -> No
         assert first.store.totals().won + rival.store.totals().won == len(events)
         lost_in_reports = [x for r in reports for x in r.lost]
         assert first.store.totals().lost + rival.store.totals().lost == len(lost_in_reports) >= len(reverted)
+    finally:
+        first.stop()
+        rival.stop()
+
+
+def test_liquidate_many_race_costs_skipped_orders_not_reverts(chain: Chain, tmp_path: Path) -> None:
+    """Two batching bots (the default) go for the same accounts in the same block: the batch mined
+    second has its orders skipped by the engine (LiquidationSkipped), not reverted; each skip is a
+    lost race, counted and backed off, and each bot's rewards are what the chain paid it."""
+    first = make_bot(chain, tmp_path, "first", gas_strategy="profit_share", profit_share_wad=WAD // 10,
+                     max_batch_orders=16)
+    rival = make_bot(chain, tmp_path, "rival", key=chain.rival_key, fixed_tip_wei=20 * GWEI, max_batch_orders=16)
+    try:
+        warm_up(chain, first, rival)
+        crash_block, reports = crash(chain, first, rival)
+        liquidatable, payable = chain.payable(crash_block)
+        positions = chain.positions(crash_block)
+        for report in reports:
+            assert report.sent and {s.tx.kind for s in report.sent} == {"liquidate_many"}
+        for _ in range(3):
+            chain.mine()
+            reports += [first.tick(), rival.tick()]
+        end = chain.w3.eth.block_number
+
+        events = chain.liquidation_events(crash_block, end)
+        closes = [ev for ev in events if ev.name == "Liquidation"]
+        assert payable <= {ev.args["account"] for ev in closes}
+        assert {ev.args["account"] for ev in events} <= liquidatable
+        per_account = Counter(ev.args["account"] for ev in closes)
+        assert all(per_account[a] <= positions[a] for a in per_account), per_account
+
+        outcomes = [o for r in reports for o in r.outcomes]
+        assert outcomes and all(o.status == "mined" for o in outcomes), "a lost race reverted a transaction"
+        skips = decode_logs(chain.w3.eth.get_logs({"fromBlock": crash_block, "toBlock": end, "address": chain.dep.engine,
+                                                   "topics": [engine_topic("LiquidationSkipped")]}), chain.dep.engine)
+        assert skips, "both bots sent for the same targets in the same block: someone must lose"
+        for bot in (first, rival):
+            lost = [r for r in bot.store.liquidations() if r.outcome == "lost"]
+            assert len(lost) == sum(ev.args["liquidator"] == bot.address for ev in skips)
+            assert bot.metrics.value("xmargin_liquidations_lost_total") == len(lost)
+            for record in lost:
+                assert record.reason in ("healthy", "no position", "no debt", "no collateral")
+                assert (bot.store.backed_off_until(record.account) or 0) >= record.block + 5
+            mine = [ev for ev in closes if ev.args["liquidator"] == bot.address]
+            won = [r for r in bot.store.liquidations() if r.outcome == "won" and r.kind == "liquidate"]
+            assert len(won) == len(mine)
+            assert sum(r.reward_native for r in won) == sum(ev.args["keeper_reward"] for ev in mine)
+        assert first.store.totals().won + rival.store.totals().won == len(events)
+        assert first.store.totals().lost + rival.store.totals().lost == len(skips) == len([x for r in reports
+                                                                                           for x in r.lost])
     finally:
         first.stop()
         rival.stop()

@@ -147,6 +147,12 @@ def test_demo_liquidates_exactly_the_predicted_accounts_and_settles_all_bad_debt
     covered = sum(int(x["covered"]) for x in s["settlements"])
     assert int(s["socialised"]) == int(bad["settled"]) - covered
     assert int(s["insurance_fund"]["after"]) < int(s["insurance_fund"]["before"])
+    # Keepers were paid for bankrupt accounts: the fund paid what the accounts could not.
+    pay = s["keeper_pay_for_bankrupt"]
+    bankrupt_closes = [e for e in s["liquidations"] if int(e["keeper_reward"]) * 10**12 > int(e["charged"])]
+    assert pay["liquidations"] == len(bankrupt_closes) > 0
+    assert int(pay["rewards_usd_wad"]) == sum(int(e["keeper_reward"]) for e in bankrupt_closes) * 10**12
+    assert 0 < int(pay["paid_by_fund_usd_wad"]) <= int(pay["rewards_usd_wad"])
     b = s["blocks"]
     assert b["crash"] < b["first_liquidation"] <= b["crash"] + 2  # liquidated within two blocks of the crash
 
@@ -160,4 +166,5 @@ def test_demo_tells_the_story_to_people() -> None:
         assert heading in out
     assert "the model predicts for ETH=-30%" in out and "keeper-A" in out and "keeper-B" in out
     assert "insurance fund (USD)" in out and "bad debt left (negative equity)" in out
+    assert "keepers paid by the insurance fund for bankrupt accounts:" in out
     assert "Traceback" not in r.output

@@ -56,3 +56,25 @@ def test_refusals_back_off_suppress_or_wait() -> None:
     assert after_refusal(0, False, 100, 20) == ("suppress", 120)
     assert after_refusal(0, False, 100, 0) == ("suppress", 101)   # at least one block
     assert unexpired({"a": 99, "b": 100, "c": 150}, 100) == {"b": 100, "c": 150}
+
+
+# ---------------------------------------------------------------------- the tick's transactions
+
+
+def test_a_ticks_orders_go_out_in_batches_bounded_by_orders_and_gas() -> None:
+    from bot.config import BotConfig
+    from bot.liquidator import batch_size, tx_units
+    from bot.strategy import LIQUIDATE, SETTLE, Candidate
+
+    def cand(i: int, kind: str = LIQUIDATE) -> Candidate:
+        return Candidate(f"0x{i:040x}", kind, 0, "ETH-PERP", 1, 1, 1, 1, None, 100 - i)
+
+    assert batch_size(BotConfig.from_env(environ={})) == 16
+    assert batch_size(BotConfig.from_env(environ={}, max_batch_orders=32, max_batch_gas=2_000_000)) == 4
+    assert batch_size(BotConfig.from_env(environ={}, max_batch_orders=1)) == 1
+    chosen = [cand(i) for i in range(37)] + [cand(90, SETTLE), cand(91, SETTLE)]
+    units = tx_units(chosen, 16)
+    assert [len(u) for u in units] == [16, 16, 5, 1, 1]
+    assert [c for u in units for c in u] == chosen                      # order kept: most profitable first
+    assert all(u[0].kind == SETTLE for u in units[3:])                   # settlements on their own
+    assert tx_units(chosen, 1) == [[c] for c in chosen]

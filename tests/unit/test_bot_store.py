@@ -52,7 +52,7 @@ def test_new_database_starts_before_the_deployment_block_in_wal_mode(store, db_p
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [r[0] for r in raw.execute("SELECT version FROM schema_migrations")] == [SCHEMA_VERSION]
+        assert [r[0] for r in raw.execute("SELECT version FROM schema_migrations")] == list(range(1, SCHEMA_VERSION + 1))
     finally:
         raw.close()
 
@@ -187,6 +187,35 @@ def test_liquidation_history_is_idempotent_and_totals_are_exact(store):
     assert [r.target for r in store.liquidations(TRADER)] == ["0", "0"]
     with pytest.raises(StoreError):
         store.record_liquidation(LiquidationRecord(TRADER, 0, "liquidate", "draw", 1))
+
+
+def test_a_batch_records_one_outcome_per_target_of_its_transaction(store):
+    """A liquidate_many liquidates many targets in one transaction: one outcome for each, and a
+    re-read of the block adds none."""
+    won = [LiquidationRecord(TRADER, 0, "liquidate", "won", 130, tx_hash=h(7), reward_native=5),
+           LiquidationRecord(TRADER, 1, "liquidate", "won", 130, tx_hash=h(7), reward_native=6),
+           LiquidationRecord(TRADER2, 0, "liquidate", "won", 130, tx_hash=h(7), reward_native=7)]
+    assert [store.record_liquidation(r) for r in won] == [True, True, True]
+    assert [store.record_liquidation(r) for r in won] == [False, False, False]
+    assert store.totals().won == 3
+    assert sorted(r.reward_native for r in store.liquidations()) == [5, 6, 7]
+
+
+def test_a_schema_v1_database_is_migrated_and_keeps_its_history(db_path):
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK) as s:
+        s.record_liquidation(LiquidationRecord(TRADER, 0, "liquidate", "won", 120, tx_hash=h(1)))
+    raw = sqlite3.connect(db_path)
+    try:   # back to v1: the one-outcome-per-transaction index, no v2 row
+        raw.execute("DROP INDEX liquidations_tx_target")
+        raw.execute("CREATE UNIQUE INDEX liquidations_tx ON liquidations (tx_hash) WHERE tx_hash IS NOT NULL")
+        raw.execute("DELETE FROM schema_migrations WHERE version > 1")
+        raw.commit()
+    finally:
+        raw.close()
+    with Store(db_path, CHAIN, ENGINE, DEPLOY_BLOCK) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert s.record_liquidation(LiquidationRecord(TRADER, 1, "liquidate", "won", 120, tx_hash=h(1)))
+        assert [r.target for r in s.liquidations()] == ["0", "1"]
 
 
 def test_backoffs(store):

@@ -33,3 +33,25 @@ def test_decode_reverses_encode_and_refuses_other_calls() -> None:
 def test_a_signature_that_is_not_flat_is_refused() -> None:
     with pytest.raises(ConfigError):
         encode_call("liquidate", ACCOUNT)
+
+
+def test_liquidate_many_takes_a_list_of_order_tuples_and_round_trips() -> None:
+    """The batch call: a list of (account, market, token, amount) orders, the engine's
+    LiquidationOrder struct (the e2e batches show the engine accepts it)."""
+    from eth_abi import encode as abi_encode
+    from eth_utils import keccak, to_checksum_address
+
+    from protocol_model.calls import LIQUIDATE_MANY
+
+    token = "0x" + "ab" * 20
+    orders = [(ACCOUNT, 1, "0x" + "00" * 20, 10**18), (ACCOUNT, 0, token, 5 * 10**6)]
+    data = encode_call(LIQUIDATE_MANY, orders)
+    assert data[:4] == keccak(text="liquidate_many((address,uint256,address,uint256)[])")[:4]
+    assert data[4:] == abi_encode(["(address,uint256,address,uint256)[]"], [orders])
+    assert decode_call(LIQUIDATE_MANY, data) == ([(ACCOUNT, 1, "0x" + "00" * 20, 10**18),
+                                                  (ACCOUNT, 0, to_checksum_address(token), 5 * 10**6)],)
+    assert decode_call(LIQUIDATE_MANY, data + bytes(32)) is None       # trailing bytes
+    assert decode_call(LIQUIDATE_MANY, data[:-32]) is None             # cut short
+    assert decode_call(LIQUIDATE, data) is None
+    with pytest.raises(ConfigError):
+        encode_call("liquidate_many((address,uint256)[]", orders)      # unbalanced
