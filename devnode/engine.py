@@ -46,6 +46,7 @@ from .encoding import (
     tx_json,
 )
 from .errors import EXECUTION_REVERTED, InvalidParams, JsonRpcError, ServerError
+from .gas import binary_gas_search_fewer_runs
 from .mempool import BlockSelector, Mempool, PoolTx
 
 logger = logging.getLogger(__name__)
@@ -523,7 +524,9 @@ class DevChain:
                 base_fee=0,  # estimation runs in py-evm's costless (zero base fee) state
             )
             try:
-                return int(self.chain.estimate_gas(SpoofTransaction(unsigned, from_=sender), header))
+                # py-evm's Chain.estimate_gas with its default estimator's answers, in fewer runs
+                with vm.in_costless_state() as state:
+                    return int(binary_gas_search_fewer_runs(state, SpoofTransaction(unsigned, from_=sender)))
             except Revert as exc:
                 data = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
                 raise revert_error(data) from None

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from web3 import Web3
 
+from devnode import gas
 from protocol_model.chain import Sender, memory_chain, tester_of
 from nodes import NODE_KINDS, require_anvil
 from protocol_model.deploy import (
@@ -26,6 +27,13 @@ from protocol_model.deploy import (
     compile_contracts,
     deploy_protocol,
 )
+
+# ---------------------------------------------------------------- gas estimates
+# Every py-evm chain of the run (the in-process chains here, and those of the CLI processes the
+# tests start) estimates gas with py-evm's answers in about a third of the executions: the estimate
+# behind each Sender.send was most of a contract test's time (tests/integration/test_gas_estimator.py
+# holds the two estimators equal). The dev node uses it anyway.
+gas.install()
 
 # ---------------------------------------------------------------- Hypothesis profiles
 # Chosen with XMARGIN_HYPOTHESIS_PROFILE; every test takes its numbers from the loaded profile.
