@@ -35,7 +35,7 @@ from .wad import BaseWad, Native, Wad
 
 log = logging.getLogger(__name__)
 
-LENS_MAX_BATCH = 1000          # contracts/Lens.vy MAX_BATCH: accounts per Lens.accounts call
+LENS_MAX_BATCH = 200           # contracts/Lens.vy MAX_BATCH: accounts per Lens.accounts call
 DEFAULT_BATCH = 200            # accounts per call; well inside a node's eth_call gas cap
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 

@@ -12,7 +12,7 @@ from web3.middleware import Web3Middleware
 
 from protocol_model.chain import Sender
 from protocol_model.errors import ConfigError
-from protocol_model.loader import discover_accounts, load_accounts, load_protocol, load_state
+from protocol_model.loader import LENS_MAX_BATCH, discover_accounts, load_accounts, load_protocol, load_state
 
 
 @contextmanager
@@ -150,7 +150,7 @@ def test_accounts_are_read_one_eth_call_per_batch(protocol, busy, w3):
 
 def test_batch_size_does_not_change_the_snapshot(protocol, busy, w3):
     one = load_state(w3, protocol.dep, busy, batch_size=1)
-    all_at_once = load_state(w3, protocol.dep, busy, batch_size=1000)
+    all_at_once = load_state(w3, protocol.dep, busy, batch_size=LENS_MAX_BATCH)
     assert one == all_at_once
 
 
@@ -173,7 +173,7 @@ def test_load_accounts_rejects_bad_input(protocol, w3):
     with pytest.raises(ConfigError, match="batch size"):
         load_accounts(w3, protocol.dep, state, [], batch_size=0)
     with pytest.raises(ConfigError, match="batch size"):
-        load_accounts(w3, protocol.dep, state, [], batch_size=1001)
+        load_accounts(w3, protocol.dep, state, [], batch_size=LENS_MAX_BATCH + 1)
     with pytest.raises(ConfigError, match="not an address"):
         load_accounts(w3, protocol.dep, state, ["0x1234"])
 
