@@ -109,7 +109,7 @@ def test_zero_volatility_and_one_shock_is_the_models_cascade_exactly(population:
     keepers = KeeperSettings(policy="reference", impact_per_notional=impact, max_rounds=50)
     got = run_path(population, pm, keepers, seed=1, index=0)
     want = cascade(population, shock, impact, max_rounds=50)
-    assert want.totals.bad_debt > 0 or want.totals.liquidations > 0
+    assert want.totals.bad_debt > 0 and want.totals.liquidations > 0   # bad debt to compare, settled at once
     assert got.bad_debt == want.totals.bad_debt
     assert (got.covered, got.socialised) == (want.totals.covered, want.totals.socialised)
     assert got.volume == want.totals.volume
