@@ -18,16 +18,23 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eth_account import Account  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+
 from protocol_model.chain import Sender, memory_chain  # noqa: E402
 from protocol_model.deploy import DeployConfig, deploy_contract, deploy_protocol  # noqa: E402
 from protocol_model.wad import UINT256_MAX, WAD  # noqa: E402
 
 SNAPSHOT = ROOT / "tests" / "__snapshots__" / "gas.txt"
+BATCH_ORDERS = 16
+BATCH_LABEL = f"MarginEngine.liquidate_many ({BATCH_ORDERS} partial position orders, 2 positions + 2 collaterals each)"
 
 # Targets from the issue: (function label prefix, gas ceiling).
 TARGETS = {
     "MarginEngine.liquidate (partial, 2 positions + 2 collaterals)": 150_000,
     "MarginEngine.trade (increase, 2 positions + 2 collaterals)": 120_000,
+    # issue 11: at most 90,000 per order in a batch of 16
+    BATCH_LABEL: 16 * 90_000,
 }
 
 
@@ -115,7 +122,33 @@ def measure() -> dict[str, int]:
         liquidator, eng.functions.liquidate_collateral(trader2.address, weth.address, UINT256_MAX),
     )
 
+    # A batch: BATCH_ORDERS accounts like trader's (2 positions, 2 collaterals), each liquidated
+    # partially (max_size 10) in one liquidate_many; and a batch whose every order is skipped.
+    owner.send(eth_feed.functions.set_answer(2_000 * 10**8))
+    owner.send(btc_feed.functions.set_answer(60_000 * 10**8))
+    batch = [Sender.from_key(w3, Account.from_key(keccak(text=f"gas snapshot batch {i}"))) for i in range(BATCH_ORDERS)]
+    for b in batch:
+        w3.eth.send_transaction({"from": owner.address, "to": b.address, "value": 10**18})
+        fund(b, usdc, 3_000 * 10**6)
+        fund(b, weth, 10**18)
+        fund(b, wbtc, 10**7)
+        b.send(eng.functions.deposit(usdc.address, 3_000 * 10**6))
+        b.send(eng.functions.deposit(weth.address, 10**18))
+        b.send(eng.functions.deposit(wbtc.address, 10**7))
+        b.send(eng.functions.trade(0, 20 * WAD, UINT256_MAX))
+        b.send(eng.functions.trade(1, WAD // 5, UINT256_MAX))
+    zero = "0x" + "00" * 20
+    orders = [(b.address, 0, zero, 10 * WAD) for b in batch]
+    rec(f"MarginEngine.liquidate_many ({BATCH_ORDERS} orders, all skipped: healthy)", liquidator,
+        eng.functions.liquidate_many(orders))
+    owner.send(eth_feed.functions.set_answer(1_700 * 10**8))
+    owner.send(btc_feed.functions.set_answer(55_000 * 10**8))
+    rec(BATCH_LABEL, liquidator, eng.functions.liquidate_many(orders))
+    assert all(eng.functions.position(b.address, 0).call()[0] == 10 * WAD for b in batch), "every order executes"
+
     # Admin --------------------------------------------------------------------
+    rec("MarginEngine.set_market_price_age", owner, eng.functions.set_market_price_age(0, 86_400))
+    rec("MarginEngine.set_collateral_price_age", owner, eng.functions.set_collateral_price_age(weth.address, 86_400))
     feed3 = deploy_contract(w3, owner, "PriceFeed", 8, "SOL / USD", 150 * 10**8, 1, 2**100 // 10**10)
     token3 = deploy_contract(w3, owner, "Token", "Wrapped SOL", "WSOL", 9)
     rec("MarginEngine.list_market", owner, eng.functions.list_market(feed3.address, WAD // 10, WAD // 20, WAD // 50, 5 * 10**14, 0))
@@ -158,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         used = gas.get(label)
         status = "missing" if used is None else ("ok" if used <= ceiling else "OVER")
         print(f"target  {label}: {used} <= {ceiling}  {status}")
+    per_order = gas[BATCH_LABEL] // BATCH_ORDERS
+    print(f"liquidate_many: {per_order} gas per order in a batch of {BATCH_ORDERS} (target 90000)")
     SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
     SNAPSHOT.write_text(text)
     return 0
