@@ -447,3 +447,42 @@ def test_preview_liquidate_collateral_on_bad_price_reverts_like_the_action(proto
     with pytest.raises((ContractLogicError, TransactionFailed)) as exc:
         preview(p, trader.address, token.address, MAX_UINT)
     assert revert_reason(exc.value) == "bad price"
+
+
+def test_regression_collateral_liquidation_cannot_turn_a_solvent_account_bankrupt(protocol, actors):
+    """Issue 11: an account at equity +1,629 USD (1 WBTC worth 60,000 and cash about -58,371 after
+    a realised ETH loss) became -1,371 USD in one liquidate_collateral: the caller took the whole
+    5 % discount (3,000 USD) though the equity could bear only 1,629 of it. Now the account bears
+    the discount only down to min(equity before, 0) = 0; the insurance fund credits its cash the
+    other 1,371; the caller still gets the whole balance for the discounted value."""
+    p, trader, liquidator = protocol, actors.trader, actors.liquidator
+    qs = quote_scale(p)
+    wbtc = p.token("WBTC")
+    balance = p.units("WBTC", 1)
+    p.deposit(trader, "WBTC", balance)
+    cash = realise_eth_loss(p, trader, 100 * WAD, "1418.009")   # about -58,371 USD
+    price = p.price("BTC")
+    equity0 = p.health(trader.address)[0]
+    assert equity0 == cash + balance * price // 10**8 and 1_628 * WAD < equity0 < 1_630 * WAD
+    assert p.health(trader.address)[2] < 0
+    p.fund(liquidator, "USDC", p.units("USDC", 100_000))
+    fh = fund_and_house(p)
+    exp = expected_plan(cash=cash, balance=balance, price=price, decimals=8, quote_scale=qs, max_repay=MAX_UINT,
+                        fund=fh["fund"], house_cash=fh["house_cash"])
+    # What the pre-revision engine did: the account bore the whole discount.
+    unbounded = equity0 + exp["repay"] * qs - balance * price // 10**8
+    assert -1_372 * WAD < unbounded < -1_370 * WAD
+    assert exp["seized"] == balance and 1_370 * WAD < exp["subsidy"] < 1_372 * WAD
+    plan = preview(p, trader.address, wbtc.address, MAX_UINT)
+    assert plan == exp
+    usdc0 = p.quote.functions.balanceOf(liquidator.address).call()
+    receipt = liquidate_collateral(p, liquidator, trader.address, wbtc.address)
+    [ev] = events(p, receipt, "CollateralLiquidation")
+    assert {k: ev.args[k] for k in event_of(exp)} == event_of(exp)
+    assert p.health(trader.address)[0] == 0 == min(equity0, 0)   # was -1,371 USD
+    assert p.cash(trader.address) == exp["cash"] == 0
+    assert fund_and_house(p) == {"fund": fh["fund"] - exp["subsidy"], "house_cash": fh["house_cash"]}
+    # The caller: the whole discount (1 WBTC for 95 % of its value).
+    assert wbtc.functions.balanceOf(liquidator.address).call() == balance
+    assert p.quote.functions.balanceOf(liquidator.address).call() == usdc0 - exp["repay"]
+    assert exp["repay"] == balance * mul_up(price, WAD - DISCOUNT) // 10**8 // qs
