@@ -679,9 +679,7 @@ class Liquidator:
         encoded directly (no web3 contract round)."""
         if isinstance(unit, list):
             if len(unit) > 1 or batch_size(self.config) > 1 and unit[0].kind != SETTLE:
-                return TxRequest(self.engine.address, _batch_data(unit), LIQUIDATE_MANY, unit[0].account,
-                                 f"{len(unit)} orders", len(unit) * self.config.liquidation_gas_estimate,
-                                 sum(c.expected_profit_wei for c in unit), sum(c.profit_usd_wad for c in unit))
+                return batch_request(self.engine.address, unit, self.config.liquidation_gas_estimate)
             unit = unit[0]
         cand = unit
         if cand.kind == LIQUIDATE:
@@ -1019,6 +1017,16 @@ def tx_units(chosen: list[Candidate], size: int) -> list[list[Candidate]]:
     orders = [c for c in chosen if c.kind != SETTLE]
     units = [orders[i:i + size] for i in range(0, len(orders), size)]
     return units + [[c] for c in chosen if c.kind == SETTLE]
+
+
+def batch_request(engine: str, unit: list[Candidate], order_gas: int) -> TxRequest:
+    """The ``liquidate_many`` transaction of ``unit``: ``order_gas`` per order. The fee strategy
+    prices a tip per gas from a profit over one liquidation's gas estimate; a batch has that gas
+    per order, so it is priced on its orders' average profit (a profit-share tip stays the same
+    share of the batch's profit as of one liquidation's)."""
+    return TxRequest(engine, _batch_data(unit), LIQUIDATE_MANY, unit[0].account, f"{len(unit)} orders",
+                     len(unit) * order_gas, sum(c.expected_profit_wei for c in unit) // len(unit),
+                     sum(c.profit_usd_wad for c in unit))
 
 
 def _orders(unit: list[Candidate]) -> list[tuple[str, int, str, int]]:

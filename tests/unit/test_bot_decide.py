@@ -78,3 +78,24 @@ def test_a_ticks_orders_go_out_in_batches_bounded_by_orders_and_gas() -> None:
     assert [c for u in units for c in u] == chosen                      # order kept: most profitable first
     assert all(u[0].kind == SETTLE for u in units[3:])                   # settlements on their own
     assert tx_units(chosen, 1) == [[c] for c in chosen]
+
+
+def test_a_batch_is_priced_like_its_orders() -> None:
+    """Gas limit: the per-order estimate times the orders; the fee strategy's profit input: the
+    orders' average, so a profit-share tip per gas is the share of the batch's profit over its gas."""
+    from bot.liquidator import batch_request
+    from bot.strategy import LIQUIDATE, GasQuote, Candidate
+    from bot.txs import ProfitShareTip, batch_orders
+
+    def cand(i: int, profit_wei: int) -> Candidate:
+        return Candidate(f"0x{i:040x}", LIQUIDATE, i % 2, "ETH-PERP", 10**18 + i, 1, 1, 1,
+                         GasQuote(0, 0, 0, profit_wei), 7)
+
+    unit = [cand(1, 3 * 10**15), cand(2, 5 * 10**15), cand(3, 10**15)]
+    req = batch_request("0x" + "e1" * 20, unit, 500_000)
+    assert req.kind == "liquidate_many" and req.gas == 1_500_000
+    assert req.expected_profit_wei == 3 * 10**15 and req.expected_profit_usd_wad == 21
+    assert [(o.account, o.market, o.amount) for o in batch_orders(req.data)] == [
+        (c.account, c.target, c.amount) for c in unit]
+    tip = ProfitShareTip(WAD // 10, 500_000).tip_for(req.expected_profit_wei)
+    assert tip * req.gas == 9 * 10**15 // 10          # 10 % of the batch's 0.009 ETH over its gas
