@@ -73,9 +73,10 @@ class FeedSpec:
     price: int                # initial answer in whole USD cents * 10**(decimals-2) is awkward:
                               # it is the answer in feed units (price * 10**decimals)
     decimals: int = 8
-    # Seconds an answer stays usable for every market and collateral this feed prices: the feed's
-    # heartbeat plus a margin (Chainlink's ETH / USD and BTC / USD on Ethereum beat every 3,600 s;
-    # others every 60 s to 24 h). None: DeployConfig.max_price_age. See docs/protocol.md.
+    # Seconds an answer stays usable for every market and collateral this feed prices. The local
+    # default is the heartbeat of Chainlink's ETH / USD and BTC / USD on Ethereum (3,600 s; others
+    # beat every 60 s to 24 h); production: the feed's heartbeat plus a margin. None:
+    # DeployConfig.max_price_age. See docs/protocol.md, "Per-feed maximum price ages".
     max_price_age: int | None = 3600
 
 
