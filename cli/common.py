@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
@@ -265,6 +266,25 @@ def check_writable_file(value: str, option: str) -> Path:
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{option} {path} is not writable: give a path you can write")
     return path
+
+
+def check_output_folder(value: str, option: str) -> Path:
+    """A folder a command will write files into, checked before the work: a folder, or a new one
+    whose parent exists (only the last level is created, never a tree). Raises ConfigError (exit 2)."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file: give a folder")
+    if not path.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: folder {path.parent} does not exist")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ConfigError(f"{option} {path} is not writable: give a folder you can write")
+    return path
+
+
+def progress_bar(label: str, console: Console) -> Progress:
+    """A transient progress bar on a terminal; nothing at all in a pipe or a log (not even a blank line)."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                    transient=True, disable=not console.is_terminal)
 
 
 def wad_str(x: int) -> str:

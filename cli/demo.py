@@ -21,7 +21,6 @@ from typing import Any
 import click
 from eth_account import Account
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from web3 import Web3
 
@@ -39,7 +38,7 @@ from protocol_model.state import ProtocolState
 from protocol_model.wad import GWEI, WAD
 
 from . import cli
-from .common import get_ctx, handle_errors, json_option, parse_shocks
+from .common import get_ctx, handle_errors, json_option, parse_shocks, progress_bar
 
 MAX_ROUNDS = 400   # keeper rounds after the crash; the demo's markets are quiet long before
 
@@ -113,8 +112,7 @@ def seed(out: Out, stage: Stage, n: int, seed_: int) -> tuple[list[TraderPlan], 
     if out.quiet:
         plans = seed_accounts(stage.w3, stage.dep, stage.owner, n, seed_)
     else:
-        with Progress(TextColumn("seeding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=out.console, transient=True) as bar:
+        with progress_bar("seeding", out.console) as bar:
             task = bar.add_task("seed", total=3 * n)
             plans = seed_accounts(stage.w3, stage.dep, stage.owner, n, seed_,
                                   progress=lambda d, t: bar.update(task, completed=d))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from protocol_model.seeding import seed_accounts
 
 from . import cli
-from .common import EXIT_FAILED, common_options, fail, get_ctx, handle_errors
+from .common import EXIT_FAILED, common_options, fail, get_ctx, handle_errors, progress_bar
 
 
 @cli.command()
@@ -28,8 +27,7 @@ def seed(n: int, seed: int) -> None:
         if ctx.as_json:
             plans = seed_accounts(ctx.chain(), dep, owner, n, seed)
         else:
-            with Progress(TextColumn("seeding traders"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=ctx.console, transient=True) as bar:
+            with progress_bar("seeding traders", ctx.console) as bar:
                 task = bar.add_task("seed", total=3 * n)
                 plans = seed_accounts(ctx.chain(), dep, owner, n, seed,
                                       progress=lambda done, total: bar.update(task, completed=done))

@@ -10,13 +10,12 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from protocol_model.errors import ConfigError
 
 from . import cli
-from .common import (check_writable_file, deployment_option, get_ctx, handle_errors, json_option, parse_percent,
-                     parse_shocks, rpc_option)
+from .common import (check_output_folder, check_writable_file, deployment_option, get_ctx, handle_errors, json_option,
+                     parse_percent, parse_shocks, progress_bar, rpc_option)
 
 # The bots log every lost race and revert; in a simulation those are the point, not news.
 _CHATTY = ("bot.liquidator", "bot.txs", "bot.mirror", "bot.scanner", "bot.lifecycle", "devnode",
@@ -211,6 +210,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
         raise ConfigError(f"--horizon must be > 0 days, got {horizon}")
     if min(gas_gwei, tip_gwei, min_profit) < 0:
         raise ConfigError("--gas-gwei, --tip-gwei and --min-profit must be >= 0")
+    if plot_dir:
+        check_output_folder(plot_dir, "--plot")
     sweep_list = [parse_sweep(s) for s in sweeps]
     goal = parse_target(target)
     shock_list = parse_shocks(shocks) if shocks else ()
@@ -258,8 +259,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     n_workers = workers or default_workers()
     ensure_ray(n_workers, ray_address)
     total = n_paths * (len(grid(sweep_list)) if sweep_list else 1)
-    with Progress(TextColumn("stress"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with progress_bar("stress", Console(stderr=True)) as bar:
         task = bar.add_task("paths", total=total)
         report = run_study(state, population, paths, n_paths, seed, keepers, sweep_list, goal, n_workers, ray_address,
                            progress=lambda k: bar.advance(task, k))

@@ -126,3 +126,19 @@ def test_missing_malformed_and_foreign_deployment_files(node_url: str, deployed:
     foreign.write_text(json.dumps(json.loads(deployed.read_text()) | {"chain_id": 1}))
     code, _, err = run("accounts", "--rpc", node_url, "--deployment", str(foreign))
     assert code == 2 and "chain id 1" in err
+
+
+def test_node_json_is_one_document_on_one_line_with_keystores(tmp_path: Path) -> None:
+    keys = tmp_path / "dev-keys"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "node", "--port", "0", "--accounts", "2", "--json",
+                             "--export-keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        doc = json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert len(doc["accounts"]) == 2 and doc["url"].startswith("http://127.0.0.1:") and doc["block_time"] is None
+    assert doc["keystores"] == [str(keys / "account-0.json"), str(keys / "account-1.json")]
+    assert doc["password_file"] == str(keys / "password")
+    assert "private_key" not in json.dumps(doc)

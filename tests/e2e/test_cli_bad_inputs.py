@@ -128,6 +128,7 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str]] = [
      "does not exist"),
     ("competition-plot-is-a-folder", ["simulate", "competition", "--plot", "{tmp}"], {}, 2, "--plot"),
     ("stress-paths-zero", ["simulate", "stress", "--paths", "0"], {}, 2, "--paths"),
+    ("stress-plot-missing-folder", ["simulate", "stress", "--plot", "/nonexistent/dir"], {}, 2, "does not exist"),
     ("stress-horizon", ["simulate", "stress", "--horizon", "0"], {}, 2, "--horizon"),
 ]
 
