@@ -433,11 +433,12 @@ def test_liquidate_many_race_costs_skipped_orders_not_reverts(chain: Chain, tmp_
         rival.stop()
 
 
-def test_restart_resumes_without_rescanning_or_resending(chain: Chain, tmp_path: Path) -> None:
-    before = make_bot(chain, tmp_path, "bot")
+@pytest.mark.parametrize("batch", [1, 16], ids=["single", "batched"])
+def test_restart_resumes_without_rescanning_or_resending(chain: Chain, tmp_path: Path, batch: int) -> None:
+    before = make_bot(chain, tmp_path, "bot", max_batch_orders=batch)
     warm_up(chain, before)
     crash_block, (report,) = crash(chain, before)
-    sent = {(s.tx.account, s.tx.target) for s in report.sends if s.sent}
+    sent = {o for s in report.sends if s.sent for o in orders_of(s.tx)}
     assert sent
     before.stop()                              # stopped with every liquidation still in the mempool
     stored_last = _last_block(before.config.db_path, chain.dep)
@@ -451,24 +452,25 @@ def test_restart_resumes_without_rescanning_or_resending(chain: Chain, tmp_path:
     after = Liquidator(w3, chain.dep, Account.from_key(chain.liquidator_key), before.config)
     try:
         after.start()
-        assert after.pending() and {(t.account, t.target) for t in after.pending()} == sent
+        assert after.pending() and {o for t in after.pending() for o in orders_of(t)} == sent
         report = after.tick()
         # It read logs from where the last run stopped (minus the lookback), never from the deployment.
         assert GetLogsRecorder.ranges
         assert min(lo for lo, _ in GetLogsRecorder.ranges) >= stored_last - after.config.lookback_blocks
         assert min(lo for lo, _ in GetLogsRecorder.ranges) > chain.dep.block
         # It settled what the first run sent and sent nothing for those targets again.
-        assert {(o.tx.account, o.tx.target) for o in report.outcomes} == sent
+        assert {t for o in report.outcomes for t in orders_of(o.tx)} == sent
         assert all(o.status == "mined" for o in report.outcomes)
         chain.mine()
         report2 = after.tick()
-        again = {(s.tx.account, s.tx.target) for r in (report, report2) for s in r.sends if s.tx is not None}
+        again_txs = [s.tx for r in (report, report2) for s in r.sends if s.tx is not None]
+        again = {o for tx in again_txs for o in orders_of(tx)}
         assert not again & sent
         events = chain.liquidation_events(crash_block, chain.w3.eth.block_number)
         per_target = Counter((ev.args["account"], str(ev.args.get("market", ev.args.get("token")))) for ev in events)
         assert max(per_target.values()) == 1, per_target
         assert after.store.totals().won == len(events)
-        assert after.rpc.count("eth_sendRawTransaction") == len(again)
+        assert after.rpc.count("eth_sendRawTransaction") == len(again_txs)
     finally:
         after.stop()
 
