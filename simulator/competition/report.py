@@ -235,9 +235,11 @@ class CompetitionReport:
             f"(tip share {fmt_amount(self.tip_share_wad * 100, 18, 2)}% of rewards)"
         )
         console.print(
-            f"bad debt settled {fmt_amount(self.bad_debt_settled_usd_wad, 18, 2)} USD "
-            f"(socialised {fmt_amount(self.socialised_usd_wad, 18, 2)}); "
-            f"unsettled {fmt_amount(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s); "
+            f"bad debt settled in the liquidations {fmt_amount(self.bad_debt_settled_usd_wad, 18, 2)} USD "
+            f"(socialised {fmt_amount(self.socialised_usd_wad, 18, 2)}); left unsettled "
+            f"{fmt_amount(self.bad_debt_usd_wad, 18, 2)} USD over {self.bankrupt_accounts} bankrupt account(s)"
+        )
+        console.print(
             f"{self.liquidatable_at_end} still liquidatable; blocks until the last liquidation {last}; "
             f"ETH {fmt_amount(self.eth_price_wad, 18, 2)} USD, base fee {self.base_fee_wei} wei"
         )
