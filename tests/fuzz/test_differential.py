@@ -682,6 +682,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                 _event(f"liquidate_many: skip {o.reason}")
                 continue
             kind = "liquidate_collateral" if isinstance(o.plan, pm.CollateralLiquidationPlan) else "liquidate"
+            _event(f"liquidate_many: executed {kind}" + (", settles bad debt" if o.settlement is not None else ""))
             want[kind].append(o.plan)
             if o.settlement is not None:
                 want["settle_bad_debt"].append(tuple(o.settlement))
@@ -997,6 +998,9 @@ class DifferentialMachine(RuleBasedStateMachine):
                     tok = next(t for t in acc.collateral)
                 max_repay = {"all": MAX_UINT, "one": 1, "frac": max(-acc.cash // self.model.params.quote_scale // 2, 1), "zero": 0}[amount]
                 orders.append(pm.LiquidationOrder(target, market if kind == "bad" else 0, tok, max_repay))
+        self._batch(caller, orders)
+
+    def _batch(self, caller: str, orders: list[pm.LiquidationOrder]) -> None:
         self.compare_batch_preview(orders)
         sender = self.addr(caller)
         self.mirror("liquidate_many", f"{caller} liquidates a batch {orders}", sender, self.c.engine,
@@ -1033,6 +1037,15 @@ class DifferentialMachine(RuleBasedStateMachine):
             if acc.cash < 0 and not acc.positions and not acc.collateral:
                 self._settle(caller, acc.address)
                 return
+        if frac % 3 == 0 and any(self.health_or_zero(acc).maint_health < 0 for acc in accounts):
+            # One batch for every trader, as a keeper's tick sends it: each position closed and each
+            # collateral seized, in turn (the model's health, which ignores ages, picks them, so
+            # stale feeds give skips; later orders meet what earlier ones did).
+            repay = MAX_UINT if amount != "one" else 1
+            orders = [pm.LiquidationOrder.position(acc.address, m, MAX_UINT) for acc in accounts for m in sorted(acc.positions)]
+            orders += [pm.LiquidationOrder.collateral(acc.address, t, repay) for acc in accounts for t in sorted(acc.collateral)]
+            self._batch(caller, orders[:32])
+            return
         for acc in accounts:
             if self.health_or_zero(acc).maint_health >= 0:
                 continue

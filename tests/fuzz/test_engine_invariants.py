@@ -277,10 +277,13 @@ class EngineMachine(RuleBasedStateMachine):
 
     def sent(self) -> None:
         self.cached = None
+        self.pending = None
 
     def now(self) -> int:
-        """The timestamp of the block the next transaction goes into."""
-        return int(self.tester.get_block_by_number("pending")["timestamp"])
+        """The timestamp of the block the next transaction goes into (read once per chain change)."""
+        if getattr(self, "pending", None) is None:
+            self.pending = int(self.tester.get_block_by_number("pending")["timestamp"])
+        return self.pending
 
     def usable(self, kind: str, key: Any) -> bool:
         """Whether the price of market ``key`` (kind "m") or collateral ``key`` ("c") is usable:
@@ -747,6 +750,26 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.e.functions.insurance_fund().call() == w.fund
 
     # ------------------------------------------------------------ liquidations: the rules
+
+    @rule(k=KEEPERS, drop_bps=st.integers(0, 4_000), repay=st.sampled_from(["all", "half"]))
+    def crash_then_liquidate_everything(self, k: int, drop_bps: int, repay: str) -> None:
+        """The price of the weakest trader's largest position moves ``drop_bps`` against it;
+        then one batch orders, for every trader, a close of each of its positions and a seizure of
+        each of its collaterals, trader by trader: later orders meet what earlier ones did (skips,
+        settlements), as in a keeper's tick."""
+        self.shock(self.pick_target(None, "position"), None, drop_bps)
+        orders = []
+        for t in self.traders:
+            acct = self.state(t.address)
+            for m in (ETH, BTC):
+                if acct.sizes[m]:
+                    orders.append((t.address, "position", m, MAX_UINT))
+            for symbol in COLLATERAL_ASSET:
+                if self.balance(acct, symbol):
+                    debt = max(-acct.cash // self.qs, 1)
+                    orders.append((t.address, "collateral", symbol, MAX_UINT if repay == "all" else max(debt // 2, 1)))
+        if orders:
+            self._execute(k, orders, batch=True)
 
     def _execute(self, k: int, orders: list[tuple], batch: bool) -> None:
         """Predict, send and check ``orders``, each ``(account, kind, key, amount)`` with kind
