@@ -21,10 +21,12 @@ The parts, each replaceable on its own (auction-keeper's split of ``main``/``str
 
 One tick, for a new head: sync the mirror (one ``eth_getLogs``), settle our in-flight
 transactions, then for each liquidatable account that is neither backed off after a lost race nor
-already targeted by a pending transaction, plan its liquidations; then preflight every chosen
-transaction of the tick in one JSON-RPC batch of ``eth_call`` (one by one when the provider cannot
-batch), sign those that passed, and send them (batched too), most profitable first, with every
-store write of the tick in one SQLite transaction.
+already targeted by a pending transaction, plan its liquidations; then put the chosen
+liquidations, most profitable first, into ``liquidate_many`` transactions of up to
+``max_batch_orders`` orders (:func:`tx_units`; a race lost to a rival then costs a skipped order,
+recorded from the engine's ``LiquidationSkipped``, not a reverted transaction), preflight them in
+one JSON-RPC batch of ``eth_call`` (one by one when the provider cannot batch), sign those that
+passed, and send them (batched too), with every store write of the tick in one SQLite transaction.
 
 Backstop mode (``backstop``, ``--backstop``): the protocol operator's keeper. A bankrupt account
 (equity < 0) pays its keeper like any other (the insurance fund, then the house, pays what it

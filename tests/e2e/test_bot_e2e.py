@@ -433,6 +433,48 @@ def test_liquidate_many_race_costs_skipped_orders_not_reverts(chain: Chain, tmp_
         rival.stop()
 
 
+def test_a_batch_preflight_sends_what_would_execute_and_says_why_the_rest_would_not(chain: Chain,
+                                                                                   tmp_path: Path) -> None:
+    """The batch preflight's two refusals, on the engine itself: a batch that reverts (here an order
+    for a collateral that is not listed) is tried order by order and the orders that pass go out
+    together; a batch of which nothing would execute (a rival took every account first) is not
+    sent, and preview_liquidate_many says why each order would be skipped (lost races)."""
+    from bot.liquidator import _batch_data
+    from bot.strategy import LIQUIDATE_COLLATERAL, Candidate
+
+    chain.set_prices(100)
+    chain.mine()
+    chain.set_prices(CRASH_PCT)
+    chain.mine()
+    bot = make_bot(chain, tmp_path, "bot", max_batch_orders=16)
+    rival = make_bot(chain, tmp_path, "rival", key=chain.rival_key, max_batch_orders=16)
+    try:
+        bot.start()
+        eth = bot.book.price(bot.eth_feed)
+        unit = [plan.chosen[0] for plan in (bot.planner.plan(bot.state, a, base_fee_wei=0, eth_price_wad=eth)
+                                            for a in bot.book.liquidatable()) if plan.chosen][:4]
+        assert len(unit) == 4
+        engine = bot.engine.address
+        bogus = Candidate(unit[0].account, LIQUIDATE_COLLATERAL, "0x" + "de" * 20, "?", 1, 0, 0, 0, None, 0)
+        flight = bot.sender.preflight(engine, _batch_data(unit + [bogus]))
+        assert not flight.ok and "not listed" in (flight.reason or "")
+        passed, refused = bot._preflight_batch(unit + [bogus], flight)
+        assert passed == unit
+        assert [c for c, _ in refused] == [bogus] and "not listed" in (refused[0][1].reason or "")
+
+        rival.start()
+        assert rival.tick().sent
+        chain.mine()                                   # the rival's batch takes every account first
+        flight = bot.sender.preflight(engine, _batch_data(unit))
+        assert flight.ok                               # skips, not a revert
+        passed, refused = bot._preflight_batch(unit, flight)
+        assert passed == [] and [c for c, _ in refused] == unit
+        assert all(f.reason in ("healthy", "no position") and f.lost_race for _, f in refused)
+    finally:
+        bot.stop()
+        rival.stop()
+
+
 @pytest.mark.parametrize("batch", [1, 16], ids=["single", "batched"])
 def test_restart_resumes_without_rescanning_or_resending(chain: Chain, tmp_path: Path, batch: int) -> None:
     before = make_bot(chain, tmp_path, "bot", max_batch_orders=batch)
