@@ -63,6 +63,7 @@ from bot import config as bot_config
 from bot.config import BotConfig
 from bot.config import MIN_REPLACEMENT_BUMP_WAD
 from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump
+from simulator.defaults import LIQUIDATION_GAS, LOST_RACE_BACKOFF_BLOCKS, MIN_PROFIT_USD_WAD
 
 Kind = Literal["fixed", "profit-share", "rebid"]
 KINDS: tuple[Kind, ...] = ("fixed", "profit-share", "rebid")
@@ -94,9 +95,9 @@ class SimSettings:
     account alone after losing a race for it.
     """
 
-    min_profit_usd_wad: int = WAD                   # 1 USD, the bot's default
-    gas_estimate: int = 500_000
-    backoff_blocks: int = 20
+    min_profit_usd_wad: int = MIN_PROFIT_USD_WAD    # the bot's defaults
+    gas_estimate: int = LIQUIDATION_GAS
+    backoff_blocks: int = LOST_RACE_BACKOFF_BLOCKS
     max_fee_cap_wei: int = DEFAULT_MAX_FEE_CAP_WEI
     deploy: DeployConfig = field(default_factory=DeployConfig)
 

@@ -55,7 +55,8 @@ from protocol_model.errors import ConfigError, Revert
 from protocol_model.health import price
 from protocol_model.scenarios import SCENARIO_KEEPER, Stepper, impact_fraction
 from protocol_model.state import ProtocolState
-from protocol_model.wad import GWEI, WAD, mul_up
+from protocol_model.wad import GWEI, mul_up
+from simulator.defaults import LIQUIDATION_GAS, MIN_PROFIT_USD_WAD
 
 Policy = Literal["bot", "reference"]
 POLICIES: tuple[str, ...] = ("bot", "reference")
@@ -76,8 +77,8 @@ class KeeperSettings:
     latency: int = 0                    # steps an account waits, liquidatable, before keepers act
     base_fee_wei: int = 30 * GWEI
     tip_wei: int = 1 * GWEI
-    gas_units: int = 500_000            # per liquidation (the bot's liquidation_gas_estimate)
-    min_profit_usd_wad: int = WAD
+    gas_units: int = LIQUIDATION_GAS    # per liquidation (the bot's liquidation_gas_estimate)
+    min_profit_usd_wad: int = MIN_PROFIT_USD_WAD
     backstop: bool = True
     impact_per_notional: int = 10**16   # WAD fraction per 1,000,000 USD of net notional (1 %)
     max_rounds: int = 20                # cascade rounds per step
