@@ -159,7 +159,8 @@ def _fraction(text: str, what: str) -> float:
 @click.option("--tip-gwei", type=float, default=1.0, show_default=True, help="the keepers' priority fee (gwei)")
 @click.option("--min-profit", type=float, default=1.0, show_default=True, help="the keepers' minimum profit per liquidation (USD)")
 @click.option("--backstop/--no-backstop", default=True, show_default=True,
-              help="the operator's keeper also closes bankrupt accounts and settles their bad debt")
+              help="the operator's keeper also closes bankrupt accounts whose reward does not pay the gas (at a "
+                   "loss) and settles bad debt no liquidation settled")
 @click.option("--impact", default="1%", show_default=True, help="price impact per 1,000,000 USD of net notional liquidated")
 @click.option("--max-rounds", type=int, default=20, show_default=True, help="cascade rounds per step")
 @click.option("--sweep", "sweeps", multiple=True,

@@ -12,10 +12,12 @@
    * ``bot`` (default): the live bot's decision function, :func:`bot.decide.decide` (its
      :class:`bot.strategy.Planner`), over the eligible accounts at the step's gas price
      (``base_fee_wei`` + the fixed tip ``tip_wei``, priced in USD with the ETH feed), with its
-     minimum profit and, with ``backstop``, the operator's backstop (bankrupt accounts closed at a
-     gas-only loss, then ``settle_bad_debt``; a liquidation that leaves only negative cash settles
-     it at once, :func:`protocol_model.actions.auto_settlement`, and that settlement is counted
-     like an explicit one); its orders are executed in its order with
+     minimum profit. Bankrupt accounts pay their keepers like any other (the insurance fund, then
+     the house, pays what the account cannot), so the bot closes them for profit; with
+     ``backstop``, the operator's backstop also closes those whose reward does not pay the gas, at
+     a loss, and calls ``settle_bad_debt`` on bad debt no liquidation settled. A liquidation that
+     leaves only negative cash settles it at once (:func:`protocol_model.actions.auto_settlement`),
+     and that settlement is counted like an explicit one. Its orders are executed in its order with
      :mod:`protocol_model.actions` (a refused step ends that account's sequence and is suppressed for
      the rest of the step, as the bot suppresses it for a block). Each round is one tick; nothing is
      in flight between ticks (a step is at least a block). The keeper's quote budget for collateral
