@@ -20,7 +20,9 @@ Each new head (:meth:`ChainMirror.sync`):
   ``(block hash, log index)`` and skipped; logs of blocks the snapshot already covers are skipped;
   a log that shows up late for an already-processed block (a provider whose log index lagged)
   makes its account be re-read through the Lens at the head, never applied out of order;
-* engine events set the account's resulting state (:func:`protocol_model.logs.apply_event`), price
+* engine events set the account's resulting state, and the house's cash and the insurance fund
+  from the resulting values each event that moves them carries (SPEC invariant 6;
+  :func:`protocol_model.logs.apply_event`; ``LiquidationSkipped`` changes nothing), price
   events move the HealthBook (only the terms that feed prices are recomputed), and only the
   changed accounts are re-read into the book; new depositors go into the store;
 * a configuration event (listing, parameters, pause) re-reads the protocol through the Lens and

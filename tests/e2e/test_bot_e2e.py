@@ -294,7 +294,8 @@ def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Ch
         assert all(r < PAYS for r in chain.best_reward_usd(end, stuck).values())
         assert stuck <= liquidatable - payable
         # The mirror, kept from logs only (re-reading a lookback window every block), equals the engine,
-        # down to the house and the insurance fund, which events change by deltas.
+        # down to the house and the insurance fund, which every event that moves them carries as
+        # resulting values (SPEC invariant 6).
         assert {a: tuple(bot.book.health(a)) for a in after} == after
         engine = chain.engine_state(end)
         assert bot.state.accounts == engine.accounts
