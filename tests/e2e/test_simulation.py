@@ -280,6 +280,14 @@ def test_a_measured_key_sets_its_path_for_the_keys_it_did_not_meet() -> None:
             == 2 * gas_table.BRANCH_GAS["short"])
     with pytest.raises(ConfigError):
         GasKey.parse("ok|m0|a1|c2|r1|Nz")                # the key of a table, not of a transaction
+    # The automatic settlement's branch (d): its own gas on top of the same path; d0 costs nothing.
+    for d, name in ((1, "settle"), (2, "settle_check"), (3, "settle_check_positions")):
+        settled = key.replace("|r1|", f"|r1|d{d}|")
+        assert GasKey.parse(settled).settlement == d and GasKey.parse(settled).settled == (d == 1)
+        assert table.exec_gas(settled) == 100_000 + gas_table.BRANCH_GAS[name]
+    assert table.exec_gas(key.replace("|r1|", "|r1|d0|")) == 100_000
+    with pytest.raises(ConfigError):
+        GasKey.parse(key.replace("|r1|", "|r1|d7|"))
 
 
 @pytest.mark.slow
