@@ -164,6 +164,68 @@ class Actors:
 # ---------------------------------------------------------------- fixtures
 
 
+# ---------------------------------------------------------------- distribution over the workers
+# pyproject runs ``-n 2 --dist loadscope --no-loadscope-reorder``, with the scopes drawn here: a
+# scope goes whole to one worker (its module fixtures are built once) and the scopes are handed
+# out in the order of the items. A scope is a module, or a module's tests on one node kind where
+# it runs on the dev node and on anvil (two scopes that the workers can share). (xdist's own
+# ``loadgroup`` marks do not reach its scheduler under pytest 9, which no longer reads the node id
+# xdist rewrites.) The scopes go out longest first, so that a long one never starts last while the
+# other worker idles: SCOPE_SECONDS are rough seconds per scope from ``pytest --durations=0`` on
+# 2 busy cores (only the order depends on them; a scope not listed counts one second per test).
+SCOPE_SECONDS: dict[str, float] = {
+    "tests/fuzz/test_engine_invariants.py": 500,
+    "tests/e2e/test_bot_e2e.py:devnode": 340,
+    "tests/e2e/test_bot_e2e.py:anvil": 180,
+    "tests/integration/test_model_logs.py": 110,
+    "tests/e2e/test_cli_node_demo.py": 90,
+    "tests/e2e/test_simulation.py": 75,
+    "tests/e2e/test_wheel.py": 65,
+    "tests/integration/test_engine_collateral_liquidation.py": 60,
+    "tests/integration/test_model_loader.py": 55,
+    "tests/e2e/test_bot_solvency.py:devnode": 55,
+    "tests/fuzz/test_differential.py": 55,
+    "tests/integration/test_lens.py": 40,
+    "tests/integration/test_engine_accounts.py": 35,
+    "tests/integration/test_stress_ray.py": 32,
+    "tests/integration/test_seeding.py": 32,
+    "tests/integration/test_gas_snapshot.py": 30,
+    "tests/integration/test_engine_liquidate.py": 28,
+    "tests/e2e/test_bot_backstop.py:devnode": 26,
+}
+
+
+def scope_of(nodeid: str) -> str:
+    """``module`` or ``module:node kind`` (a test parametrised by ``node_kind`` has it in its id;
+    another parameter spelt like a node kind only makes a scope of its own)."""
+    module, _, rest = nodeid.partition("::")
+    params = rest[rest.index("[") + 1:-1].split("-") if rest.endswith("]") and "[" in rest else []
+    kind = next((k for k in NODE_KINDS if k in params), None)
+    return f"{module}:{kind}" if kind else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None   # xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return Scopes(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):   # only in an xdist worker: the order scopes go out in
+        return
+    scopes: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        scopes.setdefault(scope_of(item.nodeid), []).append(item)
+    order = sorted(scopes, key=lambda s: -SCOPE_SECONDS.get(s, float(len(scopes[s]))))   # stable
+    items[:] = [item for s in order for item in scopes[s]]
+
+
 @pytest.fixture(scope="session")
 def w3() -> Web3:
     compile_contracts()
