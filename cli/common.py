@@ -49,6 +49,7 @@ class Context:
     deployment_path: str | None = None
     as_json: bool = False
     w3: Web3 | None = None                       # injected by tests and by `xmargin demo`
+    on_command_line: set[str] = field(default_factory=set)   # settings typed, not taken from the environment
     deployment: Deployment | None = None
     # Rich falls back to 80 columns off a terminal; logs and pipes get room for whole tables.
     console: Console = field(default_factory=lambda: Console(highlight=False, width=None if sys.stdout.isatty() else 160))
@@ -117,6 +118,8 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
         obj = ctx.find_object(Context) or ctx.ensure_object(Context)
         if value is not None and value is not False:
             setattr(obj, name, value)
+            if ctx.get_parameter_source(_param.name or name) == click.core.ParameterSource.COMMANDLINE:
+                obj.on_command_line.add(name)
         return value
 
     return callback

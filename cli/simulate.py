@@ -138,7 +138,7 @@ def _fraction(text: str, what: str) -> float:
 
 
 @simulate.command("stress")
-@click.option("--accounts", type=int, default=1000, show_default=True, help="seeded traders (ignored with --rpc)")
+@click.option("--accounts", type=int, default=1000, show_default=True, help="seeded traders (ignored with --rpc or --deployment)")
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the traders and of the price paths")
 @click.option("--paths", "n_paths", type=int, default=200, show_default=True, help="price paths (Monte Carlo samples)")
 @click.option("--steps", type=int, default=28, show_default=True, help="steps per path")
@@ -185,7 +185,8 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     """Monte Carlo of crashes over the exact model, on Ray: bad debt VaR/CVaR, insurance fund depletion,
     socialised loss, liquidations, keepers; optionally a parameter sweep with a recommendation.
 
-    The population is seeded (--accounts N --seed S) or, with --rpc/--deployment, loaded from a chain.
+    The population is seeded (--accounts N --seed S) or, with --rpc/--deployment on the command line,
+    loaded from a chain (XMARGIN_RPC_URL alone does not switch it: it names the node for the other commands).
     Example:
 
     \b
@@ -226,7 +227,7 @@ def stress(accounts: int, seed: int, n_paths: int, steps: int, horizon: float, v
     if ray_address:
         check_reachable(ray_address)   # exit 3 at once: Ray itself retries for minutes
 
-    if ctx.rpc or ctx.deployment_path or ctx.w3 is not None or ctx.deployment is not None:
+    if ctx.on_command_line & {"rpc", "deployment_path"} or ctx.w3 is not None or ctx.deployment is not None:
         state = chain_state(ctx.chain(), ctx.dep())
         population = f"loaded from the chain at block {state.block}"
     else:

@@ -148,3 +148,18 @@ def test_an_unreachable_cluster_is_one_line_and_exit_3() -> None:
     assert len(err.strip().splitlines()) == 1
     code, _, err = stress("--accounts", "5", "--paths", "2", "--ray-address", "not an address")
     assert code == 2 and "invalid --ray-address" in err
+
+
+def test_the_node_in_the_environment_does_not_replace_the_seeded_population(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:          # a node nobody runs: loading from it would fail with exit 3
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("XMARGIN_RPC_URL", f"http://127.0.0.1:{port}")
+    code, out, err = stress("--accounts", "20", "--paths", "2", "--steps", "3", "--seed", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["settings"]["population"] == "seeded, seed 2"
+    # Typed on the command line, the same node is where the population comes from.
+    code, _, err = stress("--rpc", f"http://127.0.0.1:{port}", "--paths", "2", "--steps", "3", "--json")
+    assert code == 3 and "cannot reach" in err
