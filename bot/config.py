@@ -29,6 +29,7 @@ from decimal import Decimal, Inexact, localcontext
 from typing import Any
 from urllib.parse import urlsplit
 
+from protocol_model.loader import LENS_MAX_BATCH
 from protocol_model.logscan import DEFAULT_LOG_CHUNK, DEFAULT_MAX_LOG_CHUNK
 from protocol_model.wad import ETHER, GWEI, MAX_ORDERS, WAD
 
@@ -157,6 +158,7 @@ class BotConfig:
         for name in ("rpc_retries", "lookback_blocks", "lost_race_backoff_blocks", "min_tip_wei", "fixed_tip_wei"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.min_profit_usd_wad >= 0, "min_profit_usd_wad", "must be >= 0 (USD WAD)")
+        need(self.lens_batch_size <= LENS_MAX_BATCH, "lens_batch_size", f"must be at most {LENS_MAX_BATCH} (the Lens's limit)")
         need(self.max_batch_orders <= MAX_ORDERS, "max_batch_orders", f"must be at most {MAX_ORDERS} (the engine's limit)")
         need(self.max_batch_gas >= self.liquidation_gas_estimate, "max_batch_gas",
              "must be at least liquidation_gas_estimate (one order)")

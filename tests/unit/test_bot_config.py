@@ -73,6 +73,7 @@ def test_money_values_are_parsed_exactly(var, raw, field, expected):
     ({"XMARGIN_PROFIT_SHARE_WAD": "150%"}, "XMARGIN_PROFIT_SHARE_WAD"),
     ({"XMARGIN_METRICS_PORT": "70000"}, "XMARGIN_METRICS_PORT=70000: must be 1..65535 or 'off'"),
     ({"XMARGIN_FIXED_TIP_WEI": "600gwei"}, "must not exceed max_fee_cap_wei"),
+    ({"XMARGIN_LENS_BATCH_SIZE": "201"}, "XMARGIN_LENS_BATCH_SIZE=201: must be at most 200 (the Lens's limit)"),
 ])
 def test_bad_values_raise_one_actionable_line(env, needle):
     with pytest.raises(BotConfigError) as info:
