@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -72,13 +73,27 @@ def test_node_serves_json_rpc_until_ctrl_c_and_never_prints_keys(tmp_path: Path)
             seen["error"] = exc
         finally:
             _thread.interrupt_main()
+            # Should the Ctrl-C be lost, SIGTERM (which the node also stops on) ends the wait: the
+            # test then fails on `seen["lost_ctrl_c"]` instead of hanging the run.
+            stop_at = time.monotonic() + 20
+            while _main_thread_in("serve_forever") and time.monotonic() < stop_at:
+                time.sleep(0.1)
+            if _main_thread_in("serve_forever"):
+                seen["lost_ctrl_c"] = True
+                os.kill(os.getpid(), signal.SIGTERM)
 
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    result = CliRunner().invoke(cli, ["node", "--port", str(port), "--accounts", "2", "--export-keys", str(keys)])
-    thread.join(timeout=30)
+    # Ctrl-C as in a terminal: whatever handler an earlier test in this process left behind.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        result = CliRunner().invoke(cli, ["node", "--port", str(port), "--accounts", "2", "--export-keys", str(keys)])
+        thread.join(timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     assert "error" not in seen, seen.get("error")
+    assert "lost_ctrl_c" not in seen, "the node did not stop on Ctrl-C"
     assert result.exit_code == 0, result.output
     assert f"listening on {url}" in result.output
     assert f"chain id {seen['chain_id']}" in result.output
