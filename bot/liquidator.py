@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -804,12 +804,7 @@ class Liquidator:
         won: list[tuple[LiquidationRecord, str]] = []
         skipped: list[tuple[int, str]] = []
         settled: dict[str, str] = {}
-        for entry in (outcome.receipt or {}).get("logs", []):
-            if to_checksum_address(entry["address"]) != self.engine.address:
-                continue
-            ev = decode_log(entry, ENGINE)
-            if ev is None:
-                continue
+        for ev in self._engine_events(outcome):
             a = ev.args
             if ev.name == "BadDebtSettled":
                 settled[a["account"]] = (f"; bad debt {fmt_wad(int(a['deficit']))} USD settled: insurance fund "
@@ -877,17 +872,20 @@ class Liquidator:
                 log.warning("order for %s %s skipped in block %s: %s (tx %s)", o.account,
                             self._target_name(order_target(o)), tx.mined_block, reason, tx.hash)
 
+    def _engine_events(self, outcome: TxOutcome) -> Iterator[Any]:
+        """The engine's decoded events in a mined transaction's receipt, in log order."""
+        for entry in (outcome.receipt or {}).get("logs", []):
+            if to_checksum_address(entry["address"]) == self.engine.address:
+                ev = decode_log(entry, ENGINE)
+                if ev is not None:
+                    yield ev
+
     def _won(self, outcome: TxOutcome) -> None:
         tx = outcome.tx
         state = self.state
         reward_native = reward_usd = 0
         text = ""
-        for entry in (outcome.receipt or {}).get("logs", []):
-            if to_checksum_address(entry["address"]) != self.engine.address:
-                continue
-            ev = decode_log(entry, ENGINE)
-            if ev is None:
-                continue
+        for ev in self._engine_events(outcome):
             a = ev.args
             if ev.name == "BadDebtSettled" and tx.kind == SETTLE:
                 text = (f"bad debt settled: deficit {fmt_wad(int(a['deficit']))} USD, insurance "
