@@ -335,31 +335,47 @@ def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Ch
     assert f"won {totals.won}, lost 0" in human.stdout
 
 
+def race(chain: Chain, first: Liquidator, rival: Liquidator) -> tuple[int, list[Any], int, list[Any], list[Any]]:
+    """Both bots warm up, see the crash, and tick through three more blocks. Checked here: each saw
+    every liquidatable account at the crash, every payable account was closed, nothing healthy was
+    touched, and no trader saw more closes than it had positions (never liquidated beyond need).
+    Returns the crash block, the tick reports (the crash's two first), the last block, the engine's
+    liquidation events and the closes among them."""
+    warm_up(chain, first, rival)
+    crash_block, reports = crash(chain, first, rival)
+    liquidatable, payable = chain.payable(crash_block)
+    positions = chain.positions(crash_block)
+    for report in reports:
+        assert set(report.liquidatable) == liquidatable
+    for _ in range(3):
+        chain.mine()
+        reports += [first.tick(), rival.tick()]
+    end = chain.w3.eth.block_number
+    events = chain.liquidation_events(crash_block, end)
+    closes = [ev for ev in events if ev.name == "Liquidation"]
+    assert payable <= {ev.args["account"] for ev in closes}
+    assert {ev.args["account"] for ev in events} <= liquidatable
+    per_account = Counter(ev.args["account"] for ev in closes)
+    assert all(per_account[a] <= positions[a] for a in per_account), per_account
+    return crash_block, reports, end, events, closes
+
+
+def paid_what_the_chain_paid(bot: Liquidator, closes: list[Any]) -> None:
+    """A bot's recorded wins and rewards are exactly the closes the chain credits to it."""
+    mine = [ev for ev in closes if ev.args["liquidator"] == bot.address]
+    won = [r for r in bot.store.liquidations() if r.outcome == "won" and r.kind == "liquidate"]
+    assert len(won) == len(mine)
+    assert sum(r.reward_native for r in won) == sum(ev.args["keeper_reward"] for ev in mine)
+
+
 def test_two_bots_race_for_the_same_accounts(chain: Chain, tmp_path: Path) -> None:
     # The first bot bids a share of each prize, the rival a flat tip: each wins where it pays more.
     first = make_bot(chain, tmp_path, "first", gas_strategy="profit_share", profit_share_wad=WAD // 10)
     rival = make_bot(chain, tmp_path, "rival", key=chain.rival_key, fixed_tip_wei=20 * GWEI)
     try:
-        warm_up(chain, first, rival)
-        crash_block, reports = crash(chain, first, rival)
-        liquidatable, payable = chain.payable(crash_block)
-        positions = chain.positions(crash_block)
-        for report in reports:
-            assert set(report.liquidatable) == liquidatable
+        crash_block, reports, end, events, closes = race(chain, first, rival)
+        for report in reports[:2]:
             assert report.sent, "each bot goes for the crash"
-        for _ in range(3):
-            chain.mine()
-            reports += [first.tick(), rival.tick()]
-        end = chain.w3.eth.block_number
-
-        events = chain.liquidation_events(crash_block, end)
-        closes = [ev for ev in events if ev.name == "Liquidation"]
-        assert payable <= {ev.args["account"] for ev in closes}
-        assert {ev.args["account"] for ev in events} <= liquidatable
-        # Never liquidated beyond need: one close restores the margin unless the position is too small,
-        # so no trader sees more closes than it had positions.
-        per_account = Counter(ev.args["account"] for ev in closes)
-        assert all(per_account[a] <= positions[a] for a in per_account), per_account
 
         # The loser's transactions reverted as lost races, were counted and backed off.
         outcomes = [o for r in reports for o in r.outcomes]
@@ -371,11 +387,7 @@ def test_two_bots_race_for_the_same_accounts(chain: Chain, tmp_path: Path) -> No
             assert bot.metrics.value("xmargin_liquidations_lost_total") == len(lost)
             for record in lost:
                 assert (bot.store.backed_off_until(record.account) or 0) >= record.block + 5
-            # Its rewards are exactly what the chain paid it.
-            mine = [ev for ev in closes if ev.args["liquidator"] == bot.address]
-            won = [r for r in bot.store.liquidations() if r.outcome == "won" and r.kind == "liquidate"]
-            assert len(won) == len(mine)
-            assert sum(r.reward_native for r in won) == sum(ev.args["keeper_reward"] for ev in mine)
+            paid_what_the_chain_paid(bot, closes)
         assert first.store.totals().won + rival.store.totals().won == len(events)
         lost_in_reports = [x for r in reports for x in r.lost]
         assert first.store.totals().lost + rival.store.totals().lost == len(lost_in_reports) >= len(reverted)
@@ -392,23 +404,9 @@ def test_liquidate_many_race_costs_skipped_orders_not_reverts(chain: Chain, tmp_
                      max_batch_orders=16)
     rival = make_bot(chain, tmp_path, "rival", key=chain.rival_key, fixed_tip_wei=20 * GWEI, max_batch_orders=16)
     try:
-        warm_up(chain, first, rival)
-        crash_block, reports = crash(chain, first, rival)
-        liquidatable, payable = chain.payable(crash_block)
-        positions = chain.positions(crash_block)
-        for report in reports:
+        crash_block, reports, end, events, closes = race(chain, first, rival)
+        for report in reports[:2]:
             assert report.sent and {s.tx.kind for s in report.sent} == {"liquidate_many"}
-        for _ in range(3):
-            chain.mine()
-            reports += [first.tick(), rival.tick()]
-        end = chain.w3.eth.block_number
-
-        events = chain.liquidation_events(crash_block, end)
-        closes = [ev for ev in events if ev.name == "Liquidation"]
-        assert payable <= {ev.args["account"] for ev in closes}
-        assert {ev.args["account"] for ev in events} <= liquidatable
-        per_account = Counter(ev.args["account"] for ev in closes)
-        assert all(per_account[a] <= positions[a] for a in per_account), per_account
 
         outcomes = [o for r in reports for o in r.outcomes]
         assert outcomes and all(o.status == "mined" for o in outcomes), "a lost race reverted a transaction"
@@ -422,10 +420,7 @@ def test_liquidate_many_race_costs_skipped_orders_not_reverts(chain: Chain, tmp_
             for record in lost:
                 assert record.reason in ("healthy", "no position", "no debt", "no collateral")
                 assert (bot.store.backed_off_until(record.account) or 0) >= record.block + 5
-            mine = [ev for ev in closes if ev.args["liquidator"] == bot.address]
-            won = [r for r in bot.store.liquidations() if r.outcome == "won" and r.kind == "liquidate"]
-            assert len(won) == len(mine)
-            assert sum(r.reward_native for r in won) == sum(ev.args["keeper_reward"] for ev in mine)
+            paid_what_the_chain_paid(bot, closes)
         assert first.store.totals().won + rival.store.totals().won == len(events)
         assert first.store.totals().lost + rival.store.totals().lost == len(skips) == len([x for r in reports
                                                                                            for x in r.lost])
