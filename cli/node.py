@@ -15,7 +15,7 @@ from protocol_model.errors import ConfigError
 from protocol_model.wad import ETHER
 
 from . import cli
-from .common import EXIT_BAD_INPUT, fail, get_ctx, handle_errors, json_option
+from .common import EXIT_BAD_INPUT, check_output_folder, fail, get_ctx, handle_errors, json_option
 
 # Dev keys are the node's well-known test keys: a light scrypt keeps the export instant.
 DEV_KEYSTORE_SCRYPT_N = 2**12
@@ -28,14 +28,11 @@ def _block_time(_ctx: click.Context, _param: click.Parameter, value: float | Non
 
 
 def _key_folder(value: str | None) -> Path | None:
-    """The --export-keys folder: created if missing, but its parent must exist (no folder trees)."""
+    """The --export-keys folder: checked as every output folder is (a folder, or a new one whose
+    parent exists), then created (owner-only) and probed by writing a file."""
     if value is None:
         return None
-    path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--export-keys {path} is a file: give a folder for the keystores")
-    if not path.exists() and not path.parent.is_dir():
-        raise ConfigError(f"--export-keys {path}: folder {path.parent} does not exist")
+    path = check_output_folder(value, "--export-keys")
     try:
         path.mkdir(mode=0o700, exist_ok=True)
         probe = path / ".probe"
