@@ -659,17 +659,12 @@ class Liquidator:
             return [], [(c, Preflight(False, r, classify_revert(r))) for c, r in zip(unit, reasons)]
         log.info("preflight of a batch of %d order(s) reverted (%s): trying each on its own", len(unit), flight.reason)
         alone = sender.preflight_many([(self.engine.address, _batch_data([c]), 0) for c in unit])
-        passed: list[Candidate] = []
-        refused: list[tuple[Candidate, Preflight]] = []
-        for cand, f in zip(unit, alone):
-            if f.ok and _executed(f) > 0:
-                passed.append(cand)
-            elif f.ok:
-                reason = self._skip_reasons([cand])[0]
-                refused.append((cand, Preflight(False, reason, classify_revert(reason))))
-            else:
-                refused.append((cand, f))
-        return passed, refused
+        passed = [c for c, f in zip(unit, alone) if f.ok and _executed(f) > 0]
+        skipped = [i for i, f in enumerate(alone) if f.ok and _executed(f) == 0]
+        if skipped:   # one preview for all of them (it reads each order against the current state)
+            for i, r in zip(skipped, self._skip_reasons([unit[i] for i in skipped])):
+                alone[i] = Preflight(False, r, classify_revert(r))
+        return passed, [(c, f) for c, f in zip(unit, alone) if not f.ok]
 
     def _skip_reasons(self, unit: list[Candidate]) -> list[str]:
         """Why each order of ``unit`` would be skipped now (``preview_liquidate_many``)."""
