@@ -278,6 +278,7 @@ class Preflight:
     classification: RevertClass | None = None
     gas_estimate: int | None = None
     result: str | None = None
+    skips: tuple[str | None, ...] | None = None   # liquidate_many: each order's skip reason (None: executed), if known
 
     @property
     def lost_race(self) -> bool:
