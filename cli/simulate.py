@@ -53,14 +53,18 @@ DEFAULT_SHOCK = "ETH=-20%"
 @click.option("--bots", type=click.IntRange(1, MAX_BOTS), default=3, show_default=True, help="number of competing bots (K)")
 @click.option("--strategy", default="fixed,profit-share:50%,rebid", show_default=True,
               help="comma list cycled over the bots: fixed[:TIP], profit-share[:SHARE], rebid[:TIP], each with an "
-                   "optional latency suffix @BLOCKS, e.g. fixed:2gwei,profit-share:50%,rebid@1")
+                   "optional latency suffix @BLOCKS, e.g. fixed:2gwei,profit-share:50%,rebid@1; and backrun[:TIP] "
+                   "(off-chain only): liquidates in the price update's own block, with the update's tip (or TIP), "
+                   "then tips TIP (default 1gwei)")
 @click.option("--accounts", type=click.IntRange(1, MAX_ACCOUNTS), default=30, show_default=True, help="seeded traders (N)")
 @click.option("--shock", "shocks", multiple=True, default=(DEFAULT_SHOCK,), show_default=True,
               help="price move ASSET=CHANGE, e.g. ETH=-20% (repeat it, or comma separate, for several assets)")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
               help="seed of the traders (reproducible runs)")
 @click.option("--blocks", type=click.IntRange(1, MAX_BLOCKS), default=10, show_default=True,
-              help="blocks mined after the shock (B)")
+              help="blocks mined after the price update's block (B)")
+@click.option("--oracle-tip", default="1gwei", show_default=True,
+              help="priority fee of the shock's price updates (pending in the pool, competing in the block ordering)")
 @click.option("--mode", type=click.Choice(["offchain", "onchain"]), default="offchain", show_default=True,
               help="offchain: the bots' agents on the exact model (about a second); onchain: real bots on an "
                    "in-process dev node (tens of seconds, progress on the terminal)")
@@ -70,27 +74,28 @@ DEFAULT_SHOCK = "ETH=-20%"
 @json_option
 @handle_errors
 def competition(bots: int, strategy: str, accounts: int, shocks: tuple[str, ...], seed: int, blocks: int,
-                mode: str, plot_path: str | None) -> None:
+                oracle_tip: str, mode: str, plot_path: str | None) -> None:
     """Run K liquidation bots against each other after a price shock and report who won what.
 
     Per bot: liquidations won, rewards, gas of successful and of reverted transactions, net profit;
     per run: tips paid to the block producer (and their share of all rewards, tip_share), bad debt,
-    blocks until the last liquidation. Latency @L: the bot polls every L+1 blocks, L blocks late
-    for the shock. Example:
+    blocks until the last liquidation, the share of liquidations in the same block as the price
+    update (only backrunners get there) and the backruns that landed before the update, with their
+    gas. Latency @L: the bot polls every L+1 blocks, L blocks late for the shock. Example:
 
     \b
       xmargin simulate competition --bots 4 --accounts 30 --seed 7 \\
         --strategy fixed:2gwei,profit-share:50%,rebid@1 \\
         --shock ETH=-15% --shock BTC=-15% --json --plot out.png
     """
-    from simulator.competition.agents import Scenario, parse_strategies
+    from simulator.competition.agents import Scenario, parse_strategies, parse_wei
     from simulator.competition.offchain import Initial, run_offchain, sweep
     from simulator.competition.report import plot
 
     ctx = get_ctx()
     click_ctx = click.get_current_context()
     verbose = int(click_ctx.find_root().meta.get("verbose", 0) or 0)
-    scenario = Scenario(accounts, seed, parse_shocks(shocks), blocks)
+    scenario = Scenario(accounts, seed, parse_shocks(shocks), blocks, parse_wei(oracle_tip, "--oracle-tip"))
     agents = parse_strategies(strategy, bots)
     if plot_path:
         check_writable_file(plot_path, "--plot")   # before the run, not after it

@@ -11,7 +11,19 @@ An **agent** is one liquidation bot with its own key, a tip strategy and a detec
   the agent replaces its own (same nonce) with a tip at least 12.5 % above the rival's
   (:func:`bot.txs.bump`), as long as that tip stays within its profit limit (see
   :func:`rebid_fees`);
-* an ``@L`` suffix gives any of them a detection latency of ``L`` blocks (see :func:`ticks_at`).
+* ``backrun[:TIP]`` - **backrunning the oracle**: the agent sees the shock's price updates
+  (``set_answer`` transactions) pending in the pool, computes which accounts become liquidatable at
+  the pending prices (on a copy of its state with those prices: the exact model is its preflight)
+  and sends their liquidations before the update's block is built, with the oracle transaction's
+  priority fee (and at least its max fee), so that a fee-ordered block places them right after the
+  update (equal tips go by arrival, and the update arrived first). ``backrun:TIP`` backruns with
+  the tip ``TIP`` instead, whatever the oracle pays: above the oracle's tip its liquidations land
+  *before* the update and revert (the accounts are still healthy), which the report counts with
+  their gas. After the update's block the agent is a ``fixed`` bot (the tip ``TIP``, default
+  1 gwei) for what is left. It takes no latency: backrunning is reacting within the block.
+  Combined with the fee strategies: only with ``fixed`` (the tip after the update); a profit-share
+  or re-bidding backrunner would bid above the oracle's tip and land before it;
+* an ``@L`` suffix gives any of the others a detection latency of ``L`` blocks (see :func:`ticks_at`).
 
 Strategy lists are comma separated and cycled over the bots: ``fixed:2gwei,profit-share:50%,rebid@1``
 with ``--bots 5`` gives bot1 ``fixed:2gwei``, bot2 ``profit-share:50%``, bot3 ``rebid:1gwei@1``,
@@ -20,7 +32,13 @@ bot4 ``fixed:2gwei``, bot5 ``profit-share:50%``.
 Rules shared by the on-chain and the off-chain mode (``onchain.py`` and ``offchain.py`` must agree
 on them exactly, and a test checks that they do):
 
-* **Schedule.** The price shock is published in block ``S``. Then, for each of ``B`` rounds, with
+* **The price update is a pending transaction.** The shock's ``set_answer`` transactions (one
+  per feed, every feed re-published, the shocked ones moved; sent by the feeds' updater with the
+  priority fee ``Scenario.oracle_tip_wei`` and a max fee of ``2 * base fee + tip``) arrive in the
+  pool first. Then every ``backrun`` agent, in agent order, sends its backruns (the *update
+  round*); then block ``S`` is mined: the updates and the backruns, ordered like any block (below).
+  Block ``S`` is the update's block: a liquidation in it is *in the same block as its price update*.
+* **Schedule.** After block ``S``, for each of ``B`` rounds, with
   ``h = S, S + 1, ..., S + B - 1`` the head: every agent that ticks at ``h`` runs one tick of the
   liquidation bot, in agent order (bot1 first); then the re-bidding rounds (below); then one block
   is mined. The run ends with block ``S + B``.
@@ -55,6 +73,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from protocol_model.calls import LIQUIDATE, decode_call, encode_call
+
+SET_ANSWER = "set_answer(int256)"       # PriceFeed.vy's price update (contracts/PriceFeed.vy)
 from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
 from protocol_model.wad import ETHER, GWEI, WAD
@@ -62,18 +82,20 @@ from protocol_model.wad import ETHER, GWEI, WAD
 from bot import config as bot_config
 from bot.config import BotConfig
 from bot.config import MIN_REPLACEMENT_BUMP_WAD
-from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump
+from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump, capped_fees
 from simulator.defaults import LIQUIDATION_GAS, LOST_RACE_BACKOFF_BLOCKS, MIN_PROFIT_USD_WAD
 
-Kind = Literal["fixed", "profit-share", "rebid"]
-KINDS: tuple[Kind, ...] = ("fixed", "profit-share", "rebid")
+Kind = Literal["fixed", "profit-share", "rebid", "backrun"]
+KINDS: tuple[Kind, ...] = ("fixed", "profit-share", "rebid", "backrun")
 _ALIASES: dict[str, Kind] = {
     "fixed": "fixed", "fixed-tip": "fixed",
     "profit-share": "profit-share", "profit_share": "profit-share", "share": "profit-share",
     "rebid": "rebid", "reactive": "rebid",
+    "backrun": "backrun", "back-run": "backrun",
 }
 DEFAULT_FIXED_TIP_WEI = GWEI
 DEFAULT_PROFIT_SHARE_WAD = WAD // 10
+DEFAULT_ORACLE_TIP_WEI = GWEI     # the priority fee of the shock's price updates
 MAX_REBID_ROUNDS = 32
 MAX_LATENCY = 1_000
 BASE_FEE_FLOOR_WEI = 7          # EIP-1559: an empty block keeps a base fee of 7 wei (7 * 1 // 8 == 0)
@@ -112,14 +134,18 @@ class SimSettings:
 class Scenario:
     """One competition: ``accounts`` seeded traders (:func:`protocol_model.seeding.plan_traders` with ``seed``),
     the price ``shocks`` (asset -> signed WAD fraction, ``-2 * 10**17`` = -20 %), ``blocks`` mined
-    after the shock."""
+    after the update's block, and the priority fee the price updates pay (``oracle_tip_wei``)."""
 
     accounts: int
     seed: int
     shocks: tuple[tuple[str, int], ...]
     blocks: int = 10
+    oracle_tip_wei: int = DEFAULT_ORACLE_TIP_WEI
 
     def __post_init__(self) -> None:
+        if not 0 <= self.oracle_tip_wei <= DEFAULT_MAX_FEE_CAP_WEI // 2:
+            raise ConfigError(f"--oracle-tip must be between 0 and {DEFAULT_MAX_FEE_CAP_WEI // 2} wei, "
+                              f"got {self.oracle_tip_wei}")
         if self.accounts < 1:
             raise ConfigError(f"--accounts must be at least 1, got {self.accounts}")
         if not 0 <= self.seed < 2**64:
@@ -145,13 +171,22 @@ class Scenario:
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One competitor. ``tip_wei`` is the fixed (or opening) tip, ``share_wad`` the profit share."""
+    """One competitor. ``tip_wei`` is the fixed (or opening) tip, ``share_wad`` the profit share;
+    ``match_oracle``: a ``backrun`` agent that backruns with the oracle transaction's tip (no tip
+    given), its later tip ``tip_wei`` being the default."""
 
     index: int                 # 0-based; the agent order of the schedule
     kind: Kind
     tip_wei: int = DEFAULT_FIXED_TIP_WEI
     share_wad: int = DEFAULT_PROFIT_SHARE_WAD
     latency: int = 0
+    match_oracle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind == "backrun" and self.latency:
+            raise ConfigError(f"{self.name}: a backrun agent reacts within the block and takes no latency")
+        if self.match_oracle and self.kind != "backrun":
+            raise ConfigError(f"{self.name}: only a backrun agent matches the oracle's tip")  # dev
 
     @property
     def name(self) -> str:
@@ -162,6 +197,8 @@ class AgentSpec:
         """The canonical strategy text, e.g. ``profit-share:50%@2`` (the same for equal strategies)."""
         if self.kind == "profit-share":
             text = f"profit-share:{_fmt_share(self.share_wad)}"
+        elif self.kind == "backrun" and self.match_oracle:
+            text = "backrun"
         else:
             text = f"{self.kind}:{_fmt_gwei(self.tip_wei)}"
         return text + (f"@{self.latency}" if self.latency else "")
@@ -169,6 +206,14 @@ class AgentSpec:
     @property
     def rebids(self) -> bool:
         return self.kind == "rebid"
+
+    @property
+    def backruns(self) -> bool:
+        return self.kind == "backrun"
+
+    def backrun_tip(self, oracle_tip_wei: int) -> int:
+        """The priority fee of this agent's backruns of an update that pays ``oracle_tip_wei``."""
+        return oracle_tip_wei if self.match_oracle else self.tip_wei
 
     def account(self) -> LocalAccount:
         return agent_account(self.index)
@@ -205,6 +250,20 @@ def agent_account(index: int) -> LocalAccount:
     return Account.from_key(keccak(b"xmargin-sim-agent" + index.to_bytes(8, "big")))
 
 
+def backrun_fees(tip_wei: int, oracle_max_fee_wei: int, head_base_fee_wei: int, settings: SimSettings) -> Fees:
+    """The fees of a backrun with the priority fee ``tip_wei``: the bot's fixed-tip fees
+    (``2 * head base fee + tip``, within the fee cap) with a max fee at least the oracle
+    transaction's, so that at any base fee its effective tip is at least the oracle's when the tips
+    are equal."""
+    fees = capped_fees(head_base_fee_wei, tip_wei, settings.max_fee_cap_wei)
+    return Fees(min(max(fees.max_fee_per_gas, oracle_max_fee_wei), settings.max_fee_cap_wei), fees.max_priority_fee_per_gas)
+
+
+def oracle_fees(tip_wei: int, head_base_fee_wei: int) -> Fees:
+    """The fees of the shock's price updates: ``2 * head base fee + tip`` and the tip."""
+    return Fees(2 * head_base_fee_wei + tip_wei, tip_wei)
+
+
 def ticks_at(latency: int, head: int, shock_block: int) -> bool:
     """Whether an agent with ``latency`` ticks when the head is ``head`` (see the module docstring)."""
     offset = head - shock_block
@@ -222,7 +281,7 @@ def parse_strategies(text: str, bots: int) -> list[AgentSpec]:
     return [AgentSpec(i, *parsed[i % len(parsed)]) for i in range(bots)]
 
 
-def _parse_one(item: str) -> tuple[Kind, int, int, int]:
+def _parse_one(item: str) -> tuple[Kind, int, int, int, bool]:
     body, _, lat = item.partition("@")
     latency = 0
     if _:
@@ -236,6 +295,8 @@ def _parse_one(item: str) -> tuple[Kind, int, int, int]:
     kind = _ALIASES.get(name.strip().lower())
     if kind is None:
         raise ConfigError(f"unknown strategy {name!r} in {item!r}: choose from {', '.join(KINDS)}")
+    if kind == "backrun" and latency:
+        raise ConfigError(f"strategy {item!r}: a backrun reacts within the block and takes no latency '@'")
     tip, share = DEFAULT_FIXED_TIP_WEI, DEFAULT_PROFIT_SHARE_WAD
     param = param.strip()
     if kind == "profit-share":
@@ -243,7 +304,7 @@ def _parse_one(item: str) -> tuple[Kind, int, int, int]:
             share = parse_share(param, item)
     elif param:
         tip = parse_wei(param, item)
-    return kind, tip, share, latency
+    return kind, tip, share, latency, kind == "backrun" and not param
 
 
 def parse_share(text: str, what: str = "share") -> int:
@@ -358,6 +419,17 @@ def decode_liquidate(data: bytes) -> tuple[str, int, int] | None:
     return None if args is None else (args[0], int(args[1]), int(args[2]))
 
 
+def set_answer_calldata(answer: int) -> bytes:
+    """A feed's ``set_answer(answer)`` call data."""
+    return encode_call(SET_ANSWER, answer)
+
+
+def decode_set_answer(data: bytes) -> int | None:
+    """The answer of ``set_answer`` call data, else None."""
+    args = decode_call(SET_ANSWER, data)
+    return None if args is None else int(args[0])
+
+
 def next_base_fee(base_fee_wei: int, gas_used: int, gas_limit: int) -> int:
     """EIP-1559's base fee of the block after one with ``base_fee_wei``, ``gas_used`` and ``gas_limit``
     (py-evm's London rule, elasticity 2, max change 1/8)."""
@@ -378,6 +450,7 @@ __all__ = [
     "AGENT_FUNDS_WEI",
     "AgentSpec",
     "BASE_FEE_FLOOR_WEI",
+    "DEFAULT_ORACLE_TIP_WEI",
     "COLLATERAL_LIQUIDATION",
     "KINDS",
     "MAX_REBID_ROUNDS",
@@ -385,8 +458,11 @@ __all__ = [
     "Scenario",
     "SimSettings",
     "agent_account",
+    "backrun_fees",
+    "oracle_fees",
     "by_target",
     "decode_liquidate",
+    "decode_set_answer",
     "intrinsic_gas",
     "liquidate_calldata",
     "next_base_fee",
@@ -395,5 +471,6 @@ __all__ = [
     "parse_wei",
     "rebid_fees",
     "resolve_asset",
+    "set_answer_calldata",
     "ticks_at",
 ]

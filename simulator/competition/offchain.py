@@ -5,8 +5,10 @@ What runs here mirrors the on-chain mode step for step, with the keeper's own de
 * **The state.** :func:`build_initial_state` lists the default deployment (:class:`DeployConfig`) in
   a :class:`ProtocolState` and seeds the same traders as :func:`protocol_model.seeding.seed_accounts` (the same
   :func:`protocol_model.seeding.plan_traders`, deposits and trades applied with :mod:`protocol_model.actions`),
-  so the state equals what the Lens reads after on-chain seeding. The shock publishes every feed
-  in block ``S`` (the shocked ones moved by :func:`protocol_model.scenarios.moved_answer`).
+  so the state equals what the Lens reads after on-chain seeding. The shock's price updates
+  (:class:`OracleTx`: every feed re-published, the shocked ones moved by
+  :func:`protocol_model.scenarios.moved_answer`) wait in the pool with the backruns of the update
+  round and are mined in block ``S`` by the same block builder as every transaction.
 * **The node** (:class:`ModelChain`): a pool keyed by sender and nonce with the dev node's
   replacement rule (:func:`devnode.mempool.outbids`: both fees at least 10 % higher), and blocks
   built by the dev node's own :class:`devnode.mempool.BlockSelector`: among the senders' next nonces, the highest effective
@@ -21,7 +23,10 @@ What runs here mirrors the on-chain mode step for step, with the keeper's own de
   :func:`bot.decide.after_refusal`: settle the in-flight transactions mined since the last tick,
   decide, then a preflight on the head state (the bot's ``eth_call``) and the fees of
   :func:`bot.txs.strategy_from_config`. Accounts are visited in address order (the bot's order only
-  matters between candidates of exactly equal profit).
+  matters between candidates of exactly equal profit). A ``backrun`` agent's update round
+  (:meth:`ModelAgent.backrun`) runs the same decision on a view of the head state with the pending
+  prices (:func:`pending_view`), preflights each liquidation on that view and sends it with the
+  backrun's fees (:func:`simulator.competition.agents.backrun_fees`).
 * **Gas** (:class:`GasTable`): a transaction uses its intrinsic gas (21,000 plus its call data,
   computed exactly) plus the execution gas of the path it takes through the engine, keyed by what
   decides the engine's gas: success or revert reason, the market, the account's active markets,
@@ -41,6 +46,7 @@ What runs here mirrors the on-chain mode step for step, with the keeper's own de
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import time
@@ -73,7 +79,10 @@ from .agents import (
     PoolEntry,
     Scenario,
     SimSettings,
+    backrun_fees,
     intrinsic_gas,
+    oracle_fees,
+    set_answer_calldata,
     liquidate_calldata,
     next_base_fee,
     by_target,
@@ -87,7 +96,7 @@ from .report import BotResult, CompetitionReport, Liquidated, SweepPoint
 log = logging.getLogger(__name__)
 
 BLOCK_GAS_LIMIT = 30_029_122          # eth-tester's block gas limit (constant from block to block)
-SET_ANSWER_GAS = 45_000               # about one feed update: only decides the shock block's base fee change
+SET_ANSWER_GAS = 45_000               # about one feed update: only decides the update block's base fee change
 START_TIMESTAMP = 1_700_000_000
 SHOCK_BLOCK = 1                       # off-chain block numbers: setup is block 0
 
@@ -511,6 +520,7 @@ class ModelTx:
     tip_wei: int
     seq: int
     expected_profit_wei: int = 0
+    backrun: bool = False                  # sent in the update round, backrunning the pending update
 
     def entry(self) -> PoolEntry:
         return PoolEntry(self.sender, self.nonce, self.account, self.market, self.tip_wei, self.max_fee_wei)
@@ -522,8 +532,32 @@ class ModelTx:
 
 
 @dataclass
+class OracleTx:
+    """A price update (``PriceFeed.set_answer``) in the model node's pool."""
+
+    hash: str
+    sender: str
+    nonce: int
+    feed: str
+    answer: int
+    gas_limit: int
+    max_fee_wei: int
+    tip_wei: int
+    seq: int
+
+    @property
+    def data(self) -> bytes:
+        return set_answer_calldata(self.answer)
+
+    def effective_tip(self, base_fee: int) -> int | None:
+        if self.max_fee_wei < base_fee:
+            return None
+        return min(self.tip_wei, self.max_fee_wei - base_fee)
+
+
+@dataclass
 class Receipt:
-    tx: ModelTx
+    tx: ModelTx | OracleTx
     block: int
     index: int
     ok: bool
@@ -556,7 +590,7 @@ class ModelChain:
         self.base_fee = base_fee_wei            # of the head block
         self.head_gas_used = head_gas_used
         self.gas_limit = gas_limit
-        self.pool: dict[tuple[str, int], ModelTx] = {}
+        self.pool: dict[tuple[str, int], ModelTx | OracleTx] = {}
         self.nonces: dict[str, int] = {}        # mined transaction count per sender
         self.receipts: dict[str, Receipt] = {}
         self.blocks: dict[int, list[Receipt]] = {}
@@ -567,6 +601,7 @@ class ModelChain:
         self._health_cache: dict[str, tuple[int, int, int, int]] = {}   # account -> (version, equity, ih, mh)
         self._order: list[str] = []
         self._liquidatable: tuple[int, list[str]] | None = None
+        self.prices_version = 0                 # price updates executed so far (for the caches)
 
     # views -----------------------------------------------------------------------
     @property
@@ -589,17 +624,25 @@ class ModelChain:
     def liquidatable(self) -> list[str]:
         """Accounts with ``maint_health < 0`` at the head, in address order."""
         if self._liquidatable is None or self._liquidatable[0] != self.head:
-            if len(self._order) != len(self.state.accounts):
-                self._order = sorted(self.state.accounts)
-            self._liquidatable = (self.head, [a for a in self._order if self.health_of(a)[2] < 0])
+            self._liquidatable = (self.head, [a for a in self.ordered_accounts() if self.health_of(a)[2] < 0])
         return self._liquidatable[1]
 
     def pending_entries(self) -> list[PoolEntry]:
-        return [tx.entry() for tx in sorted(self.pool.values(), key=lambda t: t.seq)]
+        return [tx.entry() for tx in sorted(self.pool.values(), key=lambda t: t.seq) if isinstance(tx, ModelTx)]
+
+    def pending_updates(self) -> list[OracleTx]:
+        """The price updates waiting in the pool, in arrival order (what a backrunner watches)."""
+        return sorted((tx for tx in self.pool.values() if isinstance(tx, OracleTx)), key=lambda t: t.seq)
+
+    def ordered_accounts(self) -> list[str]:
+        """Every account, in address order."""
+        if len(self._order) != len(self.state.accounts):
+            self._order = sorted(self.state.accounts)
+        return self._order
 
     # submission --------------------------------------------------------------------
     def submit(self, sender: str, nonce: int, account: str, market: int, max_size: int, fees: Fees,
-               gas_limit: int, expected_profit_wei: int) -> ModelTx:
+               gas_limit: int, expected_profit_wei: int, backrun: bool = False) -> ModelTx:
         """Add a transaction (or replace the sender's one with this nonce, by the dev node's rule)."""
         old = self.pool.get((sender, nonce))
         if old is not None and not outbids(old.max_fee_wei, old.tip_wei, fees.max_fee_per_gas,
@@ -608,7 +651,16 @@ class ModelChain:
         seq = next(self._seq)
         tx = ModelTx(f"{sender}:{nonce}:{seq}", sender, nonce, account, market, max_size,
                     liquidate_calldata(account, market, max_size), gas_limit, fees.max_fee_per_gas,
-                    fees.max_priority_fee_per_gas, seq, expected_profit_wei)
+                    fees.max_priority_fee_per_gas, seq, expected_profit_wei, backrun)
+        self.pool[(sender, nonce)] = tx
+        return tx
+
+    def submit_update(self, sender: str, nonce: int, feed: str, answer: int, fees: Fees,
+                      gas_limit: int = 200_000) -> OracleTx:
+        """Add a price update (``set_answer``) from the feeds' updater."""
+        seq = next(self._seq)
+        tx = OracleTx(f"{sender}:{nonce}:{seq}", sender, nonce, feed, answer, gas_limit, fees.max_fee_per_gas,
+                      fees.max_priority_fee_per_gas, seq)
         self.pool[(sender, nonce)] = tx
         return tx
 
@@ -617,7 +669,7 @@ class ModelChain:
         """The senders with a pooled transaction (the pool as :class:`devnode.mempool.BlockSelector` reads it)."""
         return {s for s, _ in self.pool}
 
-    def tx_at(self, sender: str, nonce: int) -> ModelTx | None:
+    def tx_at(self, sender: str, nonce: int) -> ModelTx | OracleTx | None:
         return self.pool.get((sender, nonce))
 
     def mine(self) -> list[Receipt]:
@@ -629,7 +681,7 @@ class ModelChain:
         used = 0
         receipts: list[Receipt] = []
 
-        def include(tx: ModelTx) -> bool:
+        def include(tx: ModelTx | OracleTx) -> bool:
             nonlocal used
             # dev: the selector hands out only transactions that pay the base fee (tip not None)
             r = self.execute(tx, number, len(receipts), base, tx.effective_tip(base) or 0)
@@ -650,9 +702,16 @@ class ModelChain:
         self.state.block = number
         return receipts
 
-    def execute(self, tx: ModelTx, number: int, index: int, base: int, tip: int) -> Receipt:
+    def execute(self, tx: ModelTx | OracleTx, number: int, index: int, base: int, tip: int) -> Receipt:
         """Apply one transaction to the state as block ``number`` would (no pool bookkeeping)."""
         state = self.state
+        if isinstance(tx, OracleTx):
+            # the feed's updater publishes at the block's timestamp; every price-dependent cache goes
+            set_answer(state, tx.feed, tx.answer, state.timestamp)
+            self.prices_version += 1
+            self._health_cache.clear()
+            self._liquidatable = None
+            return Receipt(tx, number, index, True, None, min(SET_ANSWER_GAS, tx.gas_limit), base, tip)
         masks = _masks(state, tx.account)
         keeper = self.rewards.get(tx.sender, 0)
         before = _Slots.read(state, tx.account, tx.market, keeper, self.engine_balance)
@@ -677,6 +736,18 @@ class ModelChain:
 # ---------------------------------------------------------------------- the bots
 
 
+def pending_view(state: ProtocolState, updates: Iterable[OracleTx], timestamp: int, block: int) -> ProtocolState:
+    """``state`` with the pending price ``updates`` applied at ``timestamp`` (the next block's): the
+    feeds are copied, everything else is shared (the view is read, and liquidations are previewed on
+    :func:`bot.strategy.scratch_state` copies of it)."""
+    feeds = {a: copy.copy(f) for a, f in state.feeds.items()}
+    view = dataclasses.replace(state, feeds=feeds, timestamp=timestamp, block=block)
+    for u in updates:
+        set_answer(view, u.feed, u.answer, timestamp)
+    return view
+
+
+
 class ModelAgent:
     """One :class:`bot.liquidator.Liquidator`, tick for tick, against a :class:`ModelChain`."""
 
@@ -694,7 +765,7 @@ class ModelAgent:
         self.in_flight: dict[int, ModelTx] = {}                # nonce -> newest transaction
         self.next_nonce = 0
         self.rebids = 0
-        self._plans: dict[str, tuple[tuple[int, int, int, bool], AccountPlan]] = {}
+        self._plans: dict[str, tuple[tuple[int, int, int, int, bool], AccountPlan]] = {}
 
     # one tick ------------------------------------------------------------------------
     def tick(self, chain: ModelChain, eth_feed: str) -> None:
@@ -731,7 +802,7 @@ class ModelAgent:
         state = chain.state
         fresh = all(f.updated_at >= chain.timestamp or chain.timestamp - f.updated_at <= feed_max_age(state, a)
                     for a, f in state.feeds.items())
-        key = (chain.version(address), base_fee, eth_price, fresh)
+        key = (chain.version(address), chain.prices_version, base_fee, eth_price, fresh)
         cached = self._plans.get(address)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -739,17 +810,22 @@ class ModelAgent:
         self._plans[address] = (key, plan)
         return plan
 
-    def _liquidate(self, chain: ModelChain, head: int, liquidatable: list[str], eth_feed: str) -> None:
-        state = chain.state
+    def _liquidate(self, chain: ModelChain, head: int, liquidatable: list[str], eth_feed: str,
+                   view: ProtocolState | None = None, fixed_fees: Fees | None = None) -> None:
+        """One tick's decision and sends at the head; with ``view`` (a backrun), on the head state
+        with the pending prices, every liquidation sent with ``fixed_fees``."""
+        state = chain.state if view is None else view
         # store.backoffs(head): expired entries go; the rest are skipped
         self.backoffs = unexpired(self.backoffs, head)
         self.suppressed = unexpired(self.suppressed, head)
         base_fee = chain.base_fee
         eth_price = price(state, eth_feed, False)
         in_flight = {tx.account for tx in self.in_flight.values()}      # the sender's pending_for()
+        cached = None if view is not None else (
+            lambda address, _budget: self._plan(chain, address, base_fee, eth_price))
         decision = decide(state, liquidatable, self.planner, base_fee_wei=base_fee, eth_price_wad=eth_price,
                           backoffs=self.backoffs, suppressed=self.suppressed, in_flight=in_flight.__contains__,
-                          plan=lambda address, _budget: self._plan(chain, address, base_fee, eth_price))
+                          plan=cached)
         failed: set[str] = set()
         blocks = self.config.lost_race_backoff_blocks
         for cand in decision.chosen:
@@ -757,7 +833,7 @@ class ModelAgent:
                 continue
             reason = self._preflight(state, cand)
             if reason is None:
-                fees = self.strategy.fees(base_fee, cand.expected_profit_wei)
+                fees = fixed_fees or self.strategy.fees(base_fee, cand.expected_profit_wei)
                 if fees.max_fee_per_gas < base_fee:
                     failed.add(cand.account)
                     continue
@@ -765,11 +841,29 @@ class ModelAgent:
                 self.next_nonce += 1
                 self.in_flight[nonce] = chain.submit(self.address, nonce, cand.account, int(cand.target), cand.amount,
                                                      fees, self.config.liquidation_gas_estimate,
-                                                     cand.expected_profit_wei)
+                                                     cand.expected_profit_wei, backrun=view is not None)
                 continue
             failed.add(cand.account)
             reaction, until = after_refusal(cand.step, classify_revert(reason) == "lost_race", head, blocks)
             self._mark(reaction, cand.account, str(cand.target), until)
+
+    # backrunning -----------------------------------------------------------------------
+    def backrun(self, chain: ModelChain, eth_feed: str, oracle_tip_wei: int) -> None:
+        """The update round: liquidate what the pending price updates make liquidatable, on a view
+        of the head state with those prices, with this agent's backrun fees (the oracle's tip, or
+        its own; :meth:`AgentSpec.backrun_tip`)."""
+        updates = chain.pending_updates()
+        if not updates:
+            return
+        head = chain.head
+        self._settle(chain, head)
+        view = pending_view(chain.state, updates, chain.timestamp + 1, head + 1)
+        liquidatable = [a for a in chain.ordered_accounts() if health(view, view.accounts[a]).maint_health < 0]
+        if not liquidatable:
+            return
+        fees = backrun_fees(self.spec.backrun_tip(oracle_tip_wei), max(u.max_fee_wei for u in updates),
+                            chain.base_fee, self.settings)
+        self._liquidate(chain, head, liquidatable, eth_feed, view=view, fixed_fees=fees)
 
     def _preflight(self, state: ProtocolState, cand: Candidate) -> str | None:
         """The bot's ``eth_call`` at the head: None when it passes, else the revert reason."""
@@ -836,16 +930,19 @@ def run_offchain(scenario: Scenario, agents: list[AgentSpec], settings: SimSetti
     elif len(initial.traders) != scenario.accounts:
         raise ConfigError(f"the initial state has {len(initial.traders)} traders, the scenario {scenario.accounts}")
     state = copy.deepcopy(initial.state)
-    timestamp = state.timestamp + 1
-    state.timestamp = timestamp
-    for address, answer in shocked_answers(state, initial.feeds, scenario).items():
-        set_answer(state, address, answer, timestamp)
-    state.block = SHOCK_BLOCK
-    chain = ModelChain(state, gas, head=SHOCK_BLOCK, timestamp=timestamp,
-                       head_gas_used=SET_ANSWER_GAS * len(initial.feeds))
+    chain = ModelChain(state, gas, head=SHOCK_BLOCK - 1, timestamp=state.timestamp)
     eth_feed = initial.feeds["ETH"]
-    eth_price = price(state, eth_feed, False)
     bots = [ModelAgent(spec, settings) for spec in agents]
+    # The update round: the price updates wait in the pool, the backrunners answer, block S is mined.
+    updater = state.params.owner
+    fees = oracle_fees(scenario.oracle_tip_wei, chain.base_fee)
+    for nonce, (address, answer) in enumerate(shocked_answers(state, initial.feeds, scenario).items()):
+        chain.submit_update(updater, nonce, address, answer, fees)
+    for b in bots:
+        if b.spec.backruns:
+            b.backrun(chain, eth_feed, scenario.oracle_tip_wei)
+    chain.mine()
+    eth_price = price(state, eth_feed, False)
     for r in range(scenario.blocks):
         h = SHOCK_BLOCK + r
         ticked = [b for b in bots if ticks_at(b.spec.latency, h, SHOCK_BLOCK)]
@@ -865,7 +962,7 @@ def run_offchain(scenario: Scenario, agents: list[AgentSpec], settings: SimSetti
 
 def _resolved(scenario: Scenario, config: DeployConfig) -> Scenario:
     shocks = tuple((resolve_asset(config, a), f) for a, f in scenario.shocks)
-    return Scenario(scenario.accounts, scenario.seed, shocks, scenario.blocks)
+    return dataclasses.replace(scenario, shocks=shocks)
 
 
 def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], chain: ModelChain,
@@ -876,9 +973,15 @@ def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], 
     names = {b.address: s.name for s, b in zip(specs, bots)}
     liquidations: list[Liquidated] = []
     settled = socialised = 0
+    updates = [(r.block, r.index) for rs in chain.blocks.values() for r in rs if isinstance(r.tx, OracleTx)]
+    update_at = max(updates, default=None)    # the last price update's place; None: never mined
     for number in sorted(chain.blocks):
         for r in chain.blocks[number]:
+            if isinstance(r.tx, OracleTx):
+                continue
             res = results[r.tx.sender]
+            if r.tx.backrun:
+                res.count_backrun(update_at is None or (r.block, r.index) < update_at, r.ok, r.cost_wei)
             res.mined += 1
             res.gas_used += r.gas_used
             res.tips_wei += r.tips_wei
@@ -897,7 +1000,8 @@ def _report(scenario: Scenario, specs: list[AgentSpec], bots: list[ModelAgent], 
                 res.reverted += 1
                 res.gas_reverted_wei += r.cost_wei
     for tx in chain.pool.values():
-        results[tx.sender].pending_at_end += 1
+        if isinstance(tx, ModelTx):
+            results[tx.sender].pending_at_end += 1
     bad_debt, bankrupt, liquidatable = final_health(state, initial.traders)
     report = CompetitionReport(
         mode=mode, seed=scenario.seed, accounts=scenario.accounts, shocks=scenario.shock_map(), blocks=scenario.blocks,

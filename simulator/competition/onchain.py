@@ -7,10 +7,14 @@ one key per agent (:func:`simulator.competition.agents.agent_account`) funded wi
 the base fee rests at EIP-1559's floor (7 wei), and every agent's :class:`~bot.liquidator.Liquidator`
 started (its mirror loaded at the block before the shock).
 
-Run (:meth:`OnchainSimulation.run`): the shock block ``S`` publishes every feed (the shocked ones
-moved), then ``B`` rounds of the schedule in :mod:`simulator.competition.agents`: the agents that tick at the
-head call :meth:`Liquidator.tick` in agent order, the re-bidders answer rivals they see in
-``txpool_content``, and one block is mined.
+Run (:meth:`OnchainSimulation.run`): the owner (the feeds' updater) sends every feed's
+``set_answer`` (the shocked ones moved) with the scenario's oracle tip; they wait in the node's
+pool while the update round runs, then block ``S`` is mined by the node's fee-ordered block builder;
+then ``B`` rounds of the schedule in :mod:`simulator.competition.agents`: the agents that tick at
+the head call :meth:`Liquidator.tick` in agent order, the re-bidders answer rivals they see in
+``txpool_content``, and one block is mined. The ``backrun`` strategy is refused here (one line):
+the live bot's backrunning (``bot/backrun.py``) is not wired into this mode yet, and the
+simulator does not imitate it.
 
 Each agent *is* a :class:`~bot.liquidator.Liquidator` configured with its strategy
 (:meth:`AgentSpec.bot_config`), wrapped by :class:`OnchainAgent`, which adds what the bot lacks:
@@ -22,10 +26,10 @@ Each agent *is* a :class:`~bot.liquidator.Liquidator` configured with its strate
   that the bot follows the replacement (receipts, lost races, backoff) like any of its transactions.
 
 The report is read from the chain, not from the bots: every transaction of every agent in blocks
-``S + 1 .. S + B`` with its receipt (gas used, effective gas price, the block's base fee, the
+``S .. S + B`` with its receipt (gas used, effective gas price, the block's base fee, the
 ``Liquidation`` logs it emitted), the pool after the last block, and the traders' health at the end
 through the Lens. The blocks are also replayed on the model (the state at ``S`` loaded through the
-Lens, each transaction applied with :func:`protocol_model.actions.liquidate`): every receipt's
+Lens at ``S - 1``, the price updates and each liquidation applied with the model): every receipt's
 status must match the model's (``report.model_mismatches`` lists those that do not), and each
 transaction's ``gas used - intrinsic gas`` is recorded under its path key in ``report.gas_table``,
 the table that lets the off-chain mode reproduce this run's gas exactly (every transaction's key and
@@ -34,6 +38,7 @@ gas are in ``sim.gas_samples``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -63,13 +68,15 @@ from .agents import (
     SimSettings,
     by_target,
     decode_liquidate,
+    decode_set_answer,
     intrinsic_gas,
     next_base_fee,
+    oracle_fees,
     rebid_fees,
     resolve_asset,
     ticks_at,
 )
-from .offchain import GasSample, GasTable, ModelChain, ModelTx, final_health, shocked_answers
+from .offchain import GasSample, GasTable, ModelChain, ModelTx, OracleTx, final_health, shocked_answers
 from .report import BotResult, CompetitionReport, Liquidated, fmt_pct
 
 log = logging.getLogger(__name__)
@@ -114,6 +121,7 @@ class OnchainAgent:
                               collateral_liquidation=COLLATERAL_LIQUIDATION)
         self.address = self.bot.address
         self.rebids = 0
+        self.backrun_hashes: set[str] = set()     # hashes of the transactions sent in the update round
 
     def tick(self) -> None:
         self.bot.tick()
@@ -161,12 +169,15 @@ class OnchainSimulation:
     def __init__(self, scenario: Scenario, agents: list[AgentSpec], settings: SimSettings | None = None,
                  *, progress: Progress | None = None) -> None:
         self.settings = settings or SimSettings()
-        self.scenario = Scenario(scenario.accounts, scenario.seed,
-                                 tuple((resolve_asset(self.settings.deploy, a), f) for a, f in scenario.shocks),
-                                 scenario.blocks)
+        self.scenario = dataclasses.replace(
+            scenario, shocks=tuple((resolve_asset(self.settings.deploy, a), f) for a, f in scenario.shocks))
         self.specs = list(agents)
         if not self.specs:
             raise ConfigError("at least one bot is needed")
+        backrunners = [s.name for s in self.specs if s.backruns]
+        if backrunners:
+            raise ConfigError(f"the backrun strategy ({', '.join(backrunners)}) runs off-chain only: the live bot's "
+                              "backrunning is not wired into the on-chain mode yet; use --mode offchain")
         self._progress = progress
         self.node: DevNode | None = None
         self.w3: Web3 | None = None
@@ -240,12 +251,15 @@ class OnchainSimulation:
         state = load_protocol(w3, dep)
         answers = shocked_answers(state, dep.feeds, self.scenario)
         base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+        fees = oracle_fees(self.scenario.oracle_tip_wei, base)
         hashes = []
         for address, answer in answers.items():
             feed = contract_at(w3, "PriceFeed", address)
             hashes.append(feed.functions.set_answer(answer).transact({
-                "from": self.owner.address, "gas": 200_000, "maxFeePerGas": 2 * base + 1, "maxPriorityFeePerGas": 0,
+                "from": self.owner.address, "gas": 200_000, "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
             }))
+        # The update round: the updates are pending; the backrunners (none on chain yet) would answer here.
         node.mine_block()
         for h in hashes:
             if int(w3.eth.get_transaction_receipt(h)["status"]) != 1:
@@ -290,22 +304,34 @@ class OnchainSimulation:
         by_address = {a.address: a for a in self.agents}
         results = {a.address: BotResult(a.spec.name, a.spec.strategy, a.spec.kind, a.spec.latency, a.address,
                                         rebids=a.rebids) for a in self.agents}
-        start_state = load_state(w3, dep, self.traders, block_identifier=S)
-        eth_price = price(start_state, dep.feeds["ETH"], False)
-        replay = ModelChain(start_state, GasTable(), head=S, timestamp=start_state.timestamp)
+        start_state = load_state(w3, dep, self.traders, block_identifier=S - 1)
+        replay = ModelChain(start_state, GasTable(), head=S - 1, timestamp=start_state.timestamp)
+        feeds = set(dep.feeds.values())
+        updates: list[tuple[int, int]] = []
+        backruns: list[tuple[BotResult, int, int, bool, int]] = []   # result, block, index, ok, cost
         measured: dict[str, int] = {}
         samples: list[GasSample] = []
         mismatches: list[str] = []
         liquidations: list[Liquidated] = []
         settled = socialised = 0
         shock_base_fee = int(w3.eth.get_block(S)["baseFeePerGas"])
-        for number in range(S + 1, end + 1):
+        for number in range(S, end + 1):
             block = w3.eth.get_block(number, full_transactions=True)
             base = int(block["baseFeePerGas"])
             replay.state.timestamp = int(block["timestamp"])
             for index, tx in enumerate(block["transactions"]):
                 sender = Web3.to_checksum_address(tx["from"])
                 receipt = w3.eth.get_transaction_receipt(tx["hash"])
+                answer = decode_set_answer(bytes(tx["input"]))
+                to = Web3.to_checksum_address(tx["to"]) if tx.get("to") else None
+                if sender == self.owner.address and to in feeds and answer is not None:
+                    if int(receipt["status"]) != 1:
+                        raise ChainError("publishing the shocked prices failed (is the owner the feeds' updater?)")
+                    replay.execute(OracleTx(tx["hash"].hex(), sender, int(tx["nonce"]), to,
+                                            answer, int(tx["gas"]), int(tx["maxFeePerGas"]),
+                                            int(tx["maxPriorityFeePerGas"]), 0), number, index, base, 0)
+                    updates.append((number, index))
+                    continue
                 res = results.get(sender)
                 if res is None:
                     mismatches.append(f"block {number}: a transaction from {sender}, not an agent")
@@ -313,6 +339,8 @@ class OnchainSimulation:
                 gas_used = int(receipt["gasUsed"])
                 paid = int(receipt["effectiveGasPrice"])
                 ok = int(receipt["status"]) == 1
+                if tx["hash"].hex() in by_address[sender].backrun_hashes:
+                    backruns.append((res, number, index, ok, gas_used * paid))
                 res.mined += 1
                 res.gas_used += gas_used
                 res.tips_wei += gas_used * (paid - base)
@@ -354,6 +382,10 @@ class OnchainSimulation:
                 measured.setdefault(model.key, gas_used - intrinsic)
                 samples.append(GasSample(model.key, gas_used - intrinsic, intrinsic, f"block {number} tx {index}"))
         self.gas_samples = samples
+        update_at = max(updates, default=None)
+        for res, number, index, ok, cost in backruns:
+            res.count_backrun(update_at is None or (number, index) < update_at, ok, cost)
+        eth_price = price(replay.state, dep.feeds["ETH"], False)
         for entry in pool_view(w3, dep.engine):
             if entry.sender in results:
                 results[entry.sender].pending_at_end += 1

@@ -16,10 +16,19 @@ the shock (the ETH feed's answer in the shock block): costs round up, so profit 
   (``BadDebtSettled``), of which ``socialised_usd_wad`` fell on the house (the insurance fund
   covered the rest): bad debt is settled in the liquidation that leaves it, so it does not appear
   in ``bad_debt_usd_wad``;
-* ``blocks_to_last_liquidation`` = the block of the last ``Liquidation`` minus the shock's block
-  (None without liquidations).
+* ``blocks_to_last_liquidation`` = the block of the last ``Liquidation`` minus the update's block
+  (the block ``S`` that includes the shock's price updates; None without liquidations);
+* ``same_block`` (per bot and per run) = the liquidations in block ``S`` itself, i.e. in the same
+  block as the price update that caused them (only a backrun gets there: every other bot learns of
+  the update from block ``S``); ``same_block_share_wad`` = their share of all liquidations
+  (``same_block_share`` rounded to 6 decimals);
+* backruns (per bot and per run): ``backruns`` = transactions sent in the update round and mined;
+  ``backruns_before_update`` = those mined before the update (earlier in block ``S`` than its last
+  price update, or in a block without it), ``backruns_before_update_failed`` = of those, the ones
+  that reverted (the account was still healthy), and ``gas_backruns_failed_wei`` = the gas those
+  failed ones cost (``gas used x effective gas price``, also counted in ``gas_reverted_wei``).
 
-Block numbers in the report are offsets from the shock's block, so the on-chain and the off-chain
+Block numbers in the report are offsets from the update's block, so the on-chain and the off-chain
 run of one scenario give equal reports (:meth:`CompetitionReport.comparable`).
 """
 
@@ -61,10 +70,24 @@ class BotResult:
     tips_wei: int = 0
     gas_used: int = 0              # gas units of all its mined transactions
     net_profit_usd_wad: int = 0
+    same_block: int = 0            # liquidations won in the price update's own block
+    backruns: int = 0              # transactions sent backrunning the pending update, mined
+    backruns_before_update: int = 0          # of those, mined before the update (or without it)
+    backruns_before_update_failed: int = 0   # of those, reverted
+    gas_backruns_failed_wei: int = 0         # what the failed ones cost
 
     @property
     def gas_wei(self) -> int:
         return self.gas_success_wei + self.gas_reverted_wei
+
+    def count_backrun(self, before_update: bool, ok: bool, cost_wei: int) -> None:
+        """Book one mined backrun: whether it landed before the update, succeeded, and its cost."""
+        self.backruns += 1
+        if before_update:
+            self.backruns_before_update += 1
+            if not ok:
+                self.backruns_before_update_failed += 1
+                self.gas_backruns_failed_wei += cost_wei
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,12 @@ class CompetitionReport:
     tips_usd_wad: int = 0
     tip_share_wad: int = 0
     blocks_to_last_liquidation: int | None = None
+    same_block: int = 0
+    same_block_share_wad: int = 0
+    backruns: int = 0
+    backruns_before_update: int = 0
+    backruns_before_update_failed: int = 0
+    gas_backruns_failed_wei: int = 0
     # not part of the comparison between modes
     gas_table: dict[str, int] = field(default_factory=dict)   # on-chain: measured execution gas by key
     model_mismatches: list[str] = field(default_factory=list)  # on-chain: receipts the model disagrees with
@@ -140,7 +169,23 @@ class CompetitionReport:
         self.tips_usd_wad = self.tips_wei * self.eth_price_wad // WAD
         self.tip_share_wad = self.tips_wei * self.eth_price_wad // self.rewards_usd_wad if self.rewards_usd_wad else 0
         self.blocks_to_last_liquidation = max((x.block for x in self.liquidations), default=None)
+        same: dict[str, int] = {}
+        for x in self.liquidations:
+            if x.block == 0:
+                same[x.bot] = same.get(x.bot, 0) + 1
+        for b in self.bots:
+            b.same_block = same.get(b.name, 0)
+        self.same_block = sum(same.values())
+        self.same_block_share_wad = self.same_block * WAD // len(self.liquidations) if self.liquidations else 0
+        self.backruns = sum(b.backruns for b in self.bots)
+        self.backruns_before_update = sum(b.backruns_before_update for b in self.bots)
+        self.backruns_before_update_failed = sum(b.backruns_before_update_failed for b in self.bots)
+        self.gas_backruns_failed_wei = sum(b.gas_backruns_failed_wei for b in self.bots)
         return self
+
+    @property
+    def same_block_share(self) -> float:
+        return _ratio(self.same_block_share_wad)
 
     @property
     def tip_share(self) -> float:
@@ -200,6 +245,13 @@ class CompetitionReport:
             "bankrupt_accounts": self.bankrupt_accounts,
             "liquidatable_at_end": self.liquidatable_at_end,
             "blocks_to_last_liquidation": self.blocks_to_last_liquidation,
+            "same_block": self.same_block,
+            "same_block_share": self.same_block_share,
+            "same_block_share_wad": str(self.same_block_share_wad),
+            "backruns": self.backruns,
+            "backruns_before_update": self.backruns_before_update,
+            "backruns_before_update_failed": self.backruns_before_update_failed,
+            "gas_backruns_failed_wei": str(self.gas_backruns_failed_wei),
             "gas_table": dict(self.gas_table),
             "model_mismatches": list(self.model_mismatches),
             "sweep": [{"bots": p.bots, "tip_share": _ratio(p.tip_share_wad), "tip_share_wad": str(p.tip_share_wad),
@@ -219,14 +271,21 @@ class CompetitionReport:
         shocks = ", ".join(f"{a} {fmt_pct(f)}" for a, f in self.shocks.items())
         t = Table(title=f"liquidator competition ({self.mode}): {len(self.bots)} bots, {self.accounts} accounts, "
                         f"shock {shocks}, seed {self.seed}, {self.blocks} blocks")
-        for col in ("bot", "strategy", "won", f"rewards ({q})", "gas ok (ETH)", "gas reverted (ETH)",
+        for col in ("bot", "strategy", "won", "same block", f"rewards ({q})", "gas ok (ETH)", "gas reverted (ETH)",
                     "tips (ETH)", "reverted", "rebids", "net profit (USD)"):
             t.add_column(col, justify="left" if col in ("bot", "strategy") else "right")
         for b in self.bots:
-            t.add_row(b.name, b.strategy, str(b.won), fmt_amount(b.rewards_native, self.quote_decimals, 2),
+            t.add_row(b.name, b.strategy, str(b.won), f"{b.same_block}/{b.won}",
+                      fmt_amount(b.rewards_native, self.quote_decimals, 2),
                       fmt_amount(b.gas_success_wei, 18, 6), fmt_amount(b.gas_reverted_wei, 18, 6), fmt_amount(b.tips_wei, 18, 6),
                       f"{b.reverted}/{b.mined}", str(b.rebids), fmt_amount(b.net_profit_usd_wad, 18, 2))
         console.print(t)
+        console.print(
+            f"in the same block as the price update: {self.same_block} of {len(self.liquidations)} liquidations "
+            f"({fmt_amount(self.same_block_share_wad * 100, 18, 2)}%); backruns {self.backruns}, of which "
+            f"{self.backruns_before_update} landed before the update ({self.backruns_before_update_failed} reverted, "
+            f"gas {fmt_amount(self.gas_backruns_failed_wei, 18, 6)} ETH)"
+        )
         last = "-" if self.blocks_to_last_liquidation is None else str(self.blocks_to_last_liquidation)
         console.print(
             f"liquidations {len(self.liquidations)}, "
