@@ -73,8 +73,6 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from protocol_model.calls import LIQUIDATE, decode_call, encode_call
-
-SET_ANSWER = "set_answer(int256)"       # PriceFeed.vy's price update (contracts/PriceFeed.vy)
 from protocol_model.deploy import DeployConfig
 from protocol_model.errors import ConfigError
 from protocol_model.wad import ETHER, GWEI, WAD
@@ -82,6 +80,7 @@ from protocol_model.wad import ETHER, GWEI, WAD
 from bot import config as bot_config
 from bot.config import BotConfig
 from bot.config import MIN_REPLACEMENT_BUMP_WAD
+from bot.pending import SET_ANSWER
 from bot.txs import DEFAULT_MAX_FEE_CAP_WEI, Fees, bump, capped_fees
 from simulator.defaults import LIQUIDATION_GAS, LOST_RACE_BACKOFF_BLOCKS, MIN_PROFIT_USD_WAD
 
@@ -424,12 +423,6 @@ def set_answer_calldata(answer: int) -> bytes:
     return encode_call(SET_ANSWER, answer)
 
 
-def decode_set_answer(data: bytes) -> int | None:
-    """The answer of ``set_answer`` call data, else None."""
-    args = decode_call(SET_ANSWER, data)
-    return None if args is None else int(args[0])
-
-
 def next_base_fee(base_fee_wei: int, gas_used: int, gas_limit: int) -> int:
     """EIP-1559's base fee of the block after one with ``base_fee_wei``, ``gas_used`` and ``gas_limit``
     (py-evm's London rule, elasticity 2, max change 1/8)."""
@@ -462,7 +455,6 @@ __all__ = [
     "oracle_fees",
     "by_target",
     "decode_liquidate",
-    "decode_set_answer",
     "intrinsic_gas",
     "liquidate_calldata",
     "next_base_fee",

@@ -68,8 +68,9 @@ from protocol_model.wad import MAX_PRICE, UINT256_MAX
 from protocol_model.seeding import TraderPlan, plan_traders
 from devnode.mempool import BlockSelector, outbids
 from bot.decide import Reaction, after_refusal, decide, unexpired
+from bot.pending import DecoderRegistry, PriceUpdate
 from bot.strategy import AccountPlan, Candidate, GasModel, Planner, scratch_state
-from bot.txs import Fees, classify_revert, strategy_from_config
+from bot.txs import Fees, FixedTip, classify_revert, strategy_from_config
 from . import gas_table as _builtin
 from .agents import (
     BASE_FEE_FLOOR_WEI,
@@ -549,6 +550,12 @@ class OracleTx:
     def data(self) -> bytes:
         return set_answer_calldata(self.answer)
 
+    def node_view(self) -> dict[str, Any]:
+        """The transaction as a node's pending-transaction source shows it (:func:`bot.pending.normalize_tx`)."""
+        return {"hash": self.hash, "from": self.sender, "to": self.feed, "input": "0x" + self.data.hex(),
+                "nonce": self.nonce, "gas": self.gas_limit, "type": 2, "gasPrice": None,
+                "maxFeePerGas": self.max_fee_wei, "maxPriorityFeePerGas": self.tip_wei}
+
     def effective_tip(self, base_fee: int) -> int | None:
         if self.max_fee_wei < base_fee:
             return None
@@ -630,9 +637,11 @@ class ModelChain:
     def pending_entries(self) -> list[PoolEntry]:
         return [tx.entry() for tx in sorted(self.pool.values(), key=lambda t: t.seq) if isinstance(tx, ModelTx)]
 
-    def pending_updates(self) -> list[OracleTx]:
-        """The price updates waiting in the pool, in arrival order (what a backrunner watches)."""
-        return sorted((tx for tx in self.pool.values() if isinstance(tx, OracleTx)), key=lambda t: t.seq)
+    def pending_updates(self, decoders: DecoderRegistry) -> list[PriceUpdate]:
+        """The price updates ``decoders`` read in the pool, in arrival order (what a backrunner
+        watches; the liquidations in the pool are not price updates)."""
+        return decoders.updates(tx.node_view() for tx in sorted(self.pool.values(), key=lambda t: t.seq)
+                                if isinstance(tx, OracleTx))
 
     def ordered_accounts(self) -> list[str]:
         """Every account, in address order."""
@@ -736,7 +745,7 @@ class ModelChain:
 # ---------------------------------------------------------------------- the bots
 
 
-def pending_view(state: ProtocolState, updates: Iterable[OracleTx], timestamp: int, block: int) -> ProtocolState:
+def pending_view(state: ProtocolState, updates: Iterable[PriceUpdate], timestamp: int, block: int) -> ProtocolState:
     """``state`` with the pending price ``updates`` applied at ``timestamp`` (the next block's): the
     feeds are copied, everything else is shared (the view is read, and liquidations are previewed on
     :func:`bot.strategy.scratch_state` copies of it)."""
@@ -811,9 +820,10 @@ class ModelAgent:
         return plan
 
     def _liquidate(self, chain: ModelChain, head: int, liquidatable: list[str], eth_feed: str,
-                   view: ProtocolState | None = None, fixed_fees: Fees | None = None) -> None:
+                   view: ProtocolState | None = None, fixed_fees: Fees | None = None,
+                   planner: Planner | None = None) -> None:
         """One tick's decision and sends at the head; with ``view`` (a backrun), on the head state
-        with the pending prices, every liquidation sent with ``fixed_fees``."""
+        with the pending prices, planned by ``planner`` and every liquidation sent with ``fixed_fees``."""
         state = chain.state if view is None else view
         # store.backoffs(head): expired entries go; the rest are skipped
         self.backoffs = unexpired(self.backoffs, head)
@@ -823,7 +833,7 @@ class ModelAgent:
         in_flight = {tx.account for tx in self.in_flight.values()}      # the sender's pending_for()
         cached = None if view is not None else (
             lambda address, _budget: self._plan(chain, address, base_fee, eth_price))
-        decision = decide(state, liquidatable, self.planner, base_fee_wei=base_fee, eth_price_wad=eth_price,
+        decision = decide(state, liquidatable, planner or self.planner, base_fee_wei=base_fee, eth_price_wad=eth_price,
                           backoffs=self.backoffs, suppressed=self.suppressed, in_flight=in_flight.__contains__,
                           plan=cached)
         failed: set[str] = set()
@@ -848,11 +858,15 @@ class ModelAgent:
             self._mark(reaction, cand.account, str(cand.target), until)
 
     # backrunning -----------------------------------------------------------------------
-    def backrun(self, chain: ModelChain, eth_feed: str, oracle_tip_wei: int) -> None:
+    def backrun(self, chain: ModelChain, eth_feed: str) -> None:
         """The update round: liquidate what the pending price updates make liquidatable, on a view
-        of the head state with those prices, with this agent's backrun fees (the oracle's tip, or
-        its own; :meth:`AgentSpec.backrun_tip`)."""
-        updates = chain.pending_updates()
+        of the head state with those prices, with this agent's backrun fees (the updates' lowest
+        tip, or its own; :meth:`AgentSpec.backrun_tip`). The updates are read from the pool with the
+        bot's decoders (:class:`bot.pending.DecoderRegistry`: each feed's ``set_answer`` from its
+        updater)."""
+        state = chain.state
+        decoders = DecoderRegistry.for_feeds(dict.fromkeys(state.feeds, state.params.owner or None))
+        updates = chain.pending_updates(decoders)
         if not updates:
             return
         head = chain.head
@@ -861,9 +875,14 @@ class ModelAgent:
         liquidatable = [a for a in chain.ordered_accounts() if health(view, view.accounts[a]).maint_health < 0]
         if not liquidatable:
             return
-        fees = backrun_fees(self.spec.backrun_tip(oracle_tip_wei), max(u.max_fee_wei for u in updates),
-                            chain.base_fee, self.settings)
-        self._liquidate(chain, head, liquidatable, eth_feed, view=view, fixed_fees=fees)
+        oracle_tip = min(int(u.tx["maxPriorityFeePerGas"]) for u in updates)
+        tip = self.spec.backrun_tip(oracle_tip)
+        fees = backrun_fees(tip, max(int(u.tx["maxFeePerGas"]) for u in updates), chain.base_fee, self.settings)
+        # profits are planned at the backrun's tip, as the bot's backrunner plans them
+        planner = Planner(GasModel(FixedTip(tip, self.config.max_fee_cap_wei), self.config.liquidation_gas_estimate),
+                          self.config.min_profit_usd_wad, liquidator=self.address,
+                          collateral_liquidation=COLLATERAL_LIQUIDATION)
+        self._liquidate(chain, head, liquidatable, eth_feed, view=view, fixed_fees=fees, planner=planner)
 
     def _preflight(self, state: ProtocolState, cand: Candidate) -> str | None:
         """The bot's ``eth_call`` at the head: None when it passes, else the revert reason."""
@@ -940,7 +959,7 @@ def run_offchain(scenario: Scenario, agents: list[AgentSpec], settings: SimSetti
         chain.submit_update(updater, nonce, address, answer, fees)
     for b in bots:
         if b.spec.backruns:
-            b.backrun(chain, eth_feed, scenario.oracle_tip_wei)
+            b.backrun(chain, eth_feed)
     chain.mine()
     eth_price = price(state, eth_feed, False)
     for r in range(scenario.blocks):

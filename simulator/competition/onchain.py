@@ -55,6 +55,7 @@ from protocol_model.logs import ENGINE, decode_log
 
 from devnode import DevNode, mining_in_background
 from bot.liquidator import Liquidator
+from bot.pending import DecoderRegistry, normalize_tx
 from protocol_model.seeding import seed_accounts
 from bot.txs import Fees
 from .agents import (
@@ -68,7 +69,6 @@ from .agents import (
     SimSettings,
     by_target,
     decode_liquidate,
-    decode_set_answer,
     intrinsic_gas,
     next_base_fee,
     oracle_fees,
@@ -306,7 +306,7 @@ class OnchainSimulation:
                                         rebids=a.rebids) for a in self.agents}
         start_state = load_state(w3, dep, self.traders, block_identifier=S - 1)
         replay = ModelChain(start_state, GasTable(), head=S - 1, timestamp=start_state.timestamp)
-        feeds = set(dep.feeds.values())
+        decoders = DecoderRegistry.for_feeds(dict.fromkeys(dep.feeds.values(), self.owner.address))
         updates: list[tuple[int, int]] = []
         backruns: list[tuple[BotResult, int, int, bool, int]] = []   # result, block, index, ok, cost
         measured: dict[str, int] = {}
@@ -322,13 +322,12 @@ class OnchainSimulation:
             for index, tx in enumerate(block["transactions"]):
                 sender = Web3.to_checksum_address(tx["from"])
                 receipt = w3.eth.get_transaction_receipt(tx["hash"])
-                answer = decode_set_answer(bytes(tx["input"]))
-                to = Web3.to_checksum_address(tx["to"]) if tx.get("to") else None
-                if sender == self.owner.address and to in feeds and answer is not None:
+                update = decoders.decode(normalize_tx(tx) or {})
+                if update is not None:
                     if int(receipt["status"]) != 1:
                         raise ChainError("publishing the shocked prices failed (is the owner the feeds' updater?)")
-                    replay.execute(OracleTx(tx["hash"].hex(), sender, int(tx["nonce"]), to,
-                                            answer, int(tx["gas"]), int(tx["maxFeePerGas"]),
+                    replay.execute(OracleTx(tx["hash"].hex(), sender, int(tx["nonce"]), update.feed,
+                                            update.answer, int(tx["gas"]), int(tx["maxFeePerGas"]),
                                             int(tx["maxPriorityFeePerGas"]), 0), number, index, base, 0)
                     updates.append((number, index))
                     continue

@@ -31,6 +31,7 @@ from cli import cli
 from simulator.competition.agents import (
     AGENT_FUNDS_WEI,
     BASE_FEE_FLOOR_WEI,
+    DEFAULT_ORACLE_TIP_WEI,
     PoolEntry,
     Scenario,
     SimSettings,
@@ -351,6 +352,22 @@ def test_onchain_totals_reconcile_with_the_chain(mixed: Run) -> None:
     assert report.tip_share_wad == report.tips_wei * report.eth_price_wad // report.rewards_usd_wad
     # blocks until the last liquidation
     assert report.blocks_to_last_liquidation == max(ev.block for ev in events) - mixed.shock
+
+
+def test_the_price_updates_wait_in_the_pool_and_are_mined_in_the_update_block(mixed: Run) -> None:
+    """The shock's set_answer transactions compete in the block ordering like any transaction: sent
+    pending with the oracle's tip, mined together in block S (the report's block 0); without a
+    backrunner no liquidation shares their block."""
+    sim, w3 = mixed.sim, mixed.w3
+    assert sim.dep is not None
+    txs = w3.eth.get_block(mixed.shock, full_transactions=True)["transactions"]
+    assert [Web3.to_checksum_address(t["to"]) for t in txs] == list(sim.dep.feeds.values())
+    assert {t["from"] for t in txs} == {sim.owner.address}
+    assert {int(t["maxPriorityFeePerGas"]) for t in txs} == {DEFAULT_ORACLE_TIP_WEI}
+    assert w3.eth.get_block(mixed.shock - 1)["transactions"] == []
+    report = mixed.report
+    assert report.same_block == report.same_block_share_wad == report.backruns == 0
+    assert min(x.block for x in report.liquidations) == 1
 
 
 def test_offchain_reproduces_the_onchain_winners_and_totals(mixed: Run, rebid: Run, crash: Run) -> None:
