@@ -1,4 +1,4 @@
-"""``xmargin node``: the embedded local chain as a JSON-RPC HTTP server."""
+"""``xmargin node``: the embedded local chain as a JSON-RPC server (HTTP, and WebSocket on the same port)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def write_dev_keystores(folder: Path, accounts: list[tuple[str, str]]) -> list[s
 @json_option
 @handle_errors
 def node(host: str, port: int, block_time: float | None, accounts: int, export_keys: str | None) -> None:
-    """Run a local chain (eth-tester on py-evm) until Ctrl-C, like anvil."""
+    """Run a local chain (eth-tester on py-evm) until Ctrl-C, like anvil: JSON-RPC over HTTP, and over
+    WebSocket (with eth_subscribe) on the same port."""
     from devnode import DevNode
 
     folder = _key_folder(export_keys)   # before anything starts
@@ -87,7 +88,8 @@ def node(host: str, port: int, block_time: float | None, accounts: int, export_k
     keystores = write_dev_keystores(folder, dev.accounts) if folder is not None else []
     balance = int(dev.tester.get_balance(dev.accounts[0][0]))
     if get_ctx().as_json:   # one JSON document (one line, for scripts reading the output), then serve
-        click.echo(json.dumps({"chain_id": dev.chain.chain_id, "url": dev.url, "block_time": block_time,
+        click.echo(json.dumps({"chain_id": dev.chain.chain_id, "url": dev.url, "ws_url": dev.ws_url,
+                               "block_time": block_time,
                                "accounts": [a for a, _k in dev.accounts], "balance_wei": str(balance),
                                "keystores": keystores, "password_file": str(folder / "password") if folder else None}))
     else:

@@ -123,6 +123,10 @@ class DevChain:
         self._tx_locations: dict[bytes, tuple[bytes, int]] = {}  # tx hash -> (block hash, index)
         self._filters: dict[int, _Filter] = {}
         self._filter_ids = itertools.count(1)
+        # Called under the lock, at once: ("pending", PoolTx) when the pool accepts a transaction,
+        # ("block", block hash) when a block is mined, ("rewind", head number) when the head went
+        # back (the WebSocket subscriptions of devnode.ws). Must not block.
+        self.observers: list[Callable[[str, Any], None]] = []
 
     # ------------------------------------------------------------------ basics
 
@@ -139,6 +143,13 @@ class DevChain:
     def accounts(self) -> list[tuple[str, str]]:
         """Dev accounts as ``(checksum address, 0x private key)``."""
         return [(to_checksum_address(addr), key.to_hex()) for addr, key in self._keys.items()]
+
+    def _notify(self, kind: str, value: Any) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(kind, value)
+            except Exception:  # noqa: BLE001 - an observer's bug must not fail the chain
+                logger.exception("chain observer failed on %s", kind)
 
     def head_number(self) -> int:
         with self.lock:
@@ -312,6 +323,7 @@ class DevChain:
             hexdata(block_hash),
             len(included),
         )
+        self._notify("block", block_hash)
 
     def mine(self, timestamp: int | None = None) -> bytes:
         """Mine one block with the executable pool transactions in fee order; returns its hash."""
@@ -401,6 +413,7 @@ class DevChain:
             for flt in self._filters.values():
                 if flt.kind == "pending":
                     flt.hashes.append(stamped.hash)
+            self._notify("pending", stamped)
             if self.automine:
                 self._automine(stamped.hash)
             return stamped.hash
@@ -825,6 +838,7 @@ class DevChain:
             flt.cursor = min(flt.cursor, head)
         for stale in self.pool.drop_stale(self._state_nonce):
             logger.info("removed stale transaction %s after the chain went back", hexdata(stale.hash))
+        self._notify("rewind", head)
 
     # ------------------------------------------------------------------ fees and pool views
 

@@ -17,6 +17,7 @@ from eth_tester import EthereumTester
 
 from .engine import DevChain
 from .rpc import RpcDispatcher
+from .ws import WsHub, is_upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ class _RpcHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], dispatcher: RpcDispatcher) -> None:
+    def __init__(self, address: tuple[str, int], dispatcher: RpcDispatcher, ws_hub: WsHub) -> None:
         super().__init__(address, _RpcRequestHandler)
         self.dispatcher = dispatcher
+        self.ws_hub = ws_hub
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._connections_lock = threading.Lock()
 
@@ -100,7 +102,10 @@ class _RpcRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._send(405, b"JSON-RPC over POST only\n", "text/plain")
+        if is_upgrade(self.headers):
+            self.server.ws_hub.serve(self)   # JSON-RPC over WebSocket on the same port, like anvil
+            return
+        self._send(405, b"JSON-RPC over POST, or a WebSocket upgrade, only\n", "text/plain")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         length_header = self.headers.get("Content-Length")
@@ -130,6 +135,8 @@ class _RpcRequestHandler(BaseHTTPRequestHandler):
 class DevNode:
     """A local Ethereum JSON-RPC node on eth-tester (py-evm) with funded dev accounts.
 
+    It serves JSON-RPC over HTTP POST and over WebSocket (``ws_url``, the same port; with
+    ``eth_subscribe``: see :mod:`devnode.ws`).
     Without ``block_time`` every transaction is mined immediately in its own block (automine).
     With ``block_time`` (seconds > 0) transactions wait in the node's mempool and a background
     thread mines one block every ``block_time`` seconds, ordered by effective priority fee.
@@ -151,6 +158,7 @@ class DevNode:
         self.port = port
         self.chain = DevChain(automine=block_time is None, accounts=accounts)
         self.dispatcher = RpcDispatcher(self.chain)
+        self.ws_hub = WsHub(self.chain, self.dispatcher)
         self._server: _RpcHTTPServer | None = None
         self._server_thread: threading.Thread | None = None
         self._block_thread: threading.Thread | None = None
@@ -162,6 +170,11 @@ class DevNode:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint: the HTTP port, ``ws://``."""
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def accounts(self) -> list[tuple[str, str]]:
@@ -184,7 +197,7 @@ class DevNode:
             if self._server is not None:
                 raise RuntimeError("dev node already started")
             self._stopping.clear()
-            server = _RpcHTTPServer((self.host, self.port), self.dispatcher)
+            server = _RpcHTTPServer((self.host, self.port), self.dispatcher, self.ws_hub)
             self.port = int(server.server_address[1])
             self._server = server
             self._server_thread = threading.Thread(
@@ -200,8 +213,9 @@ class DevNode:
                 )
                 self._block_thread.start()
         logger.info(
-            "dev node listening on %s (chain id %d, %s)",
+            "dev node listening on %s and %s (chain id %d, %s)",
             self.url,
+            self.ws_url,
             self.chain.chain_id,
             "automine" if self.block_time is None else f"block time {self.block_time}s",
         )
@@ -233,6 +247,7 @@ class DevNode:
             return
         server.shutdown()
         server.server_close()
+        self.ws_hub.close_all()
         server.close_connections(timeout)
         if server_thread is not None:
             server_thread.join(timeout)

@@ -135,8 +135,9 @@ class RpcDispatcher:
 
     # ------------------------------------------------------------------ transport
 
-    def handle_body(self, body: bytes) -> bytes | None:
-        """Handle an HTTP request body; returns the response body (``None``: notifications only)."""
+    def handle_body(self, body: bytes, extra: dict[str, Handler] | None = None) -> bytes | None:
+        """Handle an HTTP request body; returns the response body (``None``: notifications only).
+        ``extra`` adds methods of the transport (the WebSocket's ``eth_subscribe``)."""
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -148,16 +149,16 @@ class RpcDispatcher:
                 return self._dump(
                     _error_response(None, JsonRpcError(INVALID_REQUEST, "batch too large"))
                 )
-            responses = [r for r in (self.handle_request(item) for item in payload) if r is not None]
+            responses = [r for r in (self.handle_request(item, extra) for item in payload) if r is not None]
             return self._dump(responses) if responses else None
-        response = self.handle_request(payload)
+        response = self.handle_request(payload, extra)
         return None if response is None else self._dump(response)
 
     @staticmethod
     def _dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
-    def handle_request(self, request: Any) -> dict[str, Any] | None:
+    def handle_request(self, request: Any, extra: dict[str, Handler] | None = None) -> dict[str, Any] | None:
         """One JSON-RPC request object -> response object (``None`` for a notification)."""
         if not isinstance(request, dict):
             return _error_response(None, JsonRpcError(INVALID_REQUEST, "invalid request"))
@@ -172,16 +173,16 @@ class RpcDispatcher:
                 params = []
             elif not isinstance(params, list):
                 raise InvalidParams("params must be an array")
-            result = self.call(method, params)
+            result = self.call(method, params, extra)
         except JsonRpcError as error:
             response = _error_response(request_id, error)
         else:
             response = {"jsonrpc": "2.0", "id": request_id, "result": result}
         return None if is_notification else response
 
-    def call(self, method: str, params: Sequence[Any]) -> Any:
+    def call(self, method: str, params: Sequence[Any], extra: dict[str, Handler] | None = None) -> Any:
         """Run one method; raises :class:`JsonRpcError` for any failure the client should see."""
-        handler = self._methods.get(method)
+        handler = (extra or {}).get(method) or self._methods.get(method)
         if handler is None:
             raise JsonRpcError(METHOD_NOT_FOUND, f"the method {method} does not exist/is not available")
         try:
