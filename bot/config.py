@@ -127,6 +127,15 @@ class BotConfig:
     metrics_port: int | None = _setting(None, _OPT_PORT, "TCP port of the Prometheus endpoint (unset or 'off' = no endpoint)")
     metrics_addr: str = _setting("127.0.0.1", _STR, "address the Prometheus endpoint listens on")
 
+    # oracle backrun (bot/backrun.py) ---------------------------------------
+    backrun: bool = _setting(
+        True, _BOOL, "liquidate in the block of a pending price update, right after it (off by itself where the "
+        "node has no pending-transaction filter)"
+    )
+    pending_poll_interval_s: float = _setting(
+        0.1, _FLOAT, "seconds between two reads of the node's pending transactions while backrunning (HTTP polling)"
+    )
+
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
@@ -147,7 +156,7 @@ class BotConfig:
         url = self.rpc_url
         need(url == "memory" or url.startswith(("http://", "https://")), "rpc_url",
              "must be an http:// or https:// URL, or 'memory'")
-        for name in ("rpc_timeout_s", "poll_interval_s", "stale_head_s", "breaker_cooldown_s"):
+        for name in ("rpc_timeout_s", "poll_interval_s", "stale_head_s", "breaker_cooldown_s", "pending_poll_interval_s"):
             need(getattr(self, name) > 0, name, "must be > 0 seconds")
         for name in ("rpc_backoff_s", "rpc_backoff_max_s"):
             need(getattr(self, name) >= 0, name, "must be >= 0 seconds")

@@ -74,6 +74,7 @@ from .errors import CircuitOpen, RpcError
 from .lifecycle import DEFAULT_EXPECTED_ERRORS, Lifecycle, RunResult
 from .metrics import BotMetrics, start_metrics_server
 from .mirror import ChainMirror, SyncResult
+from .backrun import Backrunner, BackrunReport, make_backrunner
 from .rpc import CountingRpc
 from .scanner import Head, HeadWatcher
 from .store import KeeperTotals, LiquidationRecord, SentTx, Store
@@ -230,6 +231,9 @@ class Liquidator:
         self._final_totals: KeeperTotals | None = None
         self._report: TickReport | None = None     # the report of the tick in progress
         self._poll_started: tuple[float, Any] | None = None   # (clock, RPC counters) before the last head poll
+        self.backrun: Backrunner | None = None     # backruns pending price updates (bot/backrun.py)
+        self._backrun_tried = False
+        self._head_polled_at: float | None = None
 
     def __repr__(self) -> str:   # never the key
         return f"Liquidator(address={self.address}, engine={self.engine.address}, dry_run={self.config.dry_run})"
@@ -344,6 +348,8 @@ class Liquidator:
         if self._closed:
             return
         self._closed = True
+        if self.backrun is not None:
+            self.backrun.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
@@ -364,8 +370,10 @@ class Liquidator:
         """The loop: start, one :meth:`tick` per new head, stop on SIGTERM/SIGINT, ``max_ticks``
         polls, ``max_blocks`` processed heads, or ``max_failed_ticks`` consecutive failures."""
         life = Lifecycle(
-            self._next_head,
-            poll_interval_s=self.config.poll_interval_s,
+            self._loop_head,
+            # Backrunning reads the pending transactions between heads at a shorter interval.
+            poll_interval_s=min(self.config.poll_interval_s, self.config.pending_poll_interval_s)
+            if self.config.backrun else self.config.poll_interval_s,
             max_failed_ticks=self.config.max_failed_ticks,
             expected_errors=TICK_ERRORS,
             watchdog=self.watcher,
@@ -408,6 +416,35 @@ class Liquidator:
         if head is None and (self._dirty or not self._processed_once):
             return self.watcher.latest
         return head
+
+    def _loop_head(self) -> Head | None:
+        """:meth:`run`'s head source. With ``backrun`` the loop comes here every
+        ``pending_poll_interval_s``: the head is polled every ``poll_interval_s`` (and at once
+        while a head waits to be processed), and whenever no new head comes of it, the pending
+        transactions are read (:meth:`poll_pending`)."""
+        if not self.config.backrun:
+            return self._next_head()
+        now = self._clock()
+        if (self._head_polled_at is not None and now - self._head_polled_at < self.config.poll_interval_s
+                and not self._dirty and self._processed_once):
+            self.poll_pending()
+            return None
+        self._head_polled_at = now
+        head = self._next_head()
+        if head is None:
+            self.poll_pending()
+        return head
+
+    def poll_pending(self) -> BackrunReport | None:
+        """Read the node's pending transactions and backrun the price updates among them
+        (:mod:`bot.backrun`); None without any. The first call sets the backrunner up (off, said
+        once, where the node has no pending-transaction filter or ``backrun`` is off)."""
+        if not self._started:
+            self.start()
+        if not self._backrun_tried:
+            self._backrun_tried = True
+            self.backrun = make_backrunner(self) if self.config.backrun else None
+        return self.backrun.poll() if self.backrun is not None else None
 
     def _on_block(self, head: Head) -> None:
         t0, before = self._poll_started if self._poll_started is not None else (self._clock(), self._rpc.stats())
@@ -851,12 +888,16 @@ class Liquidator:
                 self.metrics.won(rec.reward_usd_wad, share)
             log.info("liquidated %s %s%s (batch of %d, gas %s USD) tx %s block %s", rec.account, text,
                      settled.get(rec.account, ""), len(orders), fmt_wad(gas_usd), tx.hash, tx.mined_block)
+        backrun = self.backrun if self.backrun is not None and self.backrun.owns(tx.hash) else None
         for k, (index, reason) in enumerate(skipped):
             if index >= len(orders):
                 continue   # dev: the engine numbers the orders of this call
             o = orders[index]
             kind = LIQUIDATE_COLLATERAL if o.is_collateral else LIQUIDATE
             cost = gas if not won and k == 0 else 0
+            if backrun is not None:   # landed before its price update: not a lost race
+                backrun.on_skip(o, reason, cost, tx.hash, tx.mined_block)
+                continue
             if classify_revert(reason) == "lost_race":
                 _, until = after_refusal(0, True, block, self.config.lost_race_backoff_blocks)
                 self._lost(o.account, order_target(o), kind, block, until, tx.hash, cost, reason)

@@ -650,10 +650,12 @@ class TxSender:
 
     # sending -------------------------------------------------------------------
     def send_many(self, items: list[tuple["TxRequest", Preflight]], *, base_fee_wei: int,
-                  head_block: int) -> list[SendResult]:
+                  head_block: int, strategy: FeeStrategy | None = None) -> list[SendResult]:
         """Price, sign and send transactions that passed their :meth:`preflight_many`, in order,
         with consecutive nonces; the raw transactions go out in one batch when the provider can
-        batch. Returns one result per item. The store records them in one transaction."""
+        batch. Returns one result per item. The store records them in one transaction.
+        ``strategy`` prices these instead of the sender's own (a backrun copies a price update's fees)."""
+        strategy = strategy or self.strategy
         results: list[SendResult | None] = [None] * len(items)
         signed: list[tuple[int, SentTx, bytes, Fees, Preflight]] = []
         for i, (req, flight) in enumerate(items):
@@ -663,7 +665,7 @@ class TxSender:
                          flight.reason, flight.classification)
                 results[i] = SendResult("preflight_failed", flight)
                 continue
-            fees = self.strategy.fees(base_fee_wei, req.expected_profit_wei)
+            fees = strategy.fees(base_fee_wei, req.expected_profit_wei)
             if fees.max_fee_per_gas < base_fee_wei:
                 log.warning("not sending %s %s/%s: the fee cap %d wei is below the base fee %d wei",
                             req.kind, req.account, req.target, fees.max_fee_per_gas, base_fee_wei)

@@ -89,11 +89,14 @@ def _settings_epilog() -> str:
 @click.option("--fresh-db", is_flag=True, default=False,
               help="move an existing --db aside (to DB.TIMESTAMP.old) and start a new one, e.g. after the node "
                    "was restarted")
+@click.option("--backrun/--no-backrun", default=None,
+              help="liquidate in the block of a pending price update, right after it (default: on where the node "
+                   "has a pending-transaction filter) [XMARGIN_BACKRUN]")
 @handle_errors
 def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
             db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
             profit_share: str | None, max_blocks: int | None, no_collateral: bool,
-            backstop: bool = False, fresh_db: bool = False) -> None:
+            backstop: bool = False, fresh_db: bool = False, backrun: bool | None = None) -> None:
     """Watch every account and liquidate those under maintenance margin, most profitable first."""
     from bot.config import BotConfig
     from bot.keys import PRIVATE_KEY_ENV, load_account
@@ -107,6 +110,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "dry_run": True if dry_run else None,
         "backstop": True if backstop else None,
         "gas_strategy": STRATEGIES[strategy] if strategy else None,
+        "backrun": backrun,
     }
     if keystore is not None:
         overrides["keystore_path"] = keystore

@@ -12,6 +12,8 @@ engine's ``Liquidation`` / ``LiquidationSkipped`` events, and the engine's own `
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,15 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
+from bot.liquidator import Liquidator
 from bot.pending import SET_ANSWER, DecoderRegistry, FilterPendingSource, PriceUpdate, normalize_tx
-from protocol_model.calls import encode_call, selector
+from bot.txs import batch_orders
+from protocol_model.calls import decode_call, encode_call, selector
 from protocol_model.chain import Sender
 from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
+from protocol_model.health import health
+from protocol_model.loader import load_accounts, load_protocol
+from protocol_model.logs import decode_logs, engine_topic
 from protocol_model.seeding import seed_accounts
 
 from nodes import LocalNode, start_node
@@ -182,3 +189,202 @@ def test_decoder_registry_reads_set_answer_of_the_engines_feeds_only(chain: Chai
     assert (Web3.to_checksum_address(aggregator), sel) in registry and len(registry) == 3
     assert [u.answer for u in registry.updates([_tx(eth, data, chain.owner), _tx(eth, other, chain.owner)])] \
         == [1_234 * 10**8]
+
+
+# ---------------------------------------------------------------------- the backrun
+
+
+def make_bot(chain: Chain, tmp_path: Path, **overrides: Any) -> Liquidator:
+    w3 = Web3(HTTPProvider(chain.node.url))
+    return Liquidator(w3, chain.dep, Account.from_key(chain.liquidator_key), bot_config(tmp_path, **overrides))
+
+
+def warm_up(chain: Chain, bot: Liquidator) -> None:
+    """Fresh prices, the bot caught up at the head, its pending filter in place."""
+    bot.start()
+    for asset in ("ETH", "BTC"):
+        chain.set_price(asset, 100)
+    chain.mine()
+    bot.tick()
+    assert bot.poll_pending() is None
+
+
+def block_txs(chain: Chain, number: int) -> list[str]:
+    return ["0x" + bytes(h).hex() for h in chain.w3.eth.get_block(number)["transactions"]]
+
+
+def engine_events(chain: Chain, block: int, name: str) -> list[Any]:
+    logs = chain.w3.eth.get_logs({"fromBlock": block, "toBlock": block, "address": chain.dep.engine,
+                                  "topics": [engine_topic(name)]})
+    return decode_logs(logs, chain.dep.engine)
+
+
+def test_pending_crash_is_liquidated_in_its_own_block_right_after_it(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path)
+    try:
+        warm_up(chain, bot)
+        before = chain.w3.eth.block_number
+        assert not [a for a, h in chain_healths(chain, before).items() if h[2] < 0]
+        updates = [chain.set_price("ETH", 88), chain.set_price("BTC", 88)]
+
+        report = bot.poll_pending()          # the updates are still pending: nothing is mined
+        assert report is not None and chain.w3.eth.block_number == before
+        assert {u.tx["hash"] for u in report.updates} == set(updates)
+        assert report.fees is not None and report.fees.max_priority_fee_per_gas == ORACLE_TIP
+        assert len(report.liquidatable) >= 3, "the crash is too mild for this test"
+        sent = [s.tx.hash for s in report.sent]
+        assert sent and all(s.tx.kind == "liquidate_many" for s in report.sent)
+        assert report.latency_s is not None and report.latency_s > 0
+        ordered = {o.account for s in report.sent for o in batch_orders(s.tx.data)}
+
+        block = chain.mine()
+        assert block == before + 1
+        txs = block_txs(chain, block)
+        # One block: the price updates first, then our liquidations.
+        assert set(updates) | set(sent) <= set(txs)
+        assert max(txs.index(h) for h in updates) < min(txs.index(h) for h in sent)
+        events = engine_events(chain, block, "Liquidation")
+        liquidated = {ev.args["account"] for ev in events}
+        assert not engine_events(chain, block, "LiquidationSkipped")
+        assert liquidated == ordered
+        # Those are exactly the accounts the engine finds liquidatable at the crashed prices (before
+        # our liquidations: the block's state without them is the parent's with the new prices).
+        assert ordered <= set(report.liquidatable) == engine_liquidatable_after(chain, before, updates)
+
+        # The next head's tick settles them as won and sends nothing again for those accounts.
+        tick = bot.tick()
+        assert {o.tx.hash for o in tick.outcomes} == set(sent)
+        again = {o.account for s in tick.sent if s.tx.kind == "liquidate_many" for o in batch_orders(s.tx.data)}
+        assert not again & ordered
+        won = events + engine_events(chain, block, "CollateralLiquidation")
+        assert bot.store.totals().won == len({(ev.tx_hash, ev.args["account"], ev.args.get("market", ev.args.get("token")))
+                                              for ev in won})
+        assert bot.store.totals().lost == 0
+        assert bot.backrun is not None and bot.backrun.stats.skipped_orders == 0
+    finally:
+        bot.stop()
+
+
+def test_backrun_that_lands_without_its_update_costs_a_skipped_batch_only(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path)
+    try:
+        warm_up(chain, bot)
+        update = chain.set_price("ETH", 85)
+        report = bot.poll_pending()
+        assert report is not None and report.sent
+        orders = sum(len(batch_orders(s.tx.data)) for s in report.sent)
+
+        # The oracle replaces its update with a transfer to itself (same nonce, higher fees).
+        nonce = chain.w3.eth.get_transaction(update)["nonce"]
+        chain.w3.eth.send_transaction({"from": chain.owner, "to": chain.owner, "value": 0, "nonce": nonce, "gas": 21_000,
+                                       "maxFeePerGas": 200 * GWEI, "maxPriorityFeePerGas": 2 * ORACLE_TIP})
+        block = chain.mine()
+        txs = block_txs(chain, block)
+        assert update not in txs and all(s.tx.hash in txs for s in report.sent)
+        assert not engine_events(chain, block, "Liquidation")
+        skipped = engine_events(chain, block, "LiquidationSkipped")
+        assert len(skipped) == orders
+        receipts = [chain.w3.eth.get_transaction_receipt(s.tx.hash) for s in report.sent]
+        assert all(r["status"] == 1 for r in receipts)      # skipped, never reverted
+        gas = sum(r["gasUsed"] * r["effectiveGasPrice"] for r in receipts)
+
+        bot.tick()
+        assert bot.backrun is not None
+        assert bot.backrun.stats.skipped_orders == orders and bot.backrun.stats.skipped_gas_wei == gas
+        # Not a lost race: nothing is backed off, nothing recorded as lost; the real crash later is
+        # liquidated at once.
+        assert bot.store.backoffs(block) == set() or not bot.store.backoffs(block)
+        assert bot.store.totals().lost == 0 and bot.store.totals().won == 0
+        chain.set_price("ETH", 85)
+        crash = chain.mine()
+        tick = bot.tick()
+        assert tick.sent, "the bot backed off after the skipped backrun"
+        assert bot.backrun.owns(tick.sent[0].tx.hash) is False
+        chain.mine()
+        assert engine_events(chain, crash + 1, "Liquidation")
+    finally:
+        bot.stop()
+
+
+def test_pending_transactions_that_publish_no_price_are_ignored(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path)
+    try:
+        warm_up(chain, bot)
+        gas = {"gas": 300_000, "maxFeePerGas": 100 * GWEI, "maxPriorityFeePerGas": ORACLE_TIP}
+        feed = chain.dep.feed_contract("ETH")
+        feed.functions.set_updater(chain.owner).transact({"from": chain.owner, **gas})   # the feed, another function
+        chain.w3.eth.send_transaction({"from": chain.owner, "to": chain.traders[0], "value": 1, **gas})
+        data = "0x" + encode_call(SET_ANSWER, 100 * 10**8).hex()                           # set_answer, not a feed
+        chain.w3.eth.send_transaction({"from": chain.owner, "to": chain.dep.quote, "data": data, **gas})
+        # set_answer of a feed, from someone who is not its updater: it would revert.
+        trader = chain.node.accounts[7][0]
+        feed.functions.set_answer(100 * 10**8).transact({"from": trader, **gas})
+        assert bot.poll_pending() is None
+        assert bot.backrun is not None and bot.backrun.stats.updates == 0
+        assert not bot.pending()
+        assert bot.backrun.source.seen == 4        # type: ignore[attr-defined]
+    finally:
+        bot.stop()
+
+
+def test_backrun_off_reads_no_pending_transactions(chain: Chain, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path, backrun=False)
+    try:
+        bot.start()
+        chain.set_price("ETH", 80)
+        assert bot.poll_pending() is None and bot.backrun is None
+        assert bot.rpc.count("eth_newPendingTransactionFilter") == 0
+    finally:
+        bot.stop()
+
+
+def chain_healths(chain: Chain, block: int) -> dict[str, tuple[int, int, int]]:
+    state = load_protocol(chain.w3, chain.dep, block)
+    out = load_accounts(chain.w3, chain.dep, state, chain.traders, block_identifier=block)
+    return {a: tuple(h) for a, h in out.items() if a != chain.dep.engine}
+
+
+def engine_liquidatable_after(chain: Chain, parent: int, updates: list[str]) -> set[str]:
+    """The traders the engine's own health view finds liquidatable at block ``parent`` with the
+    ``updates`` applied (the model of the feeds only: each update's answer replaces the feed's)."""
+    state = load_protocol(chain.w3, chain.dep, parent)
+    load_accounts(chain.w3, chain.dep, state, chain.traders, block_identifier=parent)
+    for h in updates:
+        tx = chain.w3.eth.get_transaction(h)
+        (answer,) = decode_call(SET_ANSWER, bytes(tx["input"]))
+        state.feeds[Web3.to_checksum_address(tx["to"])].answer = answer
+    return {a for a, acc in state.accounts.items() if health(state, acc).maint_health < 0}
+
+
+def test_running_bot_backruns_between_heads_on_a_chain_with_a_block_time(chain: Chain, tmp_path: Path) -> None:
+    """The live loop (``Liquidator.run``): heads polled every ``poll_interval_s``, the pending
+    transactions read in between; the chain mines a block every 2 s by itself."""
+    bot = make_bot(chain, tmp_path, poll_interval_s=0.5, pending_poll_interval_s=0.05)
+    for asset in ("ETH", "BTC"):
+        chain.set_price(asset, 100)
+    chain.mine()
+    thread = threading.Thread(target=bot.run, kwargs={"install_signals": False}, daemon=True)
+    with chain.node.ticking(2.0):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while bot.backrun is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bot.backrun is not None, "the loop never read the pending transactions"
+            start = chain.w3.eth.block_number
+            while chain.w3.eth.block_number == start and time.monotonic() < deadline:
+                time.sleep(0.02)   # right after a block: the update waits about 2 s for the next
+            update = chain.set_price("ETH", 85)
+            while chain.w3.eth.get_transaction(update)["blockNumber"] is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            block = chain.w3.eth.get_transaction(update)["blockNumber"]
+            assert block is not None
+        finally:
+            bot.stop()
+            thread.join(30)
+    assert not thread.is_alive()
+    events = engine_events(chain, block, "Liquidation")
+    assert events and {ev.args["liquidator"] for ev in events} == {bot.address}
+    txs = block_txs(chain, block)
+    assert all(txs.index(ev.tx_hash) > txs.index(update) for ev in events)
+    assert bot.backrun.stats.transactions >= 1
