@@ -53,9 +53,9 @@ DEFAULT_SHOCK = "ETH=-20%"
 @click.option("--bots", type=click.IntRange(1, MAX_BOTS), default=3, show_default=True, help="number of competing bots (K)")
 @click.option("--strategy", default="fixed,profit-share:50%,rebid", show_default=True,
               help="comma list cycled over the bots: fixed[:TIP], profit-share[:SHARE], rebid[:TIP], each with an "
-                   "optional latency suffix @BLOCKS, e.g. fixed:2gwei,profit-share:50%,rebid@1; and backrun[:TIP] "
-                   "(off-chain only): liquidates in the price update's own block, with the update's tip (or TIP), "
-                   "then tips TIP (default 1gwei)")
+                   "optional latency suffix @BLOCKS, e.g. fixed:2gwei,profit-share:50%,rebid@1; and backrun[:TIP]: "
+                   "liquidates in the price update's own block with the update's tip (backrun:TIP: with TIP, "
+                   "off-chain only), then tips TIP (default 1gwei)")
 @click.option("--accounts", type=click.IntRange(1, MAX_ACCOUNTS), default=30, show_default=True, help="seeded traders (N)")
 @click.option("--shock", "shocks", multiple=True, default=(DEFAULT_SHOCK,), show_default=True,
               help="price move ASSET=CHANGE, e.g. ETH=-20% (repeat it, or comma separate, for several assets)")

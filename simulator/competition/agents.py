@@ -20,7 +20,9 @@ An **agent** is one liquidation bot with its own key, a tip strategy and a detec
   the tip ``TIP`` instead, whatever the oracle pays: above the oracle's tip its liquidations land
   *before* the update and revert (the accounts are still healthy), which the report counts with
   their gas. After the update's block the agent is a ``fixed`` bot (the tip ``TIP``, default
-  1 gwei) for what is left. It takes no latency: backrunning is reacting within the block.
+  1 gwei) for what is left. It takes no latency: backrunning is reacting within the block. On
+  chain the agent is the bot's own backrunner (:mod:`bot.backrun`), which always pays the
+  update's fees: ``backrun:TIP`` runs off-chain only.
   Combined with the fee strategies: only with ``fixed`` (the tip after the update); a profit-share
   or re-bidding backrunner would bid above the oracle's tip and land before it;
 * an ``@L`` suffix gives any of the others a detection latency of ``L`` blocks (see :func:`ticks_at`).
@@ -238,6 +240,8 @@ class AgentSpec:
             # One transaction per liquidation, as the off-chain model prices and orders them; the
             # live bot's liquidate_many batches are not modelled off-chain yet.
             max_batch_orders=1,
+            # Only a backrun agent watches the pending transactions (the simulator drives it).
+            backrun=self.backruns,
             rpc_backoff_s=0.0,
             rpc_backoff_max_s=0.0,
             **strategy,

@@ -12,9 +12,11 @@ Run (:meth:`OnchainSimulation.run`): the owner (the feeds' updater) sends every 
 pool while the update round runs, then block ``S`` is mined by the node's fee-ordered block builder;
 then ``B`` rounds of the schedule in :mod:`simulator.competition.agents`: the agents that tick at
 the head call :meth:`Liquidator.tick` in agent order, the re-bidders answer rivals they see in
-``txpool_content``, and one block is mined. The ``backrun`` strategy is refused here (one line):
-the live bot's backrunning (``bot/backrun.py``) is not wired into this mode yet, and the
-simulator does not imitate it.
+``txpool_content``, and one block is mined. A ``backrun`` agent is the bot's own backrunner
+(:mod:`bot.backrun`): its pending-transaction filter is set up before the updates are sent, and in
+the update round :meth:`Liquidator.poll_pending` reads them and sends the liquidations they cause
+with the update's fees. ``backrun:TIP`` (a backrun at its own tip) is refused here in one line:
+the bot's backrunner always pays the update's fees.
 
 Each agent *is* a :class:`~bot.liquidator.Liquidator` configured with its strategy
 (:meth:`AgentSpec.bot_config`), wrapped by :class:`OnchainAgent`, which adds what the bot lacks:
@@ -126,6 +128,20 @@ class OnchainAgent:
     def tick(self) -> None:
         self.bot.tick()
 
+    def watch_pending(self) -> None:
+        """Set up the bot's backrunner (its pending-transaction filter on the node) before the
+        price updates are sent, so that it sees them arrive."""
+        self.bot.poll_pending()
+        if self.bot.backrun is None:
+            raise ChainError(f"{self.spec.name}: the node offers no pending-transaction filter to backrun from")
+
+    def backrun(self) -> None:
+        """The update round: the bot's backrunner reads the pending updates and sends the
+        liquidations they cause (:meth:`bot.liquidator.Liquidator.poll_pending`)."""
+        report = self.bot.poll_pending()
+        if report is not None:
+            self.backrun_hashes.update(r.tx.hash.lower() for r in report.sent if r.tx is not None)
+
     def rebid(self, view: list[PoolEntry], *, head_base_fee: int, next_base: int) -> bool:
         """Outbid rivals on this agent's pending liquidations; True when it sent a replacement."""
         sender = self.bot.sender
@@ -174,10 +190,10 @@ class OnchainSimulation:
         self.specs = list(agents)
         if not self.specs:
             raise ConfigError("at least one bot is needed")
-        backrunners = [s.name for s in self.specs if s.backruns]
-        if backrunners:
-            raise ConfigError(f"the backrun strategy ({', '.join(backrunners)}) runs off-chain only: the live bot's "
-                              "backrunning is not wired into the on-chain mode yet; use --mode offchain")
+        own_tip = [s.strategy for s in self.specs if s.backruns and not s.match_oracle]
+        if own_tip:
+            raise ConfigError(f"{own_tip[0]} runs off-chain only: on chain the bot's backrunner pays exactly the "
+                              "price update's fees; use backrun, or --mode offchain")
         self._progress = progress
         self.node: DevNode | None = None
         self.w3: Web3 | None = None
@@ -252,6 +268,9 @@ class OnchainSimulation:
         answers = shocked_answers(state, dep.feeds, self.scenario)
         base = int(w3.eth.get_block("latest")["baseFeePerGas"])
         fees = oracle_fees(self.scenario.oracle_tip_wei, base)
+        backrunners = [a for a in self.agents if a.spec.backruns]
+        for a in backrunners:
+            a.watch_pending()
         hashes = []
         for address, answer in answers.items():
             feed = contract_at(w3, "PriceFeed", address)
@@ -259,7 +278,9 @@ class OnchainSimulation:
                 "from": self.owner.address, "gas": 200_000, "maxFeePerGas": fees.max_fee_per_gas,
                 "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
             }))
-        # The update round: the updates are pending; the backrunners (none on chain yet) would answer here.
+        # The update round: the updates are pending; the backrunners answer in agent order.
+        for a in backrunners:
+            a.backrun()
         node.mine_block()
         for h in hashes:
             if int(w3.eth.get_transaction_receipt(h)["status"]) != 1:
@@ -338,7 +359,7 @@ class OnchainSimulation:
                 gas_used = int(receipt["gasUsed"])
                 paid = int(receipt["effectiveGasPrice"])
                 ok = int(receipt["status"]) == 1
-                if tx["hash"].hex() in by_address[sender].backrun_hashes:
+                if "0x" + bytes(tx["hash"]).hex() in by_address[sender].backrun_hashes:
                     backruns.append((res, number, index, ok, gas_used * paid))
                 res.mined += 1
                 res.gas_used += gas_used

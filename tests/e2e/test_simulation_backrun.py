@@ -5,31 +5,38 @@ Off-chain runs on the exact model (about a second each). Oracles independent of 
 bookkeeping: each liquidated account's health recomputed with :func:`protocol_model.health.health`
 on the seeded state before and after the shocked prices (no wrongful liquidation: healthy before
 the update, liquidatable after it), and the report's gas figures summed from its own per-bot fields.
-The on-chain mode refuses the strategy in one line (the live bot's backrunning is not wired into it).
+On chain the backrun agent is the live bot's backrunner (:mod:`bot.backrun`); one small on-chain
+run checks that the update's block holds the updates then its liquidations, and that the off-chain
+mode reproduces it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from web3 import Web3
 
 from cli import cli
 from protocol_model.actions import set_answer
+from protocol_model.deploy import compile_contracts
 from protocol_model.errors import ConfigError
 from protocol_model.health import health
 from simulator.competition.agents import DEFAULT_ORACLE_TIP_WEI, Scenario, SimSettings, parse_strategies
 from simulator.competition.offchain import Initial, run_offchain, shocked_answers
 from simulator.competition.onchain import OnchainSimulation
+from test_simulation import GAS_TOLERANCE_BUILTIN, assert_close, split
 
 WAD = 10**18
 GWEI = 10**9
 PCT = 10**16
 SHOCK = (("ETH", -12 * PCT), ("BTC", -12 * PCT))
 SCENARIO = Scenario(12, 26, SHOCK, 5)
+ONCHAIN = "fixed:20gwei,backrun"
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +129,43 @@ def test_a_backrun_bidding_above_the_oracle_lands_before_the_update_reverts_and_
 # ---------------------------------------------------------------------- on-chain and the command line
 
 
-def test_onchain_mode_refuses_backrun_in_one_line_before_starting_a_node() -> None:
+@pytest.fixture(scope="module")
+def onchain() -> Iterator[OnchainSimulation]:
+    compile_contracts()
+    with OnchainSimulation(SCENARIO, parse_strategies(ONCHAIN, 2)) as sim:
+        sim.report = sim.run()      # type: ignore[attr-defined]
+        yield sim
+
+
+def test_onchain_the_bots_backrunner_lands_right_after_the_update_and_offchain_agrees(onchain: Any,
+                                                                                       initial: Initial) -> None:
+    """The on-chain backrun agent is the live bot's backrunner (bot/backrun.py) reading the node's
+    pending-transaction filter; the block of the update holds the updates, then its liquidations;
+    the off-chain run of the same scenario gives the same report (gas within the table's error)."""
+    report, w3 = onchain.report, onchain.w3
+    assert report.model_mismatches == []
+    S = onchain.shock_block
+    txs = w3.eth.get_block(S, full_transactions=True)["transactions"]
+    feeds = list(onchain.dep.feeds.values())
+    assert [Web3.to_checksum_address(t["to"]) for t in txs[:len(feeds)]] == feeds
+    backrunner = report.bots[1]
+    rest = txs[len(feeds):]
+    assert rest and {t["from"] for t in rest} == {backrunner.address}
+    assert {int(t["maxPriorityFeePerGas"]) for t in rest} == {DEFAULT_ORACLE_TIP_WEI}
+    assert all(int(w3.eth.get_transaction_receipt(t["hash"])["status"]) == 1 for t in rest)
+    assert backrunner.same_block == backrunner.backruns == len(rest) and report.backruns_before_update == 0
+    off = run_offchain(SCENARIO, parse_strategies(ONCHAIN, 2), initial=initial)
+    on_exact, on_gas = split(report)
+    off_exact, off_gas = split(off)
+    assert off_exact == on_exact
+    assert_close(off_gas, on_gas, GAS_TOLERANCE_BUILTIN)
+
+
+def test_onchain_mode_refuses_a_backrun_at_its_own_tip_in_one_line_before_starting_a_node() -> None:
     with pytest.raises(ConfigError, match="off-chain only") as exc:
-        OnchainSimulation(SCENARIO, parse_strategies("fixed,backrun", 2))
+        OnchainSimulation(SCENARIO, parse_strategies("fixed,backrun:2gwei", 2))
     assert "\n" not in str(exc.value)
-    result = CliRunner().invoke(cli, ["simulate", "competition", "--mode", "onchain", "--strategy", "backrun",
+    result = CliRunner().invoke(cli, ["simulate", "competition", "--mode", "onchain", "--strategy", "backrun:2gwei",
                                       "--accounts", "5", "--shock", "ETH=-12%"])
     assert result.exit_code == 2, result.output
     assert "off-chain only" in result.output and "Traceback" not in result.output
