@@ -18,10 +18,14 @@ Everything is integer arithmetic through :mod:`protocol_model.wad`; no floats.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+import numpy as np
+
 from .errors import ConfigError, Revert
+from .liqindex import TERM_ROUNDING_COLLATERAL, TERM_ROUNDING_POSITION, LiqIndex
 from .state import Account, Collateral, Feed, Market, ProtocolState
 from .wad import INT256_MAX, INT256_MIN, MAX_PRICE, UINT256_MAX, WAD, Wad, div_ceil, div_floor, mul_down, mul_up
 
@@ -581,27 +585,47 @@ class HealthBook:
     """The health of many accounts, kept current incrementally; equal to :func:`health` (loose).
 
     Built from a :class:`ProtocolState`, it resolves each feed's price once and keeps, per market
-    and per collateral token, a dense column of every account's contribution to (equity,
-    init_health, maint_health). :meth:`update_price` recomputes only the columns the moved feed
-    prices, by list comprehension, and shifts the totals by the columns' differences: one feed move over
-    100,000 accounts with two positions and two collaterals each takes a few tenths of a second,
-    in exact integers.
+    and per collateral token, a dense column of every account's holdings, and every account's
+    (equity, init_health, maint_health).
+
+    With ``index=True`` (the default) a price update asks a per-feed liquidation-price index
+    (:class:`~protocol_model.liqindex.LiqIndex`, whose docstring proves it conservative) which
+    accounts the move can make liquidatable, and recomputes only those exactly; any other account's
+    health is recomputed on demand when :meth:`health` reads it, so what is read is never stale.
+    When the prices have drifted so far from the index's reference that a quarter of the accounts
+    are candidates, the book recomputes everything (a columnar scan) and takes the current prices as
+    the new reference. With ``index=False`` every update reprices the columns the moved feed prices
+    (the scan, by list comprehension) and shifts the totals by the columns' differences.
 
     Accounts whose balances are so large that the engine's int256 arithmetic could overflow at
     some price (see :func:`overflow_safe`; none in any real deployment) are kept out of the columns
-    and recomputed with :func:`health` on every update; where that overflows, :meth:`health` raises
-    ``Revert("")`` as the engine's view does.
+    and the index and recomputed with :func:`health` on every update; where that overflows,
+    :meth:`health` raises ``Revert("")`` as the engine's view does.
 
     The book reads configuration from the state it was built from and keeps that state's feeds in
     sync (:meth:`update_price` writes the new answer there). After an account changes in the state
     (a mirrored deposit, trade, liquidation, ...) call :meth:`apply_account`; after a parameter change
     (weights, margin fractions) call :meth:`rebuild`. The house is tracked but never reported as
-    liquidatable (the engine rejects liquidating it).
+    liquidatable (the engine rejects liquidating it). Like the ``health`` view, the book reads prices
+    loosely (ages ignored, answers clamped); a feed whose answer becomes unusable (``<= 0`` or above
+    ``MAX_PRICE``) makes every account exposed to it a candidate.
     """
 
-    def __init__(self, state: ProtocolState, accounts: Iterable[Account] | None = None) -> None:
+    # Index mode: recompute everything and take the current prices as the index's reference when
+    # more than 1/REREFERENCE_SHARE of the accounts are candidates of one update (books of more than
+    # REREFERENCE_MIN accounts); sort the index again when more than RESORT_MIN accounts (and a 16th
+    # of the book) changed since it was last sorted.
+    REREFERENCE_SHARE = 4
+    REREFERENCE_MIN = 4096
+    RESORT_MIN = 1024
+
+    def __init__(self, state: ProtocolState, accounts: Iterable[Account] | None = None, *, index: bool = True) -> None:
         self.state = state
         self._accounts = accounts
+        self.indexed = index
+        self.last_candidates = 0      # accounts recomputed exactly by the last update_price (index mode)
+        self.last_detection_s = 0.0   # seconds the last update_price spent finding them (index mode)
+        self.rereferences = 0         # full recomputes done because the prices drifted (index mode)
         self.rebuild()
 
     # building ----------------------------------------------------------
@@ -620,6 +644,10 @@ class HealthBook:
         self._by_feed: dict[str, tuple[list[_MarketColumn], list[_CollateralColumn]]] = {}
         self._unsafe: dict[int, Account] = {}      # slot -> account computed by health()
         self._reverts: set[int] = set()            # slots whose health view reverts (overflow)
+        self._version = 0                          # bumped by every price change
+        self._ver: list[int] = []                  # per slot: the version its health was computed at
+        self._liq: set[int] = set()                # index mode: slots with maint_health < 0
+        self._rounding: list[int] = []             # per slot: the index's E (wei)
         for market in state.markets:
             self._check_scale(market.feed, market.price_scale)
             mc = _MarketColumn(market.id, market.feed, market.imf, market.mmf)
@@ -632,11 +660,14 @@ class HealthBook:
             self._feed_entry(col.feed)[1].append(cc)
         for address, feed in state.feeds.items():
             self._prices[address] = answer_to_price(feed.answer, feed.price_scale)
+        self._index: LiqIndex | None = LiqIndex(self._prices, self._prices) if self.indexed else None
         accounts = list(state.accounts.values()) if self._accounts is None else list(self._accounts)
         if state.house is not None:
             accounts.append(state.house)
         for account in accounts:
             self.apply_account(account)
+        if self._index is not None:
+            self._index.resort()
         log.debug("health book built: %d accounts, %d feeds", len(self._addr), len(self._prices))
 
     def _check_scale(self, feed_address: str, price_scale: int) -> None:
@@ -663,7 +694,7 @@ class HealthBook:
         if slot is None:
             slot = self._slot[account.address] = len(self._addr)
             self._addr.append(account.address)
-            for lst in (self._cash, self._eq, self._ih, self._mh):
+            for lst in (self._cash, self._eq, self._ih, self._mh, self._ver, self._rounding):
                 lst.append(0)
             for mc in self._markets:
                 mc.grow()
@@ -671,6 +702,8 @@ class HealthBook:
                 cc.grow()
         self._unsafe.pop(slot, None)
         self._reverts.discard(slot)
+        self._ver[slot] = self._version
+        index = self._index
         if not overflow_safe(self.state, account):
             for mc in self._markets:
                 mc.put(slot, 0, 0, 0)
@@ -678,12 +711,18 @@ class HealthBook:
                 cc.put(slot, 0, 0)
             self._cash[slot] = 0
             self._unsafe[slot] = account
-            return self._recompute_unsafe(slot)
+            if index is not None:
+                index.remove(slot)
+            h_unsafe = self._recompute_unsafe(slot)
+            self._mark_liq(slot)
+            return h_unsafe
         for token in account.collateral:
             if token not in self._collaterals and account.collateral[token]:
                 raise ConfigError(f"account {account.address} holds unlisted token {token}")
         c = account.cash
         eq = ih = mh = c
+        exposure: dict[str, float] = {}
+        rounding = 0
         for mc in self._markets:
             pos = account.positions.get(mc.market_id)
             size, quote = (pos.size, pos.quote) if pos is not None else (0, 0)
@@ -691,14 +730,31 @@ class HealthBook:
             eq += mc.upnl[slot]
             ih += mc.net_init[slot]
             mh += mc.net_maint[slot]
+            if size:
+                exposure[mc.feed] = exposure.get(mc.feed, 0.0) + abs(size) * (WAD + mc.mmf) / (WAD * WAD)
+                rounding += TERM_ROUNDING_POSITION
         for cc in self._collaterals.values():
-            cc.put(slot, account.collateral.get(cc.token, 0), self._prices[cc.feed])
+            balance = account.collateral.get(cc.token, 0)
+            cc.put(slot, balance, self._prices[cc.feed])
             eq += cc.value[slot]
             ih += cc.init[slot]
             mh += cc.maint[slot]
+            if balance:
+                exposure[cc.feed] = exposure.get(cc.feed, 0.0) + balance * cc.maint_weight / (cc.unit * WAD)
+                rounding += TERM_ROUNDING_COLLATERAL
         self._cash[slot] = c
         self._eq[slot], self._ih[slot], self._mh[slot] = eq, ih, mh
+        if index is not None:
+            self._rounding[slot] = rounding
+            index.put(slot, mh, {f: lf * (1 + 1e-12) for f, lf in exposure.items() if lf > 0}, rounding)
+            self._mark_liq(slot)
         return Health(Wad(eq), Wad(ih), Wad(mh))
+
+    def _mark_liq(self, slot: int) -> None:
+        if self._mh[slot] < 0 and slot not in self._reverts:
+            self._liq.add(slot)
+        else:
+            self._liq.discard(slot)
 
     def _recompute_unsafe(self, slot: int) -> Health | None:
         account = self._unsafe[slot]
@@ -712,9 +768,41 @@ class HealthBook:
         self._eq[slot], self._ih[slot], self._mh[slot] = h
         return h
 
+    def _exact(self, slot: int) -> tuple[int, int, int]:
+        """The slot's (equity, init_health, maint_health) at the current prices, from its holdings
+        (the terms of :func:`health`, summed exactly); stores it and marks it current."""
+        prices = self._prices
+        eq = ih = mh = self._cash[slot]
+        for mc in self._markets:
+            size = mc.sizes[slot]
+            if size:
+                p = prices[mc.feed]
+                u = (size * p) // WAD + mc.quotes[slot]
+                notional = -((-abs(size) * p) // WAD)
+                eq += u
+                ih += u + ((-notional * mc.imf) // WAD)
+                mh += u + ((-notional * mc.mmf) // WAD)
+        for cc in self._collaterals.values():
+            balance = cc.balances[slot]
+            if balance:
+                v = balance * prices[cc.feed] // cc.unit
+                eq += v
+                ih += (v * cc.init_weight) // WAD
+                mh += (v * cc.maint_weight) // WAD
+        self._eq[slot], self._ih[slot], self._mh[slot] = eq, ih, mh
+        self._ver[slot] = self._version
+        return eq, ih, mh
+
     # prices ------------------------------------------------------------
     def update_price(self, feed_address: str, answer: int, updated_at: int, round_id: int | None = None) -> set[str]:
-        """Record a feed update (also in the state) and return the accounts whose health changed."""
+        """Record a feed update (also in the state) and return the accounts whose health changed.
+
+        With the index, only the candidates (the accounts the move can make liquidatable, see
+        :mod:`protocol_model.liqindex`) are recomputed here, so the set holds the candidates whose
+        health changed; every other account's health is recomputed when :meth:`health` reads it.
+        Those include every account that became liquidatable or stopped being so. Without the
+        index, the set is every account whose health changed.
+        """
         feed = _feed(self.state, feed_address)
         feed.answer = answer
         feed.updated_at = updated_at
@@ -723,6 +811,10 @@ class HealthBook:
         if p == self._prices.get(feed_address):
             return set()
         self._prices[feed_address] = p
+        self._version += 1
+        if self._index is not None:
+            unusable = answer <= 0 or answer > MAX_PRICE // feed.price_scale
+            return self._update_indexed(feed_address, p, unusable)
         markets, collaterals = self._by_feed.get(feed_address, ([], []))
         if not any(mc.holders for mc in markets) and not any(cc.holders for cc in collaterals) and not self._unsafe:
             return set()
@@ -758,6 +850,84 @@ class HealthBook:
                 changed.add(addr[slot])
         return changed
 
+    def _update_indexed(self, feed_address: str, p: int, unusable: bool) -> set[str]:
+        index = self._index
+        assert index is not None  # dev: index mode
+        t0 = time.perf_counter()
+        index.move(feed_address, p)
+        if index.dirty > max(self.RESORT_MIN, len(self._addr) // 16):
+            index.resort()
+        slots = index.candidates()
+        if unusable:
+            slots = np.union1d(slots, index.exposed(feed_address))
+        if self._liq:   # the liquidatable ones too, so that the set reports those that recovered
+            slots = np.union1d(slots, np.fromiter(self._liq, dtype=np.int64, count=len(self._liq)))
+        self.last_candidates = int(slots.size)
+        self.last_detection_s = time.perf_counter() - t0
+        if slots.size * self.REREFERENCE_SHARE > len(self._addr) > self.REREFERENCE_MIN:
+            return self._rereference(slots)
+        eq, ih, mh, addr, hot = self._eq, self._ih, self._mh, self._addr, index.hot
+        changed: set[str] = set()
+        liq: set[int] = set()
+        exact, unsafe = self._exact, self._unsafe
+        for slot in slots.tolist():
+            if slot in unsafe:
+                continue        # recomputed below with health()
+            before = (eq[slot], ih[slot], mh[slot])
+            h = exact(slot)
+            if h != before:
+                changed.add(addr[slot])
+            if h[2] < 0:
+                liq.add(slot)
+            elif slot in hot:
+                index.tighten(slot, h[2], self._rounding[slot])
+        for slot in self._unsafe:
+            before_unsafe = (slot in self._reverts, eq[slot], ih[slot], mh[slot])
+            self._recompute_unsafe(slot)
+            self._ver[slot] = self._version
+            if before_unsafe != (slot in self._reverts, eq[slot], ih[slot], mh[slot]):
+                changed.add(addr[slot])
+            if mh[slot] < 0 and slot not in self._reverts:
+                liq.add(slot)
+        self._liq = liq
+        return changed
+
+    def _rereference(self, slots: np.ndarray) -> set[str]:
+        """Recompute every account (a columnar scan) and make the current prices the reference."""
+        index = self._index
+        assert index is not None  # dev: index mode
+        self.rereferences += 1
+        wanted = set(slots.tolist())
+        addr = self._addr
+        before = {s: (self._eq[s], self._ih[s], self._mh[s]) for s in wanted}
+        for mc in self._markets:
+            if mc.holders:
+                mc.reprice(self._prices[mc.feed])
+        for cc in self._collaterals.values():
+            if cc.holders:
+                cc.reprice(self._prices[cc.feed])
+        eq, ih, mh = list(self._cash), list(self._cash), list(self._cash)
+        for mc in self._markets:
+            if mc.holders:
+                eq = [a + b for a, b in zip(eq, mc.upnl)]
+                ih = [a + b for a, b in zip(ih, mc.net_init)]
+                mh = [a + b for a, b in zip(mh, mc.net_maint)]
+        for cc in self._collaterals.values():
+            if cc.holders:
+                eq = [a + b for a, b in zip(eq, cc.value)]
+                ih = [a + b for a, b in zip(ih, cc.init)]
+                mh = [a + b for a, b in zip(mh, cc.maint)]
+        self._eq, self._ih, self._mh = eq, ih, mh
+        self._ver = [self._version] * len(addr)
+        unsafe = self._unsafe
+        for slot in unsafe:
+            self._recompute_unsafe(slot)
+        index.rereference((s, m, r) for s, (m, r) in enumerate(zip(mh, self._rounding)) if s not in unsafe)
+        self._liq = {s for s, m in enumerate(mh) if m < 0 and s not in self._reverts}
+        changed = {addr[s] for s in wanted if before[s] != (eq[s], ih[s], mh[s])}
+        changed |= {addr[s] for s in unsafe}
+        return changed
+
     # reading -----------------------------------------------------------
     def health(self, address: str) -> Health:
         """The account's (equity, init_health, maint_health); zeros for an unknown address.
@@ -769,12 +939,26 @@ class HealthBook:
             return Health(Wad(0), Wad(0), Wad(0))
         if slot in self._reverts:
             raise Revert("")
+        if self._index is not None and self._ver[slot] != self._version and slot not in self._unsafe:
+            return Health(*self._exact(slot))
         return Health(Wad(self._eq[slot]), Wad(self._ih[slot]), Wad(self._mh[slot]))
 
     def liquidatable(self) -> list[str]:
         """Accounts with ``maint_health < 0`` (the house excluded), in the order they were added."""
         house = self.state.engine
+        if self._index is not None:
+            addr = self._addr
+            return [addr[s] for s in sorted(self._liq) if addr[s] != house]
         return [a for a, m in zip(self._addr, self._mh) if m < 0 and a != house]   # reverting slots hold 0
+
+    def exposed(self, feed_address: str) -> list[str]:
+        """Accounts with a position or a collateral priced by ``feed_address`` (the overflow-unsafe
+        ones included), in the order they were added."""
+        markets, collaterals = self._by_feed.get(feed_address, ([], []))
+        held = {i for mc in markets for i, s in enumerate(mc.sizes) if s}
+        held |= {i for cc in collaterals for i, b in enumerate(cc.balances) if b}
+        held |= set(self._unsafe)
+        return [self._addr[s] for s in sorted(held)]
 
     def price(self, feed_address: str) -> Wad:
         """The loose (view) price the book uses for a feed."""

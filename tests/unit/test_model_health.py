@@ -433,9 +433,10 @@ def assert_book_matches(book: HealthBook, state: pm.ProtocolState) -> None:
     assert sorted(book.liquidatable()) == sorted(expected)
 
 
-def test_health_book_equals_health_under_price_moves() -> None:
+@pytest.mark.parametrize("index", [False, True], ids=["scan", "index"])
+def test_health_book_equals_health_under_price_moves(index: bool) -> None:
     state = random_state(300, seed=1)
-    book = HealthBook(state)
+    book = HealthBook(state, index=index)
     assert len(book) == 301 and ENGINE in book
     assert_book_matches(book, state)
     rng = random.Random(2)
@@ -446,8 +447,13 @@ def test_health_book_equals_health_under_price_moves() -> None:
         changed = book.update_price(feed, answer, T0 + step, None)
         assert state.feeds[feed].answer == answer and state.feeds[feed].updated_at == T0 + step
         assert book.price(feed) == answer * SCALE
+        moved = {a for a, acc in state.accounts.items() if pm.health(state, acc) != old[a]}
+        if index:   # the candidates whose health changed: every account that became or stopped being liquidatable
+            flipped = {a for a in moved if (old[a].maint_health < 0) != (pm.health(state, state.accounts[a]).maint_health < 0)}
+            assert flipped <= changed - {ENGINE} <= moved
+        else:
+            assert changed - {ENGINE} == moved
         assert_book_matches(book, state)
-        assert changed - {ENGINE} == {a for a, acc in state.accounts.items() if pm.health(state, acc) != old[a]}
 
 
 def test_health_book_follows_mirrored_actions() -> None:
@@ -508,7 +514,7 @@ def test_health_book_reprices_100k_accounts_exactly() -> None:
         acc.positions[1] = pm.Position(-(WAD // 10) - i, 6_000 * WAD)
         acc.collateral[WETH] = WAD + i
         acc.collateral[WBTC] = 10**7 + i
-    book = HealthBook(state)
+    book = HealthBook(state, index=False)
     changed = book.update_price(ETH_FEED, 1_900 * 10**8, T0 + 1)
     assert len(changed) == 100_000
     sample = random.Random(5).sample(list(state.accounts.values()), 200)
