@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "XMARGIN_"
 MIN_REPLACEMENT_BUMP_WAD = 125 * 10**15  # 12.5 %: what geth/erigon/nethermind require, and more
 GAS_STRATEGIES = ("fixed", "profit_share")
+PREFLIGHTS = ("auto", "model", "node")
 
 # Parse kinds (field metadata "kind").
 _STR, _OPT_STR, _INT, _FLOAT, _BOOL, _WEI, _WAD, _USD_WAD, _OPT_PORT = (
@@ -86,6 +87,11 @@ class BotConfig:
     max_batch_gas: int = _setting(
         15_000_000, _INT, "gas limit of one liquidate_many transaction: it holds at most this / liquidation_gas_estimate "
         "orders (gas units; half a 30M block by default)"
+    )
+    preflight: str = _setting(
+        "auto", _STR, "what checks a transaction before it is sent: 'model' (the mirror's exact model, the whole tick "
+        "in order, no RPC), 'node' (an eth_call per transaction) or 'auto' (the model when the mirror is exactly at "
+        "the head it acts on, else the node)"
     )
 
     # gas -----------------------------------------------------------------
@@ -171,6 +177,7 @@ class BotConfig:
         need(self.max_batch_orders <= MAX_ORDERS, "max_batch_orders", f"must be at most {MAX_ORDERS} (the engine's limit)")
         need(self.max_batch_gas >= self.liquidation_gas_estimate, "max_batch_gas",
              "must be at least liquidation_gas_estimate (one order)")
+        need(self.preflight in PREFLIGHTS, "preflight", f"must be one of {', '.join(PREFLIGHTS)}")
         need(self.gas_strategy in GAS_STRATEGIES, "gas_strategy", f"must be one of {', '.join(GAS_STRATEGIES)}")
         need(0 <= self.profit_share_wad <= WAD, "profit_share_wad", "must be between 0 and 100% (0 and 10**18)")
         need(self.max_fee_cap_wei >= 1, "max_fee_cap_wei", "must be >= 1 wei")

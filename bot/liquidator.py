@@ -13,8 +13,9 @@ The parts, each replaceable on its own (auction-keeper's split of ``main``/``str
 * decisions: :func:`~bot.decide.decide` (the tick's orders, shared with the off-chain simulator)
   over :class:`~bot.strategy.Planner` (model previews, profit net of gas, sequencing) with
   :class:`~bot.strategy.GasModel` (gas in USD from the mirrored ETH feed);
-* execution: :class:`~bot.txs.TxSender` (preflight ``eth_call``, nonces, EIP-1559 fees, signing,
-  replacement of stuck transactions, revert classification);
+* execution: :mod:`~bot.preflight` (the model's preflight) and :class:`~bot.txs.TxSender`
+  (preflight ``eth_call``, nonces, EIP-1559 fees, signing, replacement of stuck transactions,
+  revert classification);
 * state and observability: :class:`~bot.store.Store`, :class:`~bot.metrics.BotMetrics`, and the
   request counters of :class:`~bot.rpc.CountingRpc`;
 * the loop: :class:`~bot.lifecycle.Lifecycle` (on-block, timers, SIGTERM, circuit breaker).
@@ -24,9 +25,13 @@ transactions, then for each liquidatable account that is neither backed off afte
 already targeted by a pending transaction, plan its liquidations; then put the chosen
 liquidations, most profitable first, into ``liquidate_many`` transactions of up to
 ``max_batch_orders`` orders (:func:`tx_units`; a race lost to a rival then costs a skipped order,
-recorded from the engine's ``LiquidationSkipped``, not a reverted transaction), preflight them in
-one JSON-RPC batch of ``eth_call`` (one by one when the provider cannot batch), sign those that
-passed, and send them (batched too), with every store write of the tick in one SQLite transaction.
+recorded from the engine's ``LiquidationSkipped``, not a reverted transaction), preflight them,
+sign those that passed, and send them (one JSON-RPC batch), with every store write of the tick in
+one SQLite transaction. The preflight (setting ``preflight``) is the exact model
+(:mod:`bot.preflight`: every transaction of the tick simulated in order on the mirror's state, no
+RPC) when the mirror is exactly at the head it acts on, and otherwise (after a reorg, late logs or
+a re-read through the Lens) the node's ``eth_call``, in one JSON-RPC batch per wave (one by one
+when the provider cannot batch).
 
 Backstop mode (``backstop``, ``--backstop``): the protocol operator's keeper. A bankrupt account
 (equity < 0) pays its keeper like any other (the insurance fund, then the house, pays what it
@@ -75,6 +80,7 @@ from .lifecycle import DEFAULT_EXPECTED_ERRORS, Lifecycle, RunResult
 from .metrics import BotMetrics, start_metrics_server
 from .mirror import ChainMirror, SyncResult
 from .backrun import Backrunner, BackrunReport, make_backrunner
+from .preflight import needs_quote, simulate_units
 from .rpc import CountingRpc
 from .scanner import Head, HeadWatcher
 from .store import KeeperTotals, LiquidationRecord, SentTx, Store
@@ -140,6 +146,7 @@ class TickReport:
     lost: list[tuple[str, str]] = field(default_factory=list)   # (account, target) lost to a rival this tick
     reorg_at: int | None = None
     idle: bool = False           # no new head: nothing was processed
+    preflight: str | None = None  # "model" or "node": what checked this tick's transactions
 
     @property
     def rpc_total(self) -> int:
@@ -234,6 +241,10 @@ class Liquidator:
         self.backrun: Backrunner | None = None     # backruns pending price updates (bot/backrun.py)
         self._backrun_tried = False
         self._head_polled_at: float | None = None
+        self._exact_head: int | None = None        # the head the mirror's state is exactly at (every log applied)
+        self._model_preflight = False              # this tick's transactions are checked by the model
+        self._tick_quote: int | None = None        # the keeper's quote balance, read at most once per tick
+        self._allowance: int | None = None         # the engine's quote allowance from the keeper, once known
 
     def __repr__(self) -> str:   # never the key
         return f"Liquidator(address={self.address}, engine={self.engine.address}, dry_run={self.config.dry_run})"
@@ -292,6 +303,7 @@ class Liquidator:
             raise ChainError("the node returned no head block")
         self.mirror = ChainMirror(self.w3, self.deployment, self.config, self._store)
         accounts = self.mirror.start(head)
+        self._exact_head = head.number   # the snapshot was read at the head
         if self.mirror.start_reorg is not None:
             repair = self.sender.after_reorg(deep=self.mirror.start_reorg[1])
             if repair.unmined or repair.gone:
@@ -326,6 +338,7 @@ class Liquidator:
         """Let the engine pull quote tokens for collateral liquidations (once per key)."""
         allowance = int(self.quote.functions.allowance(self.address, self.engine.address).call({"from": self.address}))
         if not needs_approve(allowance):
+            self._allowance = allowance
             return
         sender = self.sender
         if sender is None:  # dev: set by start()
@@ -335,6 +348,8 @@ class Liquidator:
             target=self.quote.address, gas=APPROVE_GAS, base_fee_wei=head.base_fee_wei or 0, head_block=head.number,
         )
         log.info("approve the engine for %s: %s", self.deployment.quote_symbol, result.status)
+        if result.status == "sent":
+            self._allowance = UINT256_MAX   # mined before our next transactions (nonce order)
 
     def stop(self) -> None:
         """Stop the loop if it runs (it shuts down after its current step), else close now."""
@@ -480,7 +495,9 @@ class Liquidator:
         self._dirty = True
         report = TickReport(head=head.number)
         self._report = report
+        exact_before, self._exact_head = self._exact_head, None   # not exact while (or if) the sync fails
         sync = mirror.sync(head)
+        self._exact_head = head.number if self._mirror_exact(sync, exact_before) else None
         report.events = sync.events
         report.reorg_at = sync.reorg_at
         report.new_accounts = list(sync.new_accounts)
@@ -506,6 +523,16 @@ class Liquidator:
         self._dirty = False
         self._processed_once = True
         return report
+
+    def _mirror_exact(self, sync: SyncResult, exact_before: int | None) -> bool:
+        """Whether the mirror's state, after ``sync``, is exactly the chain's at its head: every
+        log through the head applied in order. Not after a reorg, nor after late logs or a
+        configuration event (re-read through the Lens at the head instead of applied), nor when
+        the head was already processed (a lagging node) unless the state was exact at that very
+        head."""
+        if sync.skipped:
+            return exact_before == sync.head and self.state.block == sync.head
+        return sync.reorg_at is None and not sync.config_reloaded
 
     def _after_reorg(self, sync: SyncResult) -> None:
         """The store has rewound; bring the sender (in-flight transactions, nonce) and the
@@ -550,11 +577,12 @@ class Liquidator:
             raise ChainError("the bot is not started")
         backoffs = store.backoffs(head.number)
         self._suppressed = unexpired(self._suppressed, head.number)
+        self._tick_quote = None
         decision = decide(
             self.state, report.liquidatable, self.planner,
             base_fee_wei=head.base_fee_wei or 0, eth_price_wad=self.book.price(self.eth_feed),
             backoffs=backoffs, suppressed=self._suppressed, in_flight=lambda a: bool(sender.pending_for(a)),
-            quote_balance=self._quote_balance, backstop=self.config.backstop,
+            quote_balance=self._keeper_quote, backstop=self.config.backstop,
         )
         for address, why in decision.skipped.items():
             # A bankrupt account left alone says why, once per reason (its bad debt waits meanwhile).
@@ -577,21 +605,39 @@ class Liquidator:
             return False
 
     def _send_chosen(self, report: TickReport, head: Head) -> None:
-        """Preflight and send the chosen transactions, most profitable first, in waves of growing
-        size (:func:`send_waves`): each wave is one batch of ``eth_call`` preflights, then one batch
-        of the raw transactions that passed, its store writes in one transaction. The first
-        liquidations go out after a few preflights instead of after all of them, at the cost of a
-        few more round trips (about log2 of the count).
+        """Preflight and send the chosen transactions, most profitable first (:meth:`_send_units`).
 
         The liquidations go out as ``liquidate_many`` batches (:func:`tx_units`), so a race lost
         to a rival costs a skipped order instead of a reverted transaction; with
         ``max_batch_orders`` 1 each goes out as its own ``liquidate`` / ``liquidate_collateral``."""
+        self._send_units(tx_units(report.chosen, batch_size(self.config)), report, head)
+
+    def _uses_model(self, head: Head) -> bool:
+        """Whether this tick's transactions are preflighted by the model (setting ``preflight``):
+        ``model`` always, ``node`` never, ``auto`` when the mirror is exactly at ``head``."""
+        mode = self.config.preflight
+        if mode == "auto" and self._exact_head != head.number:
+            log.info("preflight by the node at block %d: the mirror is not exactly at the head "
+                     "(a reorg, late logs or a re-read)", head.number)
+        return mode == "model" or (mode == "auto" and self._exact_head == head.number)
+
+    def _send_units(self, units: list[list[Candidate]], report: TickReport, head: Head) -> None:
+        """Preflight and send ``units`` (each one transaction, in sending order).
+
+        With the model as the preflight (:mod:`bot.preflight`), every unit is simulated in order
+        on one scratch state at once, and all that pass are signed and sent in one batch. With the
+        node's ``eth_call``, in waves of growing size (:func:`send_waves`): each wave is one batch
+        of ``eth_call`` preflights, then one batch of the raw transactions that passed, its store
+        writes in one transaction; the first liquidations go out after a few preflights instead
+        of after all of them, at the cost of a few more round trips (about log2 of the count)."""
         failed: set[str] = set()
         any_sent = False
         breaker: CircuitOpen | None = None
+        self._model_preflight = self._uses_model(head)
+        report.preflight = "model" if self._model_preflight else "node"
         size = batch_size(self.config)
-        units = tx_units(report.chosen, size)
-        for wave in send_waves(units, FIRST_WAVE if size == 1 else 1):
+        waves = [units] if self._model_preflight else send_waves(units, FIRST_WAVE if size == 1 else 1)
+        for wave in waves:
             try:
                 any_sent = self._send_wave(wave, failed, report, head) or any_sent
             except CircuitOpen as exc:   # what was sent stays recorded; stop sending more
@@ -611,7 +657,7 @@ class Liquidator:
         if sender is None:  # dev
             raise ChainError("the bot is not started")
         requests = [self._request(u) for u in units]
-        flights = sender.preflight_many([(r.to, r.data, 0) for r in requests])
+        flights = self._preflight(units, requests)
         to_send: list[tuple[TxRequest, Preflight]] = []
         sent_units: list[list[Candidate]] = []
         failures: list[tuple[Candidate, Preflight]] = []
@@ -681,27 +727,43 @@ class Liquidator:
                          flight: Preflight) -> tuple[list[Candidate], list[tuple[Candidate, Preflight]]]:
         """Which orders of a batch go out, and the refusals of the others.
 
-        The batch's ``eth_call`` returns how many orders would execute. Some: the batch goes out
-        whole (the engine skips what a rival took first in the meantime). None: each order's
-        reason comes from ``preview_liquidate_many`` (a lost race, or an unusable price). A revert
-        (not a skip: e.g. the quote the collateral orders need is missing): each order is
-        preflighted alone, and those that pass go out together."""
-        sender = self.sender
-        if sender is None:  # dev
-            raise ChainError("the bot is not started")
+        The batch's preflight (the model's, or the node's ``eth_call``) returns how many orders
+        would execute. Some: the batch goes out whole (the engine skips what a rival took first in
+        the meantime). None: each order's reason comes from the model, or from
+        ``preview_liquidate_many`` (a lost race, or an unusable price). A revert (not a skip: e.g.
+        the quote the collateral orders need is missing): each order is preflighted alone, and
+        those that pass go out together."""
         if flight.ok:
             if _executed(flight) > 0:
                 return list(unit), []
-            reasons = self._skip_reasons(unit)
+            reasons = [r or "skipped" for r in flight.skips] if flight.skips is not None else self._skip_reasons(unit)
             return [], [(c, Preflight(False, r, classify_revert(r))) for c, r in zip(unit, reasons)]
         log.info("preflight of a batch of %d order(s) reverted (%s): trying each on its own", len(unit), flight.reason)
-        alone = sender.preflight_many([(self.engine.address, _batch_data([c]), 0) for c in unit])
+        alone = self._preflight([[c] for c in unit])
         passed = [c for c, f in zip(unit, alone) if f.ok and _executed(f) > 0]
         skipped = [i for i, f in enumerate(alone) if f.ok and _executed(f) == 0]
-        if skipped:   # one preview for all of them (it reads each order against the current state)
-            for i, r in zip(skipped, self._skip_reasons([unit[i] for i in skipped])):
+        if skipped:   # the model's reasons, else one preview for all (each order read against the current state)
+            known = all(alone[i].skips is not None for i in skipped)
+            reasons = ([alone[i].skips[0] or "skipped" for i in skipped] if known   # type: ignore[index]
+                       else self._skip_reasons([unit[i] for i in skipped]))
+            for i, r in zip(skipped, reasons):
                 alone[i] = Preflight(False, r, classify_revert(r))
         return passed, [(c, f) for c, f in zip(unit, alone) if not f.ok]
+
+    def _preflight(self, units: list[list[Candidate]], requests: list[TxRequest] | None = None) -> list[Preflight]:
+        """One :class:`Preflight` per unit: the model's (all units in order on one scratch state;
+        :func:`bot.preflight.simulate_units`) when this tick uses it, else the node's ``eth_call``
+        of each transaction (one JSON-RPC batch)."""
+        if self._model_preflight:
+            quote = needs_quote(units)
+            return simulate_units(self.state, units, self.address, self._keeper_quote() if quote else 0,
+                                  batch=batch_size(self.config) > 1,
+                                  allowance=self._keeper_allowance() if quote else UINT256_MAX)
+        sender = self.sender
+        if sender is None:  # dev
+            raise ChainError("the bot is not started")
+        reqs = requests if requests is not None else [self._request(u) for u in units]
+        return sender.preflight_many([(r.to, r.data, 0) for r in reqs])
 
     def _skip_reasons(self, unit: list[Candidate]) -> list[str]:
         """Why each order of ``unit`` would be skipped now (``preview_liquidate_many``)."""
@@ -775,6 +837,19 @@ class Liquidator:
         if self._account is None:
             return 0
         return int(self.quote.functions.balanceOf(self.address).call({"from": self.address}))
+
+    def _keeper_quote(self) -> int:
+        """The keeper's quote balance, read at most once per tick (the planner's budget and the
+        model's preflight use the same figure)."""
+        if self._tick_quote is None:
+            self._tick_quote = self._quote_balance()
+        return self._tick_quote
+
+    def _keeper_allowance(self) -> int:
+        """The engine's quote allowance from the keeper: known after start's approve, else read."""
+        if self._allowance is not None:
+            return self._allowance
+        return int(self.quote.functions.allowance(self.address, self.engine.address).call({"from": self.address}))
 
     # ------------------------------------------------------------------ outcomes
 

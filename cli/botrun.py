@@ -86,6 +86,9 @@ def _settings_epilog() -> str:
               help="the protocol operator's keeper: also closes bankrupt accounts whose reward does not cover "
                    "the gas and the minimum profit (dust), at a loss, and settles bad debt that no "
                    "liquidation settled [XMARGIN_BACKSTOP]")
+@click.option("--preflight", type=click.Choice(["auto", "model", "node"]), default=None,
+              help="check transactions with the mirror's exact model, a node eth_call each, or the model when "
+                   "the mirror is at the head [XMARGIN_PREFLIGHT; default auto]")
 @click.option("--fresh-db", is_flag=True, default=False,
               help="move an existing --db aside (to DB.TIMESTAMP.old) and start a new one, e.g. after the node "
                    "was restarted")
@@ -96,7 +99,8 @@ def _settings_epilog() -> str:
 def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
             db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
             profit_share: str | None, max_blocks: int | None, no_collateral: bool,
-            backstop: bool = False, fresh_db: bool = False, backrun: bool | None = None) -> None:
+            backstop: bool = False, fresh_db: bool = False, backrun: bool | None = None,
+            preflight: str | None = None) -> None:
     """Watch every account and liquidate those under maintenance margin, most profitable first."""
     from bot.config import BotConfig
     from bot.keys import PRIVATE_KEY_ENV, load_account
@@ -112,6 +116,8 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "gas_strategy": STRATEGIES[strategy] if strategy else None,
         "backrun": backrun,
     }
+    if preflight is not None:
+        overrides["preflight"] = preflight
     if keystore is not None:
         overrides["keystore_path"] = keystore
     if password_file is not None:

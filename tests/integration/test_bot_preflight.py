@@ -10,28 +10,44 @@ orders, an order made redundant by an earlier unit, a collateral order paid with
 quote, a bankrupt account whose liquidation settles its bad debt automatically (the insurance
 fund, then the house), a settlement that then has nothing to settle, and a batch that reverts
 because the keeper lacks the quote its collateral orders need.
+
+Then the liquidator's choice (setting ``preflight``), on the embedded dev node over HTTP: ``auto``
+preflights a crash with the model, without one ``eth_call`` per transaction, and every order it
+sends executes; after a configuration event in the crash block (the mirror re-reads the head
+through the Lens instead of applying logs) ``auto`` falls back to the node's ``eth_call``, as
+``node`` always does; ``model`` keeps the model. A bad value is a one-line error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account as EthAccount
 from eth_tester.exceptions import TransactionFailed
+from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractLogicError
 
-from bot.liquidator import batch_request
+from bot.config import BotConfig
+from bot.errors import BotConfigError
+from bot.liquidator import Liquidator, TickReport, batch_request
 from bot.preflight import needs_quote, simulate_units, unit_call
 from bot.strategy import LIQUIDATE, LIQUIDATE_COLLATERAL, SETTLE, Candidate
-from bot.txs import LIQUIDATE_MANY, Preflight, classify_revert
+from bot.txs import LIQUIDATE_MANY, Preflight, batch_orders, classify_revert
 from engine_helpers import ETH, MAX_UINT, WAD
 from protocol_model import calls
 from protocol_model.actions import SKIP_REASONS
 from protocol_model.calls import encode_call
-from protocol_model.chain import revert_reason
+from protocol_model.chain import Sender, revert_reason
+from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
 from protocol_model.loader import load_state
-from protocol_model.logs import decode_log, ENGINE
+from protocol_model.logs import ENGINE, decode_log
+from protocol_model.seeding import seed_accounts
 from test_engine_collateral_liquidation import realise_eth_loss
+from nodes import start_node
 from test_engine_liquidate_many import pending_timestamp
 
 
@@ -177,3 +193,143 @@ def test_single_calls_in_sequence_agree_with_the_node(book: Any, actors: Any) ->
     assert flights[0].ok and flights[2].ok and flights[5].ok
     assert not flights[4].ok and flights[4].reason == "healthy" and flights[4].lost_race
     assert not flights[6].ok and flights[6].reason == "no bad debt"
+
+
+# ---------------------------------------------------------------- the liquidator's choice (setting ``preflight``)
+
+CRASH_PCT = 88          # ETH and BTC both fall 12 %: several traders liquidatable (tests/e2e/test_bot_e2e.py)
+GWEI = 10**9
+
+
+@dataclass
+class Devnode:
+    node: Any
+    w3: Any
+    dep: Any
+    owner: str
+    key: str
+
+    def owner_tx(self, fn: Any) -> None:
+        fn.transact({"from": self.owner, "gas": 300_000, "maxFeePerGas": 100 * GWEI, "maxPriorityFeePerGas": GWEI})
+
+    def set_prices(self, pct: int) -> None:
+        for asset, base in (("ETH", 2_000), ("BTC", 60_000)):
+            self.owner_tx(self.dep.feed_contract(asset).functions.set_answer(base * 10**8 * pct // 100))
+
+
+@pytest.fixture(scope="module")
+def devnode() -> Iterator[Devnode]:
+    """The embedded dev node over HTTP, the protocol deployed, 40 seeded traders, a funded keeper."""
+    compile_contracts()
+    node = start_node("devnode")
+    try:
+        w3 = Web3(HTTPProvider(node.url))
+        key = node.accounts[5][1]
+        with node.automine():
+            owner = Sender.unlocked(w3, 0)
+            dep = deploy_protocol(w3, owner, DeployConfig())
+            owner.send(dep.quote_contract.functions.mint(EthAccount.from_key(key).address, 200_000 * 10**6))
+            seed_accounts(w3, dep, owner, 40, 11)
+        yield Devnode(node, w3, dep, owner.address, key)
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def chain(devnode: Devnode) -> Iterator[Devnode]:
+    devnode.node.clear_mempool()
+    snap = devnode.node.snapshot()
+    try:
+        yield devnode
+    finally:
+        devnode.node.revert(snap)
+        devnode.node.clear_mempool()
+
+
+def make_bot(chain: Devnode, tmp_path: Path, preflight: str) -> Liquidator:
+    cfg = BotConfig.from_env(environ={}, db_path=str(tmp_path / f"{preflight}.sqlite3"), rpc_url=chain.node.url,
+                             preflight=preflight, rpc_backoff_s=0.0, rpc_backoff_max_s=0.0, lookback_blocks=4)
+    return Liquidator(Web3(HTTPProvider(chain.node.url)), chain.dep, EthAccount.from_key(chain.key), cfg)
+
+
+def crash_tick(chain: Devnode, bot: Liquidator, *, config_event: bool = False) -> TickReport:
+    """Fresh prices, the bot started and caught up; then the crash (with, if asked, a configuration
+    event in the same block, which the mirror re-reads through the Lens instead of applying)."""
+    bot.start()
+    chain.set_prices(100)
+    chain.node.mine()
+    assert bot.tick().preflight is None   # nothing to send
+    chain.set_prices(CRASH_PCT)
+    if config_event:
+        chain.owner_tx(chain.dep.engine_contract.functions.set_market_price_age(0, 3600))
+    chain.node.mine()
+    return bot.tick()
+
+
+def landed(chain: Devnode, report: TickReport) -> tuple[int, int]:
+    """(Liquidation events, LiquidationSkipped events) of the tick's sent transactions, once mined."""
+    chain.node.mine()
+    done = skipped = 0
+    for s in report.sent:
+        receipt = chain.w3.eth.get_transaction_receipt(s.tx.hash)
+        assert receipt["status"] == 1
+        for entry in receipt["logs"]:
+            ev = decode_log(entry, ENGINE) if entry["address"] == chain.dep.engine else None
+            done += ev is not None and ev.name in ("Liquidation", "CollateralLiquidation")
+            skipped += ev is not None and ev.name == "LiquidationSkipped"
+    return done, skipped
+
+
+def test_auto_preflights_with_the_model_at_the_head_without_an_eth_call(chain: Devnode, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path, "auto")
+    try:
+        report = crash_tick(chain, bot)
+        assert report.preflight == "model" and len(report.sent) >= 1
+        orders = sum(len(batch_orders(s.tx.data)) for s in report.sent)
+        # No eth_call per transaction: at most the keeper's quote balance, read once.
+        assert report.rpc_calls.get("eth_call", 0) <= 1
+        assert landed(chain, report) == (orders, 0)   # every order executed: the model was right
+    finally:
+        bot.stop()
+
+
+@pytest.mark.parametrize("preflight", ["auto", "node"])
+def test_the_node_preflights_when_the_mirror_re_read_the_head_or_when_asked(chain: Devnode, tmp_path: Path,
+                                                                          preflight: str) -> None:
+    bot = make_bot(chain, tmp_path, preflight)
+    try:
+        report = crash_tick(chain, bot, config_event=preflight == "auto")
+        assert report.preflight == "node" and len(report.sent) >= 1
+        assert report.rpc_calls.get("eth_call", 0) >= len(report.sent)   # one eth_call per transaction at least
+        orders = sum(len(batch_orders(s.tx.data)) for s in report.sent)
+        assert landed(chain, report) == (orders, 0)
+    finally:
+        bot.stop()
+
+
+def test_model_setting_uses_the_model_even_after_a_re_read(chain: Devnode, tmp_path: Path) -> None:
+    bot = make_bot(chain, tmp_path, "model")
+    try:
+        report = crash_tick(chain, bot, config_event=True)
+        assert report.preflight == "model" and len(report.sent) >= 1
+        orders = sum(len(batch_orders(s.tx.data)) for s in report.sent)
+        assert landed(chain, report) == (orders, 0)
+    finally:
+        bot.stop()
+
+
+def test_a_bad_preflight_setting_is_one_line() -> None:
+    with pytest.raises(BotConfigError, match=r"^XMARGIN_PREFLIGHT='fast': must be one of auto, model, node$"):
+        BotConfig.from_env(environ={"XMARGIN_PREFLIGHT": "fast"})
+
+
+def test_cli_bad_preflight_is_one_line() -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    for args, env in ((["bot", "run", "--preflight", "fast"], {}), (["bot", "run", "--dry-run"], {"XMARGIN_PREFLIGHT": "fast"})):
+        result = CliRunner().invoke(cli, args, env={"XMARGIN_RPC_URL": "http://127.0.0.1:1", **env})
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "preflight" in lines[0].lower() and "fast" in lines[0], result.output
