@@ -269,7 +269,13 @@ def test_crash_liquidates_every_liquidatable_account_within_two_blocks(chain: Ch
         # pays nothing).
         assert set(first.liquidatable) == liquidatable
         assert payable <= {a for s in first.sends if s.sent for a, _ in orders_of(s.tx)}
-        assert {s.tx.kind for s in first.sends if s.sent} == ({"liquidate_many"} if batch > 1 else {"liquidate"})
+        # Single sends: an account's later step (a collateral liquidation after its close) goes out in
+        # the same tick, right after the close (the model preflights the tick's transactions in order).
+        kinds = {s.tx.kind for s in first.sends if s.sent}
+        if batch > 1:
+            assert kinds == {"liquidate_many"}
+        else:
+            assert "liquidate" in kinds and kinds <= {"liquidate", "liquidate_collateral"}
         assert first.detection_latency_s is not None and 0 < first.detection_latency_s <= first.tick_seconds
 
         reports = []
@@ -947,7 +953,7 @@ def test_cli_dry_run_for_a_few_blocks(chain: Chain, tmp_path: Path) -> None:
     out = json.loads(result.stdout)
     assert out["reason"] == "max_blocks" and out["blocks"] == 3 and out["dry_run"] is True
     assert out["rpc_calls"].get("eth_sendRawTransaction", 0) == 0
-    assert out["rpc_calls"].get("eth_call", 0) > 2        # the Lens, then preflights of its decisions
+    assert out["rpc_calls"].get("eth_call", 0) >= 2       # the Lens; the model preflights its decisions
     status = CliRunner().invoke(cli, ["bot", "status", "--db", str(db), "--json"])
     assert status.exit_code == 0, status.output
     assert json.loads(status.stdout)["accounts"] == len(chain.traders)
