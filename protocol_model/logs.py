@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,33 @@ class _EventSpec:
     name: str
     indexed: tuple[tuple[str, str], ...]   # (name, type) in topic order
     data: tuple[tuple[str, str], ...]      # (name, type) in data order
+    # Every type a static 32-byte word (uintN, intN, address, bool): decoded by slicing words,
+    # without eth_abi (the start-up path decodes every log since the deployment).
+    words: bool = False
+
+
+_WORD_TYPE = re.compile(r"^(u?int(8|16|24|32|40|48|56|64|72|80|88|96|104|112|120|128|136|144|152|160|168|176|184|192|200|208|216|224|232|240|248|256)?|address|bool)$")
+
+
+def _is_word(typ: str) -> bool:
+    return _WORD_TYPE.match(typ) is not None
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _word_address(word: bytes) -> str:
+    """The checksummed address in the low 20 bytes of a word (memoised: the same accounts recur)."""
+    return to_checksum_address(word[-20:])
+
+
+def _word_value(typ: str, word: bytes) -> Any:
+    """A static ABI word as eth_abi decodes it (ints, a checksummed address, a bool)."""
+    if typ == "address":
+        return _word_address(bytes(word))
+    if typ == "bool":
+        return word[-1] == 1
+    if typ[0] == "i":
+        return int.from_bytes(word, "big", signed=True)
+    return int.from_bytes(word, "big")
 
 
 @functools.cache
@@ -87,11 +115,10 @@ def _specs(contract: str) -> dict[bytes, _EventSpec]:
         if item.get("type") != "event":
             continue
         inputs = item.get("inputs", [])
-        spec = _EventSpec(
-            name=item["name"],
-            indexed=tuple((i["name"], i["type"]) for i in inputs if i.get("indexed")),
-            data=tuple((i["name"], i["type"]) for i in inputs if not i.get("indexed")),
-        )
+        indexed = tuple((i["name"], i["type"]) for i in inputs if i.get("indexed"))
+        data = tuple((i["name"], i["type"]) for i in inputs if not i.get("indexed"))
+        spec = _EventSpec(name=item["name"], indexed=indexed, data=data,
+                          words=all(_is_word(t) for _, t in indexed + data))
         out[bytes(event_abi_to_log_topic(item))] = spec
     return out
 
@@ -112,35 +139,63 @@ def _norm(typ: str, value: Any) -> Any:
     return to_checksum_address(value) if typ == "address" else value
 
 
-def decode_log(entry: LogReceipt, contract: str) -> Event | None:
-    """Decode one raw log of ``contract``; None for a topic its ABI does not know."""
-    topics = [bytes(t) for t in entry["topics"]]
+def _raw(value: Any) -> bytes:
+    """Bytes of a log field as web3 formats it (bytes) or as a node sends it (0x hex)."""
+    if isinstance(value, str):
+        return bytes.fromhex(value[2:] if value.startswith(("0x", "0X")) else value)
+    return bytes(value)
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def decode_log(entry: LogReceipt | Mapping[str, Any], contract: str) -> Event | None:
+    """Decode one log of ``contract``; None for a topic its ABI does not know. ``entry`` is a log
+    as web3 returns it or as the node sends it (hex strings: the start-up scan skips web3's
+    formatting)."""
+    topics = [_raw(t) for t in entry["topics"]]
     if not topics:
         return None
     spec = _specs(contract).get(topics[0])
     if spec is None:
         return None
     if len(topics) != 1 + len(spec.indexed):
-        raise ChainError(f"log {spec.name} at block {entry['blockNumber']} has {len(topics)} topics: "
+        raise ChainError(f"log {spec.name} at block {_int(entry['blockNumber'])} has {len(topics)} topics: "
                          "the ABI does not match the contract; is the deployment file for this chain?")
     args: dict[str, Any] = {}
-    for (name, typ), topic in zip(spec.indexed, topics[1:]):
-        args[name] = _norm(typ, eth_abi.decode([typ], topic)[0])
-    if spec.data:
-        values = eth_abi.decode([t for _, t in spec.data], bytes(entry["data"]))
-        for (name, typ), value in zip(spec.data, values):
-            args[name] = _norm(typ, value)
+    data = _raw(entry["data"])
+    if spec.words:
+        if len(data) != 32 * len(spec.data):
+            raise ChainError(f"log {spec.name} at block {_int(entry['blockNumber'])} has {len(data)} data bytes: "
+                             "the ABI does not match the contract; is the deployment file for this chain?")
+        for (name, typ), topic in zip(spec.indexed, topics[1:]):
+            args[name] = _word_value(typ, topic)
+        for k, (name, typ) in enumerate(spec.data):
+            args[name] = _word_value(typ, data[32 * k:32 * k + 32])
+    else:
+        for (name, typ), topic in zip(spec.indexed, topics[1:]):
+            args[name] = _norm(typ, eth_abi.decode([typ], topic)[0])
+        if spec.data:
+            values = eth_abi.decode([t for _, t in spec.data], data)
+            for (name, typ), value in zip(spec.data, values):
+                args[name] = _norm(typ, value)
     tx_hash = entry["transactionHash"]
     return Event(
         name=spec.name,
         contract=contract,
-        address=to_checksum_address(entry["address"]),
-        block=int(entry["blockNumber"]),
-        tx_index=int(entry["transactionIndex"]),
-        log_index=int(entry["logIndex"]),
-        tx_hash="0x" + bytes(tx_hash).hex() if isinstance(tx_hash, (bytes, bytearray)) else str(tx_hash),
+        address=_address(entry["address"]),
+        block=_int(entry["blockNumber"]),
+        tx_index=_int(entry["transactionIndex"]),
+        log_index=_int(entry["logIndex"]),
+        tx_hash=tx_hash.lower() if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex(),
         args=args,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(value: Any) -> str:
+    return to_checksum_address(value)
 
 
 def decode_logs(entries: Iterable[LogReceipt], engine: str) -> list[Event]:
@@ -148,7 +203,7 @@ def decode_logs(entries: Iterable[LogReceipt], engine: str) -> list[Event]:
     engine = to_checksum_address(engine)
     out: list[Event] = []
     for entry in entries:
-        contract = ENGINE if to_checksum_address(entry["address"]) == engine else FEED
+        contract = ENGINE if _address(entry["address"]) == engine else FEED
         ev = decode_log(entry, contract)
         if ev is not None:
             out.append(ev)
@@ -323,13 +378,52 @@ def apply_event(state: ProtocolState, event: Event) -> str | None:
 
 @dataclass
 class AppliedLogs:
-    """What :func:`apply_logs` did: events applied, accounts and feeds they touched."""
+    """What :func:`apply_logs` / :func:`apply_events` did: events applied, accounts and feeds
+    they touched, and the ``(account, block)`` of each deposit (account discovery)."""
 
     from_block: int
     to_block: int
     events: int = 0
     accounts: set[str] = field(default_factory=set)
     feeds: set[str] = field(default_factory=set)
+    deposits: list[tuple[str, int]] = field(default_factory=list)
+
+
+_LISTINGS = ("MarketListed", "CollateralListed")
+
+
+def apply_events(state: ProtocolState, events: Iterable[Event], out: AppliedLogs | None = None) -> tuple[AppliedLogs, list[Event]]:
+    """Apply decoded events, in chain order, to ``state``; events of blocks up to ``state.block``
+    are skipped (already reflected). Does not move ``state.block``.
+
+    A feed's ``AnswerUpdated`` is applied only for a feed the engine has listed, in ``state`` or in
+    ``events`` (a feed publishes its first answer before it is listed); the updates of other feeds
+    are returned, the latest per feed, for a caller that reads logs in chunks to pass on with the
+    next chunk (its listing may come later). Returns ``(what was applied, those updates)``.
+    """
+    events = list(events)
+    if out is None:
+        out = AppliedLogs(from_block=state.block + 1, to_block=max((ev.block for ev in events), default=state.block))
+    listed = set(state.feeds)
+    for ev in events:
+        if ev.name in _LISTINGS and ev.contract == ENGINE:
+            listed.add(ev.args["feed"])
+    unlisted: dict[str, Event] = {}
+    for ev in events:
+        if ev.block <= state.block:
+            continue
+        if ev.contract == FEED:
+            if ev.address not in listed:
+                unlisted[ev.address] = ev
+                continue
+            out.feeds.add(ev.address)
+        who = apply_event(state, ev)
+        out.events += 1
+        if who is not None:
+            out.accounts.add(who)
+            if ev.name == "Deposit":
+                out.deposits.append((who, ev.block))
+    return out, list(unlisted.values())
 
 
 def fetch_events(
@@ -360,7 +454,8 @@ def fetch_events(
     return events
 
 
-def _fill_names(state: ProtocolState, deployment: Deployment) -> None:
+def fill_names(state: ProtocolState, deployment: Deployment) -> None:
+    """Market names and collateral symbols (no log carries them) from the deployment file."""
     for name, m in deployment.markets.items():
         mid = int(m["id"])
         if mid < len(state.markets):
@@ -386,16 +481,8 @@ def apply_logs(
     if end < start:
         return out
     events = fetch_events(w3, state.engine, state.feeds.keys(), start, end, chunk)
-    for ev in events:
-        if ev.block <= state.block:
-            continue
-        who = apply_event(state, ev)
-        out.events += 1
-        if who is not None:
-            out.accounts.add(who)
-        if ev.contract == FEED:
-            out.feeds.add(ev.address)
-    _fill_names(state, deployment)
+    apply_events(state, events, out)
+    fill_names(state, deployment)
     state.block = end
     state.timestamp = int(w3.eth.get_block(end)["timestamp"])
     log.debug("applied %d events of blocks %d..%d (%d accounts)", out.events, start, end, len(out.accounts))
@@ -428,6 +515,7 @@ __all__ = [
     "AppliedLogs",
     "Event",
     "apply_event",
+    "apply_events",
     "apply_logs",
     "decode_log",
     "decode_logs",
@@ -435,5 +523,6 @@ __all__ = [
     "engine_topic",
     "event_topic",
     "fetch_events",
+    "fill_names",
     "rebuild_from_logs",
 ]
