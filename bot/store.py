@@ -17,7 +17,12 @@ block and without liquidating anything twice:
   after a restart; :meth:`Store.pending_for` says a liquidation of a target is in
   flight already;
 * ``liquidations``: the history, won and lost, with reward and gas cost;
-* ``backoffs``: accounts left alone until a block after a lost race.
+* ``backoffs``: accounts left alone until a block after a lost race;
+* ``snapshot`` / ``snapshot_accounts`` (v3): the mirror's state at one block (with its hash), so
+  that start-up replays only the logs after it. The mirror writes it incrementally (the protocol
+  row and the accounts changed since the last write) in one transaction, on start-up, every
+  ``snapshot_every_blocks`` and on shutdown (:meth:`bot.mirror.ChainMirror.save_snapshot`); a
+  rewind below it drops it.
 
 Money is stored as decimal TEXT (wei, quote native units, USD WAD): SQLite integers stop at
 2**63. Connections use WAL mode; the schema is versioned in ``schema_migrations`` and migrated
@@ -32,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -115,6 +120,18 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         """CREATE UNIQUE INDEX liquidations_tx_target ON liquidations (tx_hash, account, target, kind)
            WHERE tx_hash IS NOT NULL""",
     )),
+    # The mirror's snapshot: start-up loads it and replays only the logs after its block.
+    (3, (
+        """CREATE TABLE IF NOT EXISTS snapshot (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            block INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            accounts INTEGER NOT NULL,
+            written_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS snapshot_accounts (address TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -177,6 +194,19 @@ class Rewind:
     accounts: int = 0
     liquidations: list[LiquidationRecord] = field(default_factory=list)
     tx_nonces: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The mirror's state at one block, as :meth:`Store.save_snapshot` wrote it: the protocol
+    (configuration, feeds, house, fund) and each account as compact JSON text (the codec is the
+    mirror's, :mod:`bot.mirror`)."""
+
+    block: int
+    hash: str
+    protocol: str
+    accounts: dict[str, str]       # address -> the account's text
+    written_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -483,10 +513,61 @@ class Store:
                     (now, r["sender"], r["nonce"]),
                 )
             self._db.execute("DELETE FROM backoffs")
+            snap = self._db.execute("SELECT block FROM snapshot WHERE id = 1").fetchone()
+            if snap is not None and int(snap[0]) > block:
+                self.drop_snapshot()      # it holds state of dropped blocks: start-up rebuilds from logs
             self._set_meta(last_block=block, last_block_hash=row["hash"] if row else None)
             log.warning("rewound state to block %d: %d account(s), %d liquidation record(s) dropped, "
                         "%d transaction nonce(s) to re-check", block, dropped_accounts, len(dropped), len(unmined))
             return Rewind(block, dropped_accounts, dropped, len(unmined))
+
+    # the mirror's snapshot ----------------------------------------------------------
+    def save_snapshot(self, block: int, block_hash: str, protocol: str, accounts: Mapping[str, str],
+                      *, full: bool = False) -> None:
+        """Write the mirror's state at ``block`` in one transaction: the protocol text, and the
+        text of ``accounts`` (those changed since the last snapshot; with ``full``, every account,
+        replacing the stored ones). A kill during the write leaves the previous snapshot whole."""
+        with self.transaction():
+            if full:
+                self._db.execute("DELETE FROM snapshot_accounts")
+            self._db.executemany(
+                "INSERT INTO snapshot_accounts (address, state) VALUES (?, ?) "
+                "ON CONFLICT(address) DO UPDATE SET state = excluded.state",
+                accounts.items(),
+            )
+            count = self._db.execute("SELECT COUNT(*) FROM snapshot_accounts").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO snapshot (id, block, hash, protocol, accounts, written_at) VALUES (1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET block = excluded.block, hash = excluded.hash, "
+                "protocol = excluded.protocol, accounts = excluded.accounts, written_at = excluded.written_at",
+                (int(block), _hash(block_hash), protocol, int(count), time.time()),
+            )
+
+    def snapshot_block(self) -> int | None:
+        """The block of the stored snapshot, or None."""
+        rows = self._query("SELECT block FROM snapshot WHERE id = 1")
+        return int(rows[0][0]) if rows else None
+
+    def load_snapshot(self) -> Snapshot | None:
+        """The stored snapshot, or None (none written yet, or dropped by a reorg). A snapshot whose
+        account count does not match its rows (never written so by this store) is dropped."""
+        with self.transaction():
+            row = self._db.execute("SELECT block, hash, protocol, accounts, written_at FROM snapshot WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            accounts = {r[0]: r[1] for r in self._db.execute("SELECT address, state FROM snapshot_accounts")}
+        if len(accounts) != int(row["accounts"]):
+            log.warning("the stored snapshot of block %d has %d account rows, not %d: dropped",
+                        row["block"], len(accounts), row["accounts"])
+            self.drop_snapshot()
+            return None
+        return Snapshot(int(row["block"]), row["hash"], row["protocol"], accounts, float(row["written_at"]))
+
+    def drop_snapshot(self) -> None:
+        """Forget the snapshot (a reorg below it, or a format this bot cannot read)."""
+        with self.transaction():
+            self._db.execute("DELETE FROM snapshot")
+            self._db.execute("DELETE FROM snapshot_accounts")
 
     def mined_txs_newest_first(self) -> Iterator[SentTx]:
         """Mined or reverted transactions, newest block first (a deep reorg checks them by hash)."""
