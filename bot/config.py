@@ -41,6 +41,7 @@ ENV_PREFIX = "XMARGIN_"
 MIN_REPLACEMENT_BUMP_WAD = 125 * 10**15  # 12.5 %: what geth/erigon/nethermind require, and more
 GAS_STRATEGIES = ("fixed", "profit_share")
 PREFLIGHTS = ("auto", "model", "node")
+START_CHECKS = ("full", "sample", "off")
 
 # Parse kinds (field metadata "kind").
 _STR, _OPT_STR, _INT, _FLOAT, _BOOL, _WEI, _WAD, _USD_WAD, _OPT_PORT = (
@@ -142,6 +143,19 @@ class BotConfig:
         0.1, _FLOAT, "seconds between two reads of the node's pending transactions while backrunning (HTTP polling)"
     )
 
+    # start-up (issue 12) ---------------------------------------------------
+    start_check: str = _setting(
+        "sample", _STR, "after a start from logs or the snapshot, compare the mirror with the Lens: 'full' (every "
+        "account, lens_batch_size per block), 'sample' (start_check_accounts random accounts, then everything if one "
+        "differs) or 'off'; a difference is logged as an error and repaired from the Lens",
+    )
+    start_check_accounts: int = _setting(
+        50, _INT, "accounts the 'sample' start check compares with the Lens, in the first block after the start"
+    )
+    snapshot_every_blocks: int = _setting(
+        100, _INT, "blocks between two snapshots of the mirror in the database (also written at start and shutdown)"
+    )
+
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
@@ -189,6 +203,9 @@ class BotConfig:
         need(self.log_chunk_min_blocks <= self.log_chunk_initial_blocks <= self.log_chunk_max_blocks,
              "log_chunk_initial_blocks", "must lie between log_chunk_min_blocks and log_chunk_max_blocks")
         need(self.metrics_port is None or 1 <= self.metrics_port <= 65535, "metrics_port", "must be 1..65535 or 'off'")
+        need(self.start_check in START_CHECKS, "start_check", f"must be one of {', '.join(START_CHECKS)}")
+        need(self.start_check_accounts >= 1, "start_check_accounts", "must be >= 1")
+        need(self.snapshot_every_blocks >= 1, "snapshot_every_blocks", "must be >= 1")
         return out
 
     # ------------------------------------------------------------------ loading

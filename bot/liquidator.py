@@ -369,6 +369,8 @@ class Liquidator:
             self._metrics_server.shutdown()
             self._metrics_server = None
         if self._store is not None:
+            if self.mirror is not None:
+                self.mirror.save_snapshot()     # the next start replays only the logs after this block
             self._final_totals = self._store.totals()
             if self._owns_store:
                 self._store.close()
@@ -516,6 +518,10 @@ class Liquidator:
             self._liquidate(head, report)
 
         self._last_head = head.number
+        try:   # once the liquidations are out: a step of the start check, the periodic snapshot
+            mirror.after_tick(head)
+        except TICK_ERRORS as exc:
+            log.warning("start check / snapshot postponed to the next block: %s", exc)
         self.metrics.set_accounts(len(self.state.accounts), len(self._at_risk | set(report.liquidatable)))
         self.metrics.last_block.set(head.number)
         report.rpc_calls = (self._rpc.stats() - before).by_method

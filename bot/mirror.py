@@ -1,15 +1,25 @@
 """The bot's mirror of the protocol: every account's state and health, kept current from logs.
 
-Startup (:meth:`ChainMirror.start`), at the head block ``B``:
+Startup (:meth:`ChainMirror.start`), at the head block ``B``, from logs, not from per-account reads:
 
-* a reorg check of the blocks the last run processed (stored hashes), rewinding the store if needed;
-* discovery of depositors from ``Deposit`` logs, from the store's next block (the deployment block
-  on a first start) through ``B``, with the adaptive :class:`~protocol_model.logscan.LogScanner`; progress is
-  saved chunk by chunk, so an interrupted first scan resumes where it stopped;
-* one ``Lens.protocol`` call and one ``Lens.accounts`` call per ``lens_batch_size`` accounts, all
-  pinned to ``B``: a consistent snapshot, without replaying old logs (after a restart: the stored
-  accounts plus those discovered since);
-* a :class:`~protocol_model.health.HealthBook` over that state.
+* a reorg check of the blocks the last run processed (stored hashes), rewinding the store if needed
+  (a rewind below the database's snapshot drops it);
+* the database's snapshot (:meth:`bot.store.Store.load_snapshot`: the protocol, the house, the fund
+  and every account at a block ``S``), if its block is still on the chain (one header read);
+  otherwise an empty state before the deployment block;
+* the logs of the engine and of every feed after that (``S + 1`` or the deployment block) through
+  ``B``, with the adaptive :class:`~protocol_model.logscan.LogScanner`, one ``eth_getLogs`` per
+  chunk for all of them, applied in order (:func:`protocol_model.logs.apply_events`: every account
+  event carries the account's resulting state, the house's and the fund's); depositors go into the
+  store chunk by chunk; names come from the deployment file;
+* a :class:`~protocol_model.health.HealthBook` over that state, and a snapshot at ``B``.
+
+The Lens is a check, not the start-up path (setting ``start_check``): after the start, the
+protocol, the house and a sample of accounts (or every account, ``lens_batch_size`` per block) are
+compared with the Lens at the mirror's block, after the liquidations of a tick are out
+(:meth:`ChainMirror.after_tick`); a difference is logged as an error and repaired from the Lens.
+The snapshot is rewritten every ``snapshot_every_blocks`` and at shutdown, incrementally: the
+protocol row and the accounts changed since the last one, in one transaction.
 
 Each new head (:meth:`ChainMirror.sync`):
 
@@ -17,7 +27,7 @@ Each new head (:meth:`ChainMirror.sync`):
   ``eth_getBlockByNumber`` through :func:`~bot.scanner.find_fork_point`;
 * **one** ``eth_getLogs`` for the engine and every feed over ``[last + 1 - lookback, head]``
   (chunked only when catching up after a pause). Logs already applied are recognised by
-  ``(block hash, log index)`` and skipped; logs of blocks the snapshot already covers are skipped;
+  ``(block hash, log index)`` and skipped; logs of blocks the start already covered are skipped;
   a log that shows up late for an already-processed block (a provider whose log index lagged)
   makes its account be re-read through the Lens at the head, never applied out of order;
 * engine events set the account's resulting state, and the house's cash and the insurance fund
@@ -34,8 +44,13 @@ accounts.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,14 +61,26 @@ from protocol_model.deploy import Deployment
 from protocol_model.errors import ChainError
 from protocol_model.health import HealthBook
 from protocol_model.loader import load_accounts, load_protocol
-from protocol_model.logs import ENGINE, FEED, Event, apply_event, decode_log, engine_topic
+from protocol_model.logs import (
+    ENGINE,
+    FEED,
+    AppliedLogs,
+    Event,
+    apply_event,
+    apply_events,
+    decode_log,
+    empty_state,
+    engine_topic,
+    fill_names,
+)
 from protocol_model.logscan import LogScanner
-from protocol_model.state import ProtocolState
+from protocol_model.state import Account, Collateral, Feed, Market, Params, Position, ProtocolState
+from protocol_model.wad import BaseWad, Wad
 
 from .config import BotConfig
 from .errors import StoreError
 from .scanner import Head, _hex, block_hash, find_fork_point, log_scanner
-from .store import LiquidationRecord, Store
+from .store import LiquidationRecord, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +90,8 @@ ACCOUNT_EVENTS = frozenset({
 })
 # Events that change nothing the bot mirrors.
 IGNORED_EVENTS = frozenset({"OwnershipTransferStarted", "LiquidationSkipped"})
+SNAPSHOT_FORMAT = 1             # of the database's snapshot text; another one is rebuilt from logs
+SCAN_SNAPSHOT_S = 30.0          # a long start-up scan saves a snapshot this often (seconds)
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,30 @@ class SyncResult:
     skipped: bool = False                                      # the head was already processed
 
 
+@dataclass(frozen=True)
+class StartStats:
+    """How :meth:`ChainMirror.start` built the mirror."""
+
+    source: str                  # "snapshot" (the database's, plus the logs since) or "logs" (from the deployment)
+    from_block: int              # first block whose logs were applied
+    to_block: int
+    events: int
+    accounts: int
+    seconds: float
+
+
+@dataclass
+class StartCheck:
+    """Progress of the comparison of the mirror with the Lens after a start (``start_check``)."""
+
+    mode: str                    # "full", "sample" or "off"
+    queue: list[str] = field(default_factory=list)    # accounts still to compare
+    protocol: bool = False       # the protocol and the house still to compare
+    checked: int = 0             # accounts compared
+    differences: int = 0         # differences found (and repaired)
+    done: bool = False
+
+
 class ChainMirror:
     """Account state and health of one deployment, mirrored from the Lens and the logs."""
 
@@ -114,11 +167,19 @@ class ChainMirror:
         self._scanner: LogScanner | None = None
         self.scans: list[tuple[int, int]] = []                 # eth_getLogs ranges asked for, newest last (bounded)
         self.start_reorg: tuple[int, bool] | None = None       # (fork, deep) when start() found the chain reorganised
+        self.start_stats: StartStats | None = None
+        self.check = StartCheck("off", done=True)
+        self._saved_block = -1                                 # block of the database's snapshot (-1: none)
+        self._dirty: set[str] = set()                          # accounts changed since that snapshot
+        self._full_snapshot = True                             # the next snapshot rewrites every account
+        self._in_sync = False                                  # a sync is under way (or raised half-way)
 
     # ------------------------------------------------------------------ startup
 
     def start(self, head: Head) -> int:
-        """Discover accounts and load the snapshot at ``head``; returns the number of accounts."""
+        """Build the mirror at ``head`` from the database's snapshot and the logs after it (from the
+        deployment block without a usable snapshot); returns the number of accounts."""
+        t0 = time.perf_counter()
         known = self.store.block_hashes()
         if known:
             fork = find_fork_point(self.w3, known)
@@ -127,29 +188,207 @@ class ChainMirror:
                 deep = fork < min(known)
                 log.warning("the chain reorganised since the last run: rewinding to block %d%s", fork,
                             " (deeper than the lookback window)" if deep else "")
-                self.store.rewind_to(fork)
-                if deep:
-                    self._rediscover(fork)
+                self.store.rewind_to(fork)     # also drops a snapshot above the fork
                 self.start_reorg = (fork, deep)
-        start = max(self.store.next_block, self.deployment.block)
-        if start <= head.number:
-            self._discover(start, head.number)
-        addresses = self.store.accounts()
-        self._load_snapshot(head, addresses)
+        state, resumed = self._resume(head)
+        replayed = self._replay(state, head, full_snapshot=not resumed)
+        fill_names(state, self.deployment)
+        state.block = head.number
+        state.timestamp = head.timestamp
+        self.state = state
+        self.book = HealthBook(state)
+        self._snapshot_block = head.number
+        self._seen.clear()
+        self._touched.clear()
+        self._scanner = log_scanner(self.w3, self.config, self._log_addresses(), None, head.number + 1)
         self._remember(head)
-        return len(addresses)
+        self.save_snapshot()
+        self._plan_check()
+        self.start_stats = StartStats(
+            source="snapshot" if resumed else "logs", from_block=replayed.from_block, to_block=head.number,
+            events=replayed.events, accounts=len(state.accounts), seconds=time.perf_counter() - t0,
+        )
+        log.info("mirror at block %d from %s: %d account(s), %d event(s) of blocks %d..%d applied, in %.2fs",
+                 head.number, f"the snapshot of block {replayed.from_block - 1} and the logs since" if resumed
+                 else "logs alone", len(state.accounts), replayed.events, replayed.from_block, head.number,
+                 self.start_stats.seconds)
+        return len(state.accounts)
 
-    def _discover(self, start: int, end: int) -> None:
-        scanner = log_scanner(self.w3, self.config, self.engine, [[engine_topic("Deposit")]], start)
-        found = 0
-        for lo, hi, logs in scanner.iter_chunks(end):
+    def _resume(self, head: Head) -> tuple[ProtocolState, bool]:
+        """The stored snapshot's state if it is still on the chain, else an empty state before the
+        deployment block; and whether it came from the snapshot."""
+        snap = self.store.load_snapshot()
+        if snap is not None:
+            reason = None
+            if snap.block > head.number:
+                reason = f"is ahead of the head {head.number}"
+            elif block_hash(self.w3, snap.block) != snap.hash:
+                reason = "is no longer on the chain (a reorg below it)"
+            else:
+                try:
+                    state = decode_snapshot(snap, self.engine)
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    reason = f"cannot be read ({exc})"
+                else:
+                    self._saved_block = snap.block
+                    return state, True
+            log.warning("the database's snapshot of block %d %s: rebuilding the mirror from logs", snap.block, reason)
+            self.store.drop_snapshot()
+        state = empty_state(self.engine)
+        state.block = self.deployment.block - 1
+        self._saved_block = -1
+        return state, False
+
+    def _replay(self, state: ProtocolState, head: Head, *, full_snapshot: bool) -> AppliedLogs:
+        """Apply the engine's and the feeds' logs of ``(state.block, head]`` to ``state``, chunk by
+        chunk, with one ``eth_getLogs`` per chunk for the engine and every known feed; depositors go
+        into the store with each chunk. A long scan saves a snapshot every ``SCAN_SNAPSHOT_S``, so
+        a start killed half-way resumes there."""
+        start = state.block + 1
+        out = AppliedLogs(from_block=start, to_block=head.number)
+        self._dirty = set()
+        self._full_snapshot = full_snapshot
+        if start > head.number:
+            return out
+        feeds = {to_checksum_address(a) for a in self.deployment.feeds.values()} | set(state.feeds)
+        scanner = log_scanner(self.w3, self.config, [self.engine, *sorted(feeds)], None, start)
+        scanner.raw = True                     # every log since the deployment: skip web3's formatting
+        carry: list[Event] = []                # updates of feeds not listed yet
+        saved_at = time.monotonic()
+        for lo, hi, logs in scanner.iter_chunks(head.number):
             self._note_scan(lo, hi)
-            seen = [(_topic_address(entry["topics"][1]), int(entry["blockNumber"])) for entry in logs]
-            with self.store.transaction():
-                found += len(self.store.add_accounts(seen))
-                if hi < end:
-                    self.store.mark_processed(hi, None)
-        log.info("discovered %d new account(s) in blocks %d..%d", found, start, end)
+            events = self._decode(logs)
+            listed = {ev.args["feed"] for ev in events if ev.name in ("MarketListed", "CollateralListed")} - feeds
+            if listed:   # a feed the deployment file does not name: its updates so far, then with every chunk
+                feeds |= listed
+                extra = log_scanner(self.w3, self.config, sorted(listed), None, start)
+                extra.raw = True
+                events.extend(self._decode(extra.fetch(start, hi)))
+                scanner.addresses = [self.engine, *sorted(feeds)]
+            events = sorted(carry + events, key=lambda ev: ev.order)
+            before = len(out.deposits)
+            _, carry = apply_events(state, events, out)
+            self.store.add_accounts(out.deposits[before:])
+            state.block = hi
+            self._dirty |= out.accounts
+            out.accounts = set()
+            if hi < head.number and time.monotonic() - saved_at > SCAN_SNAPSHOT_S:
+                block = self.w3.eth.get_block(hi)
+                state.timestamp = int(block["timestamp"])
+                fill_names(state, self.deployment)
+                self._write_snapshot(state, hi, _hex(block["hash"]))
+                saved_at = time.monotonic()
+        return out
+
+    def _decode(self, logs: Iterable[Any]) -> list[Event]:
+        out: list[Event] = []
+        for entry in logs:
+            ev = decode_log(entry, ENGINE if _log_address(entry["address"]) == self.engine else FEED)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    # ------------------------------------------------------------------ the database's snapshot
+
+    def save_snapshot(self) -> None:
+        """Write the mirror's state at its block to the database: the protocol row and the accounts
+        changed since the last write (every account after a rebuild or a reorg), one transaction."""
+        state = self.state
+        if state is None or self._in_sync:
+            return
+        head_hash = self._hashes.get(state.block)
+        if head_hash is None:   # dev: _remember() records the hash of every block the mirror is at
+            return
+        self._write_snapshot(state, state.block, head_hash)
+
+    def _write_snapshot(self, state: ProtocolState, block: int, head_hash: str) -> None:
+        t0 = time.perf_counter()
+        index = {c.token: c.index for c in state.collaterals}
+        names = list(state.accounts) if self._full_snapshot else [a for a in self._dirty if a in state.accounts]
+        rows = {a: encode_account(state.accounts[a], index) for a in names}
+        self.store.save_snapshot(block, head_hash, encode_protocol(state), rows, full=self._full_snapshot)
+        log.debug("snapshot of block %d written: %d account(s)%s in %.3fs", block, len(rows),
+                  " (all)" if self._full_snapshot else "", time.perf_counter() - t0)
+        self._full_snapshot = False
+        self._dirty = set()
+        self._saved_block = block
+
+    # ------------------------------------------------------------------ the Lens check
+
+    def _plan_check(self) -> None:
+        state = self.state
+        mode = self.config.start_check
+        if state is None or mode == "off":
+            self.check = StartCheck(mode, done=True)
+            return
+        addresses = sorted(state.accounts)
+        if mode == "sample" and len(addresses) > self.config.start_check_accounts:
+            addresses = random.sample(addresses, self.config.start_check_accounts)
+        self.check = StartCheck(mode, queue=addresses, protocol=True)
+
+    def check_step(self, head: Head) -> int:
+        """One step of the start check (setting ``start_check``) at ``head``, where the mirror must
+        be: compare the protocol and the house (first step) and the next accounts (a sample all at
+        once, 'full' ``lens_batch_size`` per step) with the Lens; log each difference as an error
+        and repair it from the Lens. A difference in a sample extends the check to every account.
+        Returns the number of differences found in this step; free once the check is done."""
+        check, state, book = self.check, self.state, self.book
+        if check.done or state is None or book is None or state.block != head.number:
+            return 0
+        found = 0
+        if check.protocol:
+            fresh = load_protocol(self.w3, self.deployment, head.number)
+            load_accounts(self.w3, self.deployment, fresh, [], batch_size=1, block_identifier=head.number)
+            check.protocol = False
+            diffs = protocol_differences(state, fresh)
+            if diffs:
+                found += len(diffs)
+                log.error("start check: the mirror's protocol differs from the Lens at block %d: %s; "
+                          "re-read through the Lens", head.number, "; ".join(diffs))
+                self._reload(head, [], protocol=True)
+                self._full_snapshot = True
+                state, book = self.state, self.book
+                if state is None or book is None:  # dev: _reload sets them
+                    return found
+        size = len(check.queue) if check.mode == "sample" else self.config.lens_batch_size
+        batch = check.queue[:size]
+        if batch:
+            scratch = dataclasses.replace(state, accounts={}, house=None)
+            load_accounts(self.w3, self.deployment, scratch, batch, batch_size=self.config.lens_batch_size,
+                          block_identifier=head.number)
+            check.queue = check.queue[size:]
+            for a in batch:
+                lens = scratch.accounts[a]
+                if state.accounts.get(a) != lens:
+                    found += 1
+                    log.error("start check: account %s differs from the Lens at block %d (mirror %s, Lens %s): "
+                              "repaired from the Lens", a, head.number, state.accounts.get(a), lens)
+                    state.accounts[a] = lens
+                    book.apply_account(lens)
+                    self._dirty.add(a)
+            check.checked += len(batch)
+        check.differences += found
+        if found and check.mode == "sample":
+            checked = set(batch)
+            check.queue = [a for a in sorted(state.accounts) if a not in checked]
+            check.mode = "full"
+            log.error("start check: %d difference(s) in a sample: checking the %d other account(s) too, %d per block",
+                      found, len(check.queue), self.config.lens_batch_size)
+        if not check.queue:
+            check.done = True
+            log.log(logging.ERROR if check.differences else logging.INFO,
+                    "start check done at block %d: the protocol, the house and %d account(s) compared with the "
+                    "Lens, %d difference(s)", head.number, check.checked, check.differences)
+        return found
+
+    def after_tick(self, head: Head) -> None:
+        """What waits until a tick's liquidations are out: a step of the start check, and the
+        snapshot every ``snapshot_every_blocks`` (at once after a repair or a reorg)."""
+        repaired = self.check_step(head)
+        state = self.state
+        if state is not None and (repaired or self._full_snapshot
+                                  or state.block - self._saved_block >= self.config.snapshot_every_blocks):
+            self.save_snapshot()
 
     def _check_same_chain(self) -> None:
         """A reorg below the lookback window on a chain whose deployment block changed is no reorg:
@@ -177,19 +416,6 @@ class ChainMirror:
         found = self.store.add_accounts(seen)
         log.info("deep reorg: re-read the depositors through block %d, %d new", through, len(found))
 
-    def _load_snapshot(self, head: Head, addresses: Iterable[str]) -> None:
-        state = load_protocol(self.w3, self.deployment, head.number)
-        load_accounts(self.w3, self.deployment, state, addresses, batch_size=self.config.lens_batch_size,
-                      block_identifier=head.number)
-        state.block = head.number
-        state.timestamp = head.timestamp
-        self.state = state
-        self.book = HealthBook(state)
-        self._snapshot_block = head.number
-        self._seen.clear()
-        self._touched.clear()
-        self._scanner = log_scanner(self.w3, self.config, self._log_addresses(), None, head.number + 1)
-
     def _log_addresses(self) -> list[str]:
         if self.state is None:
             return [self.engine]
@@ -199,6 +425,12 @@ class ChainMirror:
 
     def sync(self, head: Head) -> SyncResult:
         """Bring the mirror to ``head``: reorg check, one ``eth_getLogs``, apply, record progress."""
+        self._in_sync = True          # a sync that raises half-way leaves a state no snapshot may take
+        result = self._sync(head)
+        self._in_sync = False
+        return result
+
+    def _sync(self, head: Head) -> SyncResult:
         if self.state is None or self.book is None or self._scanner is None:
             raise ChainError("the mirror is not started: call start() first")  # dev
         last = self.store.last_block
@@ -304,6 +536,7 @@ class ChainMirror:
                 result.price_changes.append(PriceChange(feed, self.assets.get(feed, feed[:10]), old, new))
         for who in touched:
             book.apply_account(state.account(who))
+        self._dirty |= touched
         changed |= touched
         changed.discard(self.engine)
         touched.discard(self.engine)
@@ -318,6 +551,7 @@ class ChainMirror:
         if state is None:  # dev
             raise ChainError("the mirror is not started")
         wanted = [a for a in addresses if a != self.engine]
+        self._dirty.update(wanted)
         if protocol:
             fresh = load_protocol(self.w3, self.deployment, head.number)
             fresh.accounts = state.accounts
@@ -349,6 +583,7 @@ class ChainMirror:
         log.warning("reorg: blocks after %d were replaced; re-reading the accounts they touched at block %d",
                     fork, head.number)
         rewind = self.store.rewind_to(fork)
+        self._full_snapshot = True        # the snapshot may be gone with the dropped blocks: rewrite it whole
         if deep:
             self._rediscover(fork)
         # Blocks after the head are new whatever the snapshot covered on the old branch.
@@ -404,6 +639,84 @@ class ChainMirror:
             del self.scans[:128]
 
 
+# ---------------------------------------------------------------------- the snapshot's text
+
+
+def encode_account(acc: Account, index: Mapping[str, int]) -> str:
+    """``[cash, [[market, size, quote], ...], [[collateral index, balance], ...]]`` as compact JSON."""
+    return json.dumps([int(acc.cash), [[m, int(p.size), int(p.quote)] for m, p in acc.positions.items()],
+                       [[index[t], b] for t, b in acc.collateral.items()]], separators=(",", ":"))
+
+
+def _decode_account(address: str, text: str, tokens: list[str]) -> Account:
+    cash, positions, collateral = json.loads(text)
+    return Account(address, Wad(int(cash)), {tokens[i]: int(b) for i, b in collateral},
+                   {int(m): Position(BaseWad(int(size)), Wad(int(quote))) for m, size, quote in positions})
+
+
+def encode_protocol(state: ProtocolState) -> str:
+    """Everything of ``state`` but the traders' accounts, as JSON (the house included)."""
+    index = {c.token: c.index for c in state.collaterals}
+    house = state.house if state.house is not None else Account(state.engine)
+    return json.dumps({
+        "format": SNAPSHOT_FORMAT,
+        "engine": state.engine,
+        "block": state.block,
+        "timestamp": state.timestamp,
+        "params": dataclasses.asdict(state.params),
+        "markets": [dataclasses.asdict(m) for m in state.markets],
+        "collaterals": [dataclasses.asdict(c) for c in state.collaterals],
+        "feeds": [dataclasses.asdict(f) for f in state.feeds.values()],
+        "house": encode_account(house, index),
+        "insurance_fund": int(state.insurance_fund),
+        "total_collateral": state.total_collateral,
+    }, separators=(",", ":"))
+
+
+def decode_snapshot(snap: Snapshot, engine: str) -> ProtocolState:
+    """The state a :class:`~bot.store.Snapshot` holds. Raises ``ValueError`` for a snapshot of
+    another format or engine (the caller rebuilds from logs)."""
+    p = json.loads(snap.protocol)
+    if p.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"format {p.get('format')!r}, this bot reads {SNAPSHOT_FORMAT}")
+    if p["engine"] != engine or int(p["block"]) != snap.block:
+        raise ValueError(f"it is of engine {p['engine']} at block {p['block']}")
+    collaterals = sorted((Collateral(**c) for c in p["collaterals"]), key=lambda c: c.index)
+    tokens = [""] * (1 + max((c.index for c in collaterals), default=-1))
+    for c in collaterals:
+        tokens[c.index] = c.token
+    state = ProtocolState(
+        engine=engine,
+        params=Params(**p["params"]),
+        markets=[Market(**m) for m in p["markets"]],
+        collaterals=collaterals,
+        feeds={f["address"]: Feed(**f) for f in p["feeds"]},
+        house=_decode_account(engine, p["house"], tokens),
+        insurance_fund=Wad(int(p["insurance_fund"])),
+        total_collateral={t: int(v) for t, v in p["total_collateral"].items()},
+        timestamp=int(p["timestamp"]),
+        block=snap.block,
+    )
+    state.accounts = {a: _decode_account(a, text, tokens) for a, text in snap.accounts.items()}
+    return state
+
+
+def protocol_differences(mirror: ProtocolState, lens: ProtocolState) -> list[str]:
+    """What differs between two states apart from the traders' accounts (configuration, feeds,
+    the house, the insurance fund, collateral totals), one short line each."""
+    out: list[str] = []
+    for name in ("params", "markets", "collaterals", "feeds", "house", "insurance_fund", "total_collateral"):
+        a, b = getattr(mirror, name), getattr(lens, name)
+        if a != b:
+            out.append(f"{name}: mirror {a} != Lens {b}")
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _log_address(value: Any) -> str:
+    return to_checksum_address(value)
+
+
 def _topic_address(topic: Any) -> str:
     return to_checksum_address("0x" + bytes(topic)[-20:].hex())
 
@@ -413,4 +726,5 @@ def _account_of(ev: Event, engine: str) -> str:
     return to_checksum_address(account) if isinstance(account, str) else engine
 
 
-__all__ = ["ACCOUNT_EVENTS", "ChainMirror", "PriceChange", "SyncResult"]
+__all__ = ["ACCOUNT_EVENTS", "ChainMirror", "PriceChange", "StartCheck", "StartStats", "SyncResult", "decode_snapshot",
+           "encode_account", "encode_protocol", "protocol_differences"]

@@ -137,6 +137,7 @@ class LogScanner:
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
         sleep: Callable[[float], Any] = time.sleep,
+        raw: bool = False,
     ) -> None:
         if not 1 <= min_chunk <= chunk <= max_chunk:
             raise ConfigError(f"log chunks need 1 <= min ({min_chunk}) <= initial ({chunk}) <= max ({max_chunk}) blocks")
@@ -158,6 +159,7 @@ class LogScanner:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
+        self.raw = raw     # logs as the node sends them (hex strings), without web3's result formatting
         self.stats = ScanStats()
         self._ceiling: int | None = None   # largest range believed to pass (smallest refused - 1)
         self._streak = 0                   # consecutive successful requests
@@ -272,11 +274,23 @@ class LogScanner:
                 log.debug("eth_getLogs range grown to %d blocks", grown)
 
     def _get_logs(self, lo: int, hi: int) -> list[LogReceipt]:
+        if self.raw:
+            # Through the middlewares (retries, counting) but not web3's per-field result formatting,
+            # which costs more than decoding the logs (the start-up scan reads every log).
+            query: dict[str, Any] = {"fromBlock": hex(lo), "toBlock": hex(hi), "address": self.addresses}
+            if self.topics is not None:
+                query["topics"] = self.topics
+            entries = self.w3.manager.request_blocking("eth_getLogs", [query])
+            return sorted(entries, key=lambda entry: (_quantity(entry["blockNumber"]), _quantity(entry["logIndex"])))
         params: FilterParams = {"fromBlock": lo, "toBlock": hi, "address": self.addresses}
         if self.topics is not None:
             params["topics"] = self.topics
         logs = self.w3.eth.get_logs(params)
         return sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"]))
+
+
+def _quantity(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
 
 
 def _short(exc: BaseException) -> str:
