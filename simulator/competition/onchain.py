@@ -33,7 +33,8 @@ The report is read from the chain, not from the bots: every transaction of every
 through the Lens. The blocks are also replayed on the model (the state at ``S`` loaded through the
 Lens at ``S - 1``, the price updates and each liquidation applied with the model): every receipt's
 status must match the model's (``report.model_mismatches`` lists those that do not), and each
-transaction's ``gas used - intrinsic gas`` is recorded under its path key in ``report.gas_table``,
+transaction's ``gas used - intrinsic gas`` (as with prices published in an earlier block:
+:data:`~simulator.competition.offchain.FRESH_READ_GAS`) is recorded under its path key in ``report.gas_table``,
 the table that lets the off-chain mode reproduce this run's gas exactly (every transaction's key and
 gas are in ``sim.gas_samples``).
 """
@@ -78,7 +79,8 @@ from .agents import (
     resolve_asset,
     ticks_at,
 )
-from .offchain import GasSample, GasTable, ModelChain, ModelTx, OracleTx, final_health, shocked_answers
+from .offchain import (FRESH_READ_GAS, GasSample, GasTable, ModelChain, ModelTx, OracleTx, final_health,
+                       shocked_answers)
 from .report import BotResult, CompetitionReport, Liquidated, fmt_pct
 
 log = logging.getLogger(__name__)
@@ -397,10 +399,12 @@ class OnchainSimulation:
                     mismatches.append(f"block {number} tx {index}: chain {'ok' if ok else 'reverted'}, "
                                       f"model {'ok' if model.ok else 'reverted: ' + str(model.reason)}")
                 # The first measurement of a key stands; later ones may differ by tens of gas (the
-                # engine's rounding helpers branch on their operands).
+                # engine's rounding helpers branch on their operands). Recorded as with older prices:
+                # the gas a read of a price published in this block saves is added back.
                 intrinsic = intrinsic_gas(data)
-                measured.setdefault(model.key, gas_used - intrinsic)
-                samples.append(GasSample(model.key, gas_used - intrinsic, intrinsic, f"block {number} tx {index}"))
+                exec_gas = gas_used - intrinsic + FRESH_READ_GAS * model.fresh_reads
+                measured.setdefault(model.key, exec_gas)
+                samples.append(GasSample(model.key, exec_gas, intrinsic, f"block {number} tx {index}"))
         self.gas_samples = samples
         update_at = max(updates, default=None)
         for res, number, index, ok, cost in backruns:
