@@ -156,6 +156,14 @@ class BotConfig:
         100, _INT, "blocks between two snapshots of the mirror in the database (also written at start and shutdown)"
     )
 
+    # subscriptions -------------------------------------------------------
+    ws_url: str = _setting(
+        "auto", _STR,
+        "WebSocket for pushed heads: 'auto' (ws:// on the RPC URL's host and port, tried once at start; "
+        "polling if refused), 'off' (poll over HTTP), or a ws:// or wss:// URL",
+        repr=False,  # like rpc_url: may embed an API key
+    )
+
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
@@ -206,6 +214,9 @@ class BotConfig:
         need(self.start_check in START_CHECKS, "start_check", f"must be one of {', '.join(START_CHECKS)}")
         need(self.start_check_accounts >= 1, "start_check_accounts", "must be >= 1")
         need(self.snapshot_every_blocks >= 1, "snapshot_every_blocks", "must be >= 1")
+        need(self.ws_url.lower() in ("auto", "off") or (self.ws_url.startswith(("ws://", "wss://"))
+                                                         and len(self.ws_url.split("//", 1)[1]) > 0),
+             "ws_url", "must be 'auto', 'off' or a ws:// or wss:// URL")
         return out
 
     # ------------------------------------------------------------------ loading
@@ -256,6 +267,7 @@ class BotConfig:
         """The settings as a dict safe to log: the RPC URL is shown without path, query or credentials."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["rpc_url"] = redact_url(self.rpc_url)
+        out["ws_url"] = redact_url(self.ws_url) if "//" in self.ws_url else self.ws_url
         return out
 
     def replace(self, **changes: Any) -> "BotConfig":
@@ -270,7 +282,7 @@ class InvalidSetting(BotConfigError):
     """A setting that fails validation; knows the field, so ``from_env`` can name its variable."""
 
     def __init__(self, name: str, problem: str, value: Any = None) -> None:
-        shown = "<redacted>" if name == "rpc_url" else repr(value)
+        shown = "<redacted>" if name in ("rpc_url", "ws_url") else repr(value)
         super().__init__(f"{name}={shown} ({ENV_PREFIX}{name.upper()}): {problem}")
         self.name = name
         self.problem = problem

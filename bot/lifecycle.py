@@ -20,6 +20,11 @@ circuit breaker is open, the loop waits for its cool-down instead of hammering t
 
 SIGTERM and SIGINT set a :class:`threading.Event` the loop waits on, so shutdown is immediate
 and clean; a second signal falls back to the default handler.
+
+With ``wake`` (a :class:`threading.Event`, e.g. set by a ``newHeads`` subscription, see
+:mod:`bot.ws`), the loop waits on it instead: a notification starts the next tick at once rather
+than after ``poll_interval_s``. It is cleared before each tick, so one set during a tick is not
+lost; :meth:`Lifecycle.stop` sets it too.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class Lifecycle:
         watchdog: _Watchdog | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
         self._head_source = head_source
         self.poll_interval_s = poll_interval_s
@@ -93,6 +99,7 @@ class Lifecycle:
         self.watchdog = watchdog
         self._clock = clock
         self.stop_event = stop_event if stop_event is not None else threading.Event()
+        self.wake = wake
         self._startup: list[Callable[[], Any]] = []
         self._block: list[Callable[[Any], Any]] = []
         self._shutdown: list[Callable[[], Any]] = []
@@ -135,6 +142,8 @@ class Lifecycle:
         if self._stop_reason is None:
             self._stop_reason = reason
         self.stop_event.set()
+        if self.wake is not None:
+            self.wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -176,6 +185,8 @@ class Lifecycle:
                 timer.due = now + timer.interval_s
             ticks = 0
             while not self.stop_event.is_set():
+                if self.wake is not None:
+                    self.wake.clear()
                 wait = self._tick()
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
@@ -183,7 +194,7 @@ class Lifecycle:
                     break
                 if self.stop_event.is_set():
                     break
-                self.stop_event.wait(wait)
+                self._wait(wait)
             self.result.reason = self._stop_reason or "stopped"
         finally:
             self._run_shutdown()
@@ -191,6 +202,13 @@ class Lifecycle:
         log.info("lifecycle ended (%s): %d block(s) processed, %d skipped, %d failed tick(s)",
                  self.result.reason, self.result.blocks, self.result.skipped, self.result.failed_ticks)
         return self.result
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until the next tick: ``seconds``, or less when stopped or woken."""
+        if self.wake is None:
+            self.stop_event.wait(seconds)
+        else:
+            self.wake.wait(seconds)
 
     def _tick(self) -> float:
         """One poll: head, block callbacks, timers, watchdog. Returns how long to wait next."""

@@ -50,6 +50,7 @@ The key is never printed nor logged; log lines are one per event, e.g.::
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -83,6 +84,7 @@ from .backrun import Backrunner, BackrunReport, make_backrunner
 from .preflight import needs_quote, simulate_units
 from .rpc import CountingRpc
 from .scanner import Head, HeadWatcher
+from .ws import open_heads, provider_url
 from .store import KeeperTotals, LiquidationRecord, SentTx, Store
 from .strategy import (
     LIQUIDATE,
@@ -302,6 +304,7 @@ class Liquidator:
         if head is None:  # dev: poll() always sets it
             raise ChainError("the node returned no head block")
         self.mirror = ChainMirror(self.w3, self.deployment, self.config, self._store)
+        self.mirror.bloom_skip = self.watcher.heads is not None   # pushed heads: skip provably empty blocks
         accounts = self.mirror.start(head)
         self._exact_head = head.number   # the snapshot was read at the head
         if self.mirror.start_reorg is not None:
@@ -386,6 +389,9 @@ class Liquidator:
             install_signals: bool = True) -> RunResult:
         """The loop: start, one :meth:`tick` per new head, stop on SIGTERM/SIGINT, ``max_ticks``
         polls, ``max_blocks`` processed heads, or ``max_failed_ticks`` consecutive failures."""
+        heads = self.watcher.heads
+        if heads is None:
+            heads = self.watcher.heads = open_heads(self.config.ws_url, provider_url(self.w3), threading.Event())
         life = Lifecycle(
             self._loop_head,
             # Backrunning reads the pending transactions between heads at a shorter interval.
@@ -395,7 +401,10 @@ class Liquidator:
             expected_errors=TICK_ERRORS,
             watchdog=self.watcher,
             clock=self._clock,
+            wake=heads.wake if heads is not None else None,
         )
+        if heads is not None:
+            life.on_shutdown(heads.close)
         self._lifecycle = life
         self._max_blocks = max_blocks
         life.on_startup(lambda: self._start_until_up(life))

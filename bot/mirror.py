@@ -81,6 +81,7 @@ from .config import BotConfig
 from .errors import StoreError
 from .scanner import Head, _hex, block_hash, find_fork_point, log_scanner
 from .store import LiquidationRecord, Snapshot, Store
+from .ws import bloom_may_log
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,11 @@ class ChainMirror:
         self._dirty: set[str] = set()                          # accounts changed since that snapshot
         self._full_snapshot = True                             # the next snapshot rewrites every account
         self._in_sync = False                                  # a sync is under way (or raised half-way)
+        # Leave out of eth_getLogs the blocks whose header bloom proves no engine/feed log (bot.ws);
+        # at the head of the range only: what is read keeps the lookback's late-log checks.
+        self.bloom_skip = False
+        self._blooms: dict[int, bytes | None] = {}            # processed block -> its header's logsBloom
+        self.bloom_skips = 0                                   # eth_getLogs left out entirely
 
     # ------------------------------------------------------------------ startup
 
@@ -445,7 +451,9 @@ class ChainMirror:
 
         lo = max(self.deployment.block, last + 1 - self.config.lookback_blocks, self._snapshot_block + 1)
         lo = min(lo, head.number)
-        entries = self._fetch(lo, head.number)
+        if self.bloom_skip:
+            lo = self._first_may_log(lo, head)
+        entries = self._fetch(lo, head.number) if lo <= head.number else []
         result = SyncResult(head.number, lo)
         new_events: list[Event] = []
         late_accounts: set[str] = set()
@@ -482,6 +490,17 @@ class ChainMirror:
         self.state.timestamp = head.timestamp
         self._remember(head)
         return result
+
+    def _first_may_log(self, lo: int, head: Head) -> int:
+        """The first block of ``[lo, head]`` whose bloom does not rule out a log of ours (one
+        unknown may log); ``head + 1`` when none may: then no eth_getLogs is needed at all."""
+        addresses = self._log_addresses()
+        for number in range(lo, head.number + 1):
+            bloom = head.logs_bloom if number == head.number else self._blooms.get(number)
+            if bloom_may_log(bloom, addresses):
+                return number
+        self.bloom_skips += 1
+        return head.number + 1
 
     def _fetch(self, lo: int, hi: int) -> list[tuple[Any, Event]]:
         scanner = self._scanner
@@ -595,6 +614,7 @@ class ChainMirror:
             self._seen.pop(block)
         for block in [b for b in self._hashes if b > fork]:
             self._hashes.pop(block)
+            self._blooms.pop(block, None)
         lo = max(self.deployment.block, fork + 1)
         result = SyncResult(head.number, lo, reorg_at=fork, config_reloaded=True, deep_reorg=deep,
                             dropped=list(rewind.liquidations))
@@ -628,8 +648,9 @@ class ChainMirror:
         keep = self.config.lookback_blocks + 1
         self.store.mark_processed(head.number, head.hash, keep_blocks=keep)
         self._hashes[head.number] = head.hash
+        self._blooms[head.number] = head.logs_bloom
         floor = head.number - keep
-        for table in (self._hashes, self._seen, self._touched):
+        for table in (self._hashes, self._seen, self._touched, self._blooms):
             for block in [b for b in table if b <= floor]:
                 table.pop(block)
 

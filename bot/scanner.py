@@ -3,8 +3,9 @@
 :func:`log_scanner` gives the project's one adaptive ``eth_getLogs`` scanner
 (:class:`protocol_model.logscan.LogScanner`) with the bot's chunk settings.
 
-:class:`HeadWatcher` reads the latest block (one ``eth_getBlockByNumber`` per poll) and reports a
-stale head when no new block arrived for ``stale_after_s`` seconds.
+:class:`HeadWatcher` reads the latest block (one ``eth_getBlockByNumber`` per poll, or the newest
+header a ``newHeads`` subscription pushed: :mod:`bot.ws`) and reports a stale head when no new block
+arrived for ``stale_after_s`` seconds.
 
 :func:`find_fork_point` compares block hashes the bot stored for its lookback window with the
 chain's, to find where a reorg forked off.
@@ -27,6 +28,7 @@ from .errors import CircuitOpen, StaleHead
 
 if TYPE_CHECKING:
     from .config import BotConfig
+    from .ws import WsHeads
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,17 @@ def _hex(value: Any) -> str:
     if isinstance(value, str):
         return value.lower() if value.startswith("0x") else "0x" + value.lower()
     return "0x" + bytes(value).hex()
+
+
+def _int(value: Any) -> int:
+    """A quantity from web3 (int) or from raw JSON (0x hex string)."""
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return bytes.fromhex(value[2:] if value.startswith("0x") else value) if isinstance(value, str) else bytes(value)
 
 
 def log_scanner(w3: Web3, config: "BotConfig", addresses: str | Sequence[str], topics: Sequence[Any] | None,
@@ -61,34 +74,61 @@ class Head:
     timestamp: int              # block timestamp, seconds
     base_fee_wei: int | None    # None before London
     seen_at: float              # monotonic seconds when the bot first saw it
+    logs_bloom: bytes | None = None   # the header's 256-byte logsBloom (None if the node gave none)
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any], seen_at: float) -> "Head":
+        """From web3's block (ints, bytes) or a raw JSON header (a ``newHeads`` notification)."""
         base = block.get("baseFeePerGas")
         return cls(
-            number=int(block["number"]),
+            number=_int(block["number"]),
             hash=_hex(block["hash"]),
             parent_hash=_hex(block["parentHash"]),
-            timestamp=int(block["timestamp"]),
-            base_fee_wei=int(base) if base is not None else None,
+            timestamp=_int(block["timestamp"]),
+            base_fee_wei=_int(base) if base is not None else None,
             seen_at=seen_at,
+            logs_bloom=_bytes(block.get("logsBloom")),
         )
 
 
 class HeadWatcher:
-    """Polls the latest block; a watchdog says when no new block came for ``stale_after_s``."""
+    """Polls the latest block, or takes it from a ``newHeads`` subscription (``heads``) while that
+    is connected; a watchdog says when no new block came for ``stale_after_s``."""
 
-    def __init__(self, w3: Web3, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, w3: Web3, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 heads: "WsHeads | None" = None, http_check_s: float = 5.0) -> None:
         self.w3 = w3
         self.stale_after_s = stale_after_s
         self._clock = clock
+        self.heads = heads
+        self.http_check_s = http_check_s     # pushed heads: the longest time without an HTTP look
         self.latest: Head | None = None
         self._last_change = clock()
+        self._last_http = float("-inf")
         self._stale_reported = False
+
+    @property
+    def pushed(self) -> bool:
+        """New heads arrive by subscription (the WebSocket is connected)."""
+        return self.heads is not None and self.heads.alive
+
+    def _read(self) -> Mapping[str, Any] | None:
+        """The newest block: pushed if a header arrived, else over HTTP (always before the first
+        head, without a subscription, and every ``http_check_s`` as a safety check)."""
+        if self.latest is not None and self.pushed and self.heads is not None:
+            header = self.heads.newest()
+            if header is not None and int(header["number"], 16) >= self.latest.number:
+                return header   # (an older one is a late notification of a block already seen)
+            if self._clock() - self._last_http < self.http_check_s:
+                return None
+        self._last_http = self._clock()
+        return self.w3.eth.get_block("latest")
 
     def poll(self) -> Head | None:
         """The latest head if it changed since the last poll (new number or new hash), else None."""
-        block = self.w3.eth.get_block("latest")
+        block = self._read()
+        if block is None:
+            return None
         now = self._clock()
         head = Head.from_block(block, now)
         if self.latest is not None and head.number == self.latest.number and head.hash == self.latest.hash:

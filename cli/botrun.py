@@ -95,12 +95,15 @@ def _settings_epilog() -> str:
 @click.option("--backrun/--no-backrun", default=None,
               help="liquidate in the block of a pending price update, right after it (default: on where the node "
                    "has a pending-transaction filter) [XMARGIN_BACKRUN]")
+@click.option("--ws", "ws_url", default=None, metavar="URL|auto|off",
+              help="WebSocket for pushed heads: auto (ws:// on the --rpc host and port, polling if refused), off "
+                   "(poll over HTTP), or a ws:// URL [XMARGIN_WS_URL; default auto]")
 @handle_errors
 def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metrics_port: int | None,
             db_path: str | None, min_profit: str | None, strategy: str | None, tip_gwei: str | None,
             profit_share: str | None, max_blocks: int | None, no_collateral: bool,
             backstop: bool = False, fresh_db: bool = False, backrun: bool | None = None,
-            preflight: str | None = None) -> None:
+            preflight: str | None = None, ws_url: str | None = None) -> None:
     """Watch every account and liquidate those under maintenance margin, most profitable first."""
     from bot.config import BotConfig
     from bot.keys import PRIVATE_KEY_ENV, load_account
@@ -115,6 +118,7 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "backstop": True if backstop else None,
         "gas_strategy": STRATEGIES[strategy] if strategy else None,
         "backrun": backrun,
+        "ws_url": ws_url,
     }
     if preflight is not None:
         overrides["preflight"] = preflight
