@@ -325,17 +325,22 @@ def make_backrunner(bot: "Liquidator", source: PendingSource | None = None) -> B
     from web3.exceptions import Web3RPCError
 
     from .pending import FilterPendingSource
+    from .ws import pushed_pending
 
     sender = bot.sender
     if source is None:
-        filt = FilterPendingSource(bot.w3, batch=sender._batch if sender is not None else None,
-                                   skip=lambda h: sender is not None and any(t.hash == h for t in sender.in_flight))
+        def skip(h: str) -> bool:
+            return sender is not None and any(t.hash == h for t in sender.in_flight)
+
+        filt = FilterPendingSource(bot.w3, batch=sender._batch if sender is not None else None, skip=skip)
         try:
             filt.start()
         except (Web3RPCError, ValueError, NotImplementedError) as exc:
             log.warning("backrun off: the node has no pending-transaction filter (%s)", _one_line(exc))
             return None
         source = filt
+        if bot.watcher.pushed and bot.watcher.heads is not None:   # WebSockets up: pushed as the pool accepts them (bot/ws.py)
+            source = pushed_pending(bot.watcher.heads, filt, skip)
     return Backrunner(bot, source, DecoderRegistry.for_feeds(feed_updaters(bot)))
 
 

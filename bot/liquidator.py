@@ -452,7 +452,7 @@ class Liquidator:
             return self._next_head()
         now = self._clock()
         if (self._head_polled_at is not None and now - self._head_polled_at < self.config.poll_interval_s
-                and not self._dirty and self._processed_once):
+                and not self._dirty and self._processed_once and not self.watcher.pushed):   # pushed: free
             self.poll_pending()
             return None
         self._head_polled_at = now

@@ -360,6 +360,7 @@ class WsPendingSource:
         self.sub = WsSubscription(url, "newPendingTransactions", True, wake=wake, reconnect=reconnect)
         self.fallback = fallback
         self._skip = skip
+        self._on_fallback = False
         self.pushed = 0             # transactions received by subscription
 
     def __repr__(self) -> str:
@@ -372,7 +373,18 @@ class WsPendingSource:
         from .pending import normalize_tx
 
         if not self.sub.alive:
-            return self.fallback.drain() if self.fallback is not None else []
+            if self.fallback is None:
+                return []
+            if not self._on_fallback:
+                # A fresh filter: one left idle while pushed would return long-gone transactions.
+                self._on_fallback = True
+                self.fallback.close()
+                self.fallback.start()
+                return []
+            return self.fallback.drain()
+        if self._on_fallback:
+            self._on_fallback = False
+            self.fallback.close()
         out: list[dict[str, Any]] = []
         for item in self.sub.drain():
             if isinstance(item, str):                  # a node that pushes hashes only
@@ -399,6 +411,18 @@ class WsPendingSource:
         self.sub.close()
         if self.fallback is not None:
             self.fallback.close()
+
+
+def pushed_pending(heads: WsHeads, fallback: Any, skip: Callable[[str], bool] | None = None) -> Any:
+    """For a bot whose heads are pushed: ``newPendingTransactions`` on the same WebSocket URL,
+    waking the same loop, with ``fallback`` (a started HTTP filter source, released while pushed)
+    for when the WebSocket is down; ``fallback`` itself if the subscription is refused."""
+    source = WsPendingSource(heads.url, fallback=fallback, skip=skip, wake=heads.wake)
+    if not source.start():
+        source.sub.close()
+        return fallback
+    fallback.close()
+    return source
 
 
 def open_pending(setting: str, w3: Any, *, batch: Any = None, skip: Callable[[str], bool] | None = None,
@@ -437,4 +461,4 @@ def open_heads(setting: str, rpc_url: str, wake: threading.Event | None = None) 
 
 
 __all__ = ["WsClient", "WsError", "WsHeads", "WsPendingSource", "WsSubscription", "bloom_may_log", "open_heads",
-           "open_pending", "provider_url", "resolve_ws_url"]
+           "open_pending", "provider_url", "pushed_pending", "resolve_ws_url"]

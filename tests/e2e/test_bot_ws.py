@@ -199,6 +199,11 @@ def test_every_pushed_head_is_processed_and_empty_blocks_cost_no_requests(s: Set
         eth = s.dep.feeds["ETH"]
         assert bot.state.feeds[Web3.to_checksum_address(eth)].answer == 2_000 * 10**8 * 90 // 100
         assert bot._lifecycle is not None and bot._lifecycle.result.skipped == 0
+        # The backrunner reads the pool through the same WebSocket (newPendingTransactions).
+        from bot.ws import WsPendingSource
+
+        wait_for(lambda: bot.backrun is not None, 5.0, "the backrunner set up")
+        assert isinstance(bot.backrun.source, WsPendingSource) and bot.backrun.source.sub.alive
 
 
 class Relay:
