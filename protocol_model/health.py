@@ -793,6 +793,42 @@ class HealthBook:
         self._ver[slot] = self._version
         return eq, ih, mh
 
+    def _exact_many(self, slots: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """:meth:`_exact` for many slots at once, column by column (a comprehension per term, as the
+        scan does, over the slots only); returns (equity, init_health, maint_health) lists."""
+        prices = self._prices
+        cash = self._cash
+        eq = [cash[s] for s in slots]
+        ih, mh = eq, eq
+        for mc in self._markets:
+            if not mc.holders:
+                continue
+            col = mc.sizes
+            sizes = [col[s] for s in slots]
+            if not any(sizes):
+                continue
+            col = mc.quotes
+            quotes = [col[s] for s in slots]     # a closed position's quote is 0 (put)
+            p, imf, mmf = prices[mc.feed], mc.imf, mc.mmf
+            upnl = [(z * p) // WAD + q for z, q in zip(sizes, quotes)]
+            notional = [-((-abs(z) * p) // WAD) for z in sizes]
+            eq = [a + u for a, u in zip(eq, upnl)]
+            ih = [a + u + ((-x * imf) // WAD) for a, u, x in zip(ih, upnl, notional)]
+            mh = [a + u + ((-x * mmf) // WAD) for a, u, x in zip(mh, upnl, notional)]
+        for cc in self._collaterals.values():
+            if not cc.holders:
+                continue
+            col = cc.balances
+            balances = [col[s] for s in slots]
+            if not any(balances):
+                continue
+            p, unit, iw, mw = prices[cc.feed], cc.unit, cc.init_weight, cc.maint_weight
+            value = [b * p // unit for b in balances]
+            eq = [a + v for a, v in zip(eq, value)]
+            ih = [a + (v * iw) // WAD for a, v in zip(ih, value)]
+            mh = [a + (v * mw) // WAD for a, v in zip(mh, value)]
+        return eq, ih, mh
+
     # prices ------------------------------------------------------------
     def update_price(self, feed_address: str, answer: int, updated_at: int, round_id: int | None = None) -> set[str]:
         """Record a feed update (also in the state) and return the accounts whose health changed.
@@ -857,30 +893,29 @@ class HealthBook:
         index.move(feed_address, p)
         if index.dirty > max(self.RESORT_MIN, len(self._addr) // 16):
             index.resort()
-        slots = index.candidates()
-        if unusable:
-            slots = np.union1d(slots, index.exposed(feed_address))
-        if self._liq:   # the liquidatable ones too, so that the set reports those that recovered
-            slots = np.union1d(slots, np.fromiter(self._liq, dtype=np.int64, count=len(self._liq)))
+        slots = index.candidates(index.exposed(feed_address)) if unusable else index.candidates()
         self.last_candidates = int(slots.size)
         self.last_detection_s = time.perf_counter() - t0
         if slots.size * self.REREFERENCE_SHARE > len(self._addr) > self.REREFERENCE_MIN:
             return self._rereference(slots)
-        eq, ih, mh, addr, hot = self._eq, self._ih, self._mh, self._addr, index.hot
+        eq, ih, mh, addr, hot, unsafe = self._eq, self._ih, self._mh, self._addr, index.hot, self._unsafe
+        wanted = [s for s in slots.tolist() if s not in unsafe] if unsafe else slots.tolist()
+        new_eq, new_ih, new_mh = self._exact_many(wanted)
         changed: set[str] = set()
         liq: set[int] = set()
-        exact, unsafe = self._exact, self._unsafe
-        for slot in slots.tolist():
-            if slot in unsafe:
-                continue        # recomputed below with health()
-            before = (eq[slot], ih[slot], mh[slot])
-            h = exact(slot)
-            if h != before:
+        version, ver, rounding = self._version, self._ver, self._rounding
+        for slot, e, i, m in zip(wanted, new_eq, new_ih, new_mh):
+            if e != eq[slot] or i != ih[slot] or m != mh[slot]:
                 changed.add(addr[slot])
-            if h[2] < 0:
+                eq[slot], ih[slot], mh[slot] = e, i, m
+            ver[slot] = version
+            if m < 0:
                 liq.add(slot)
             elif slot in hot:
-                index.tighten(slot, h[2], self._rounding[slot])
+                index.tighten(slot, m, rounding[slot])
+        # Liquidatable before, not a candidate now: provably not liquidatable, so its health changed
+        # (recomputed when read).
+        changed.update(addr[s] for s in self._liq.difference(wanted) if s not in unsafe)
         for slot in self._unsafe:
             before_unsafe = (slot in self._reverts, eq[slot], ih[slot], mh[slot])
             self._recompute_unsafe(slot)

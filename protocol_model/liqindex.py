@@ -93,6 +93,7 @@ class LiqIndex:
         self._s = np.full(cap, np.inf)
         self._L = np.zeros((len(self.feeds), cap))
         self._hot: set[int] = set()
+        self._hot_array: np.ndarray | None = None     # the hot slots as an array, until they change
         self._dirty: set[int] = set()
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.resort()
@@ -157,14 +158,18 @@ class LiqIndex:
         self._ensure(slot)
         self._s[slot] = np.inf
         self._L[:, slot] = 0.0
-        self._hot.discard(slot)
+        if slot in self._hot:
+            self._hot.discard(slot)
+            self._hot_array = None
         self._dirty.add(slot)
 
     def _mark(self, slot: int, s: float) -> None:
-        if s < 0:
-            self._hot.add(slot)
-        else:
-            self._hot.discard(slot)
+        if (s < 0) != (slot in self._hot):
+            if s < 0:
+                self._hot.add(slot)
+            else:
+                self._hot.discard(slot)
+            self._hot_array = None
         self._dirty.add(slot)
 
     @property
@@ -204,6 +209,7 @@ class LiqIndex:
             if v < 0:
                 hot.add(slot)
         self._hot = hot
+        self._hot_array = None
         self.resort()
 
     # queries ------------------------------------------------------------
@@ -216,30 +222,42 @@ class LiqIndex:
         """Every indexed slot with a term priced by ``feed``."""
         return np.nonzero(self._L[self._row[feed], :self._n] > 0)[0]
 
+    def _hot_slots(self) -> np.ndarray:
+        if self._hot_array is None:
+            self._hot_array = np.fromiter(self._hot, dtype=np.int64, count=len(self._hot))
+        return self._hot_array
+
     def stage1(self) -> np.ndarray:
-        """Slots that pass the stage-1 test (plus the hot and the updated ones), unique, unsorted."""
+        """Slots that pass the stage-1 test (plus the hot and the updated ones), sorted, unique."""
         moved = self.moved()
         k = len(moved)
-        parts = [np.fromiter(self._hot, dtype=np.int64, count=len(self._hot)),
-                 np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))]
+        mask = np.zeros(self._n, dtype=bool)
+        mask[self._hot_slots()] = True
+        if self._dirty:
+            mask[np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))] = True
         for f, m in moved.items():
             keys, slots = self._sorted[f]
             cut = int(np.searchsorted(keys, k * m * (1 + _Q_MARGIN), side="right"))
             if cut:
-                parts.append(slots[:cut])
-        hits = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        return np.unique(hits)
+                mask[slots[:cut]] = True
+        return np.flatnonzero(mask)
 
-    def candidates(self) -> np.ndarray:
-        """Slots that can be liquidatable at the current prices (stage 1, then stage 2), sorted."""
+    def candidates(self, *forced: np.ndarray) -> np.ndarray:
+        """Slots that can be liquidatable at the current prices (stage 1, then stage 2), with the
+        ``forced`` slots added whatever the bound says; sorted, unique."""
         sub = self.stage1()
-        if sub.size == 0:
+        if sub.size:
+            bound = np.zeros(sub.size)
+            for f, m in self.moved().items():
+                bound += self._L[self._row[f], sub] * m
+            sub = sub[self._s[sub] <= bound * (1 + _Q_MARGIN)]
+        if not forced:
             return sub
-        bound = np.zeros(sub.size)
-        for f, m in self.moved().items():
-            bound += self._L[self._row[f], sub] * m
-        keep = self._s[sub] <= bound * (1 + _Q_MARGIN)
-        return sub[keep]
+        mask = np.zeros(self._n, dtype=bool)
+        mask[sub] = True
+        for extra in forced:
+            mask[extra] = True
+        return np.flatnonzero(mask)
 
     def slack(self, slot: int) -> float:
         return float(self._s[slot])
