@@ -16,7 +16,9 @@ bot with it off (the baseline, which reacts to mined blocks), each in its own th
 pending pool read every 0.05 s in between). An oracle (the feeds' updater) publishes ``--updates``
 ETH price falls (-3 %, -2 %, -1.5 %, -1.5 %, ...), each sent at a random moment of a block interval
 (seeded) with a 2 gwei priority fee and left to the node's own block production; the next update
-waits until the liquidations of the last one have landed.
+waits until the liquidations of the last one have landed. Then ``--withdrawn`` further falls (-5 % each) are
+sent and withdrawn by the oracle before the next block (replaced by a no-op with the same nonce and
+higher fees): a backrun sent meanwhile lands without its update, and the engine skips its orders.
 
 Measured from the chain alone, independently of the bot:
 
@@ -71,6 +73,7 @@ GWEI = 10**9
 ORACLE_TIP = 2 * GWEI
 ORACLE_GAS = 300_000
 STEPS_BP = (-300, -200, -150, -150, -150, -150)      # successive ETH moves, basis points
+WITHDRAWN_BP = -500                                   # the withdrawn updates' move: a deep one
 ANVIL_PORT = 8597
 TARGET_SHARE = 0.90
 
@@ -145,6 +148,7 @@ class ModeResult:
     node: str
     bot: str
     updates: int = 0
+    withdrawn: int = 0
     update_blocks: list[int] = field(default_factory=list)
     liquidations: int = 0
     same_block: int = 0
@@ -163,7 +167,7 @@ class ModeResult:
 # ---------------------------------------------------------------------------- the run
 
 
-def run_node(kind: str, n: int, seed: int, updates: int, block_time: float) -> list[ModeResult]:
+def run_node(kind: str, n: int, seed: int, updates: int, cancelled: int, block_time: float) -> list[ModeResult]:
     print(f"== {kind}: {n:,} accounts, a block every {block_time:g} s", flush=True)
     node = Node(kind, block_time)
     try:
@@ -185,14 +189,14 @@ def run_node(kind: str, n: int, seed: int, updates: int, block_time: float) -> l
                 if chain.rpc("evm_revert", [snap]) is False:
                     raise RuntimeError("evm_revert failed")
                 node.resume_interval_mining(chain.w3)
-            results.append(run_mode(chain, node, dep, keeper, backrun, updates, random.Random(seed)))
+            results.append(run_mode(chain, node, dep, keeper, backrun, updates, cancelled, random.Random(seed)))
         return results
     finally:
         node.stop()
 
 
 def run_mode(chain: BenchChain, node: Node, dep: Deployment, keeper: LocalAccount, backrun: bool, updates: int,
-             rng: random.Random) -> ModeResult:
+             cancelled: int, rng: random.Random) -> ModeResult:
     from bot.config import BotConfig
     from bot.liquidator import Liquidator
 
@@ -231,6 +235,27 @@ def run_mode(chain: BenchChain, node: Node, dep: Deployment, keeper: LocalAccoun
                     raise RuntimeError("set_answer reverted")
                 print(f"   {name}: ETH {answer / 1e8:,.2f} in block {receipt['blockNumber']}", flush=True)
                 settle(w3, bot, node.block_time)
+            for _ in range(cancelled):
+                # An update the oracle withdraws (a no-op with the same nonce and higher fees) before
+                # the block: a backrun sent meanwhile lands without it, its orders skipped.
+                wait_blocks(w3, 1, node.block_time)
+                time.sleep(rng.uniform(0.05, 0.15) * node.block_time)
+                withdrawn = answer * (10_000 + WITHDRAWN_BP) // 10_000
+                nonce = w3.eth.get_transaction_count(chain.owner.address, "pending")
+                base = w3.eth.get_block("latest")["baseFeePerGas"]
+                w3.eth.send_transaction({
+                    "from": chain.owner.address, "to": feed.address, "nonce": nonce, "gas": ORACLE_GAS,
+                    "data": "0x" + encode_call(SET_ANSWER, withdrawn).hex(),
+                    "maxFeePerGas": 2 * base + ORACLE_TIP, "maxPriorityFeePerGas": ORACLE_TIP,
+                })
+                time.sleep(0.3 * node.block_time)
+                tx = w3.eth.send_transaction({
+                    "from": chain.owner.address, "to": chain.owner.address, "value": 0, "nonce": nonce, "gas": 21_000,
+                    "maxFeePerGas": 2 * (2 * base + ORACLE_TIP), "maxPriorityFeePerGas": 2 * ORACLE_TIP,
+                })
+                w3.eth.wait_for_transaction_receipt(tx, timeout=120, poll_latency=0.1)
+                print(f"   {name}: ETH {withdrawn / 1e8:,.2f} sent, then withdrawn", flush=True)
+                settle(w3, bot, node.block_time)
             end = w3.eth.block_number
         finally:
             bot.stop()
@@ -238,6 +263,7 @@ def run_mode(chain: BenchChain, node: Node, dep: Deployment, keeper: LocalAccoun
         if thread.is_alive():
             raise RuntimeError(f"{name}: the bot did not stop")
         res = analyse(w3, dep, keeper.address, start, end, node.kind, name)
+        res.withdrawn = cancelled
         if bot.backrun is not None:
             res.latencies = [r.latency_s for r in bot.backrun.reports if r.latency_s is not None]
         return res
@@ -331,11 +357,11 @@ def wrongful_in_block(w3: Web3, dep: Deployment, keeper: str, block: int) -> int
 
 
 def print_table(results: list[ModeResult]) -> None:
-    headers = ("node", "bot", "price updates", "liquidations", "same block as update", "share",
+    headers = ("node", "bot", "updates mined / withdrawn", "liquidations", "same block as update", "share",
                "wrongful", "txs", "skipped orders", "gas of skipped orders (ETH)", "gas, all txs (ETH)")
     rows = []
     for r in results:
-        rows.append((r.node, r.bot, str(r.updates), f"{r.liquidations:,}", f"{r.same_block:,}",
+        rows.append((r.node, r.bot, f"{r.updates} / {r.withdrawn}", f"{r.liquidations:,}", f"{r.same_block:,}",
                      f"{r.share:.0%}" if r.share is not None else "-", str(r.wrongful), str(r.transactions),
                      str(r.skipped_orders), f"{r.skipped_gas_wei / WAD:.6f}", f"{r.gas_wei / WAD:.6f}"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
@@ -358,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1_000, help="traders (default 1,000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--updates", type=int, default=4, help="price updates the oracle publishes (default 4)")
+    parser.add_argument("--withdrawn", type=int, default=1,
+                        help="further updates the oracle sends and withdraws before the block (default 1)")
     parser.add_argument("--block-time", type=float, default=2.0, help="seconds between blocks (default 2)")
     parser.add_argument("--nodes", default="devnode,anvil", help="comma-separated: devnode, anvil")
     args = parser.parse_args(argv)
@@ -366,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in kinds:
         if k not in ("devnode", "anvil"):
             parser.error(f"unknown node {k!r}: devnode or anvil")
-    if args.accounts < 1 or args.updates < 1 or not 0 < args.block_time <= 60:
-        parser.error("--accounts and --updates must be >= 1, --block-time in (0, 60]")
+    if args.accounts < 1 or args.updates < 1 or args.withdrawn < 0 or not 0 < args.block_time <= 60:
+        parser.error("--accounts and --updates must be >= 1, --withdrawn >= 0, --block-time in (0, 60]")
     results: list[ModeResult] = []
     for kind in kinds:
-        results.extend(run_node(kind, args.accounts, args.seed, args.updates, args.block_time))
+        results.extend(run_node(kind, args.accounts, args.seed, args.updates, args.withdrawn, args.block_time))
     print_table(results)
     return 0
 

@@ -114,7 +114,8 @@ class FilterPendingSource:
     ``batch`` fetches the transactions in one JSON-RPC batch (default: one request each through
     web3); ``skip(hash)`` leaves out hashes the caller knows already (its own transactions), so
     that they are not fetched. The filter is created on the first drain (what arrived before is
-    not seen) and again whenever the node has forgotten it.
+    not seen) and again whenever the node has forgotten it. A transaction mined before it is
+    fetched is left out: it is not pending any more, and the next head carries it.
     """
 
     def __init__(self, w3: Web3, *, batch: BatchFn | None = None, skip: Callable[[str], bool] | None = None,
@@ -175,7 +176,8 @@ class FilterPendingSource:
                     continue
         else:
             objs = [r.get("result") if isinstance(r, Mapping) else None for r in responses]
-        return [tx for tx in (normalize_tx(o) for o in objs) if tx is not None]
+        # Mined since the filter saw it (between two drains): not pending any more, the head has it.
+        return [tx for tx in (normalize_tx(o) for o in objs if o and o.get("blockNumber") is None) if tx is not None]
 
     def close(self) -> None:
         filter_id, self.filter_id = self.filter_id, None

@@ -24,6 +24,7 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
+from bot.errors import BotConfigError
 from bot.liquidator import Liquidator
 from bot.pending import SET_ANSWER, DecoderRegistry, FilterPendingSource, PriceUpdate, normalize_tx
 from bot.txs import batch_orders
@@ -135,6 +136,10 @@ def test_filter_source_returns_each_pending_transaction_once_and_survives_a_forg
         assert source.drain() == [] and source.recreated == 1
         h2 = chain.set_price("BTC", 90)
         assert [t["hash"] for t in source.drain()] == [h2]
+        # Mined before the drain fetched it: not pending any more.
+        chain.set_price("BTC", 91)
+        chain.mine()
+        assert source.drain() == [] and source.seen == 4
     finally:
         source.close()
     assert source.filter_id is None
@@ -293,7 +298,7 @@ def test_backrun_that_lands_without_its_update_costs_a_skipped_batch_only(chain:
         assert bot.backrun.stats.skipped_orders == orders and bot.backrun.stats.skipped_gas_wei == gas
         # Not a lost race: nothing is backed off, nothing recorded as lost; the real crash later is
         # liquidated at once.
-        assert bot.store.backoffs(block) == set() or not bot.store.backoffs(block)
+        assert bot.store.backoffs(block) == {}
         assert bot.store.totals().lost == 0 and bot.store.totals().won == 0
         chain.set_price("ETH", 85)
         crash = chain.mine()
@@ -325,6 +330,17 @@ def test_pending_transactions_that_publish_no_price_are_ignored(chain: Chain, tm
         assert bot.backrun.source.seen == 4        # type: ignore[attr-defined]
     finally:
         bot.stop()
+
+
+def test_backrun_settings_are_checked_in_one_line() -> None:
+    assert BotConfig.from_env(environ={}).backrun is True
+    assert BotConfig.from_env(environ={"XMARGIN_BACKRUN": "off"}).backrun is False
+    for env, problem in (({"XMARGIN_PENDING_POLL_INTERVAL_S": "0"}, "must be > 0 seconds"),
+                         ({"XMARGIN_BACKRUN": "sometimes"}, "is not a boolean")):
+        with pytest.raises(BotConfigError) as info:
+            BotConfig.from_env(environ=env)
+        text = str(info.value)
+        assert problem in text and next(iter(env)) in text and "\n" not in text
 
 
 def test_backrun_off_reads_no_pending_transactions(chain: Chain, tmp_path: Path) -> None:
