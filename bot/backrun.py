@@ -29,6 +29,10 @@ same for step-by-step callers):
    max fee (:class:`PinnedFees`, never above ``max_fee_cap_wei``): equal effective tips whatever the
    base fee, and the dev node and anvil break ties by arrival, so ours come after the update.
 
+The backrun needs the model, since a node's ``eth_call`` runs at the old price: with the setting
+``preflight`` at ``node`` it is off, and an update seen while the mirror is not exactly at its head
+(after a reorg, late logs or a re-read through the Lens) is left to the next head's tick.
+
 A backrun that lands before the update (or without it: the update was replaced or dropped) is
 checked by the engine at the old price: its orders are skipped (``LiquidationSkipped``), never
 reverted and never wrongful. Such a skip is not a lost race: :meth:`Backrunner.on_skip` counts its
@@ -227,6 +231,11 @@ class Backrunner:
         report = BackrunReport(taken, state.block)
         if not taken:
             return report
+        if getattr(bot, "_exact_head", state.block) != state.block:
+            # The model preflights at the pending price only on an exact mirror (bot/preflight.py).
+            log.info("pending price update not backrun: the mirror is not exactly at block %d (a reorg, late logs "
+                     "or a re-read); the next head's tick acts on it", state.block)
+            return report
         self.stats.updates += len(taken)
         report.liquidatable = liquidatable_at(bot.book, view, [u.feed for u in taken])
         fees = report.fees = backrun_fees(taken, config.max_fee_cap_wei)
@@ -327,6 +336,10 @@ def make_backrunner(bot: "Liquidator", source: PendingSource | None = None) -> B
     from .pending import FilterPendingSource
     from .ws import pushed_pending
 
+    if getattr(bot.config, "preflight", "auto") == "node":
+        log.warning("backrun off: it preflights on the model at the pending price, and the setting preflight is "
+                    "'node' (use 'auto' or 'model' to backrun)")
+        return None
     sender = bot.sender
     if source is None:
         def skip(h: str) -> bool:

@@ -343,8 +343,9 @@ def test_backrun_settings_are_checked_in_one_line() -> None:
         assert problem in text and next(iter(env)) in text and "\n" not in text
 
 
-def test_backrun_off_reads_no_pending_transactions(chain: Chain, tmp_path: Path) -> None:
-    bot = make_bot(chain, tmp_path, backrun=False)
+@pytest.mark.parametrize("setting", [{"backrun": False}, {"preflight": "node"}], ids=["off", "node-preflight"])
+def test_backrun_off_reads_no_pending_transactions(chain: Chain, tmp_path: Path, setting: dict[str, Any]) -> None:
+    bot = make_bot(chain, tmp_path, **setting)
     try:
         bot.start()
         chain.set_price("ETH", 80)
@@ -404,3 +405,23 @@ def test_running_bot_backruns_between_heads_on_a_chain_with_a_block_time(chain: 
     txs = block_txs(chain, block)
     assert all(txs.index(ev.tx_hash) > txs.index(update) for ev in events)
     assert bot.backrun.stats.transactions >= 1
+
+
+def test_no_backrun_while_the_mirror_is_not_exactly_at_its_head(chain: Chain, tmp_path: Path) -> None:
+    """After a reorg the mirror re-reads what the dropped blocks touched through the Lens: the
+    model cannot vouch for a pending price then, so the next head's tick acts instead."""
+    bot = make_bot(chain, tmp_path)
+    try:
+        warm_up(chain, bot)
+        chain.mine()
+        bot.tick()
+        chain.node.reorg(1)
+        tick = bot.tick()
+        assert tick.reorg_at is not None
+        chain.set_price("ETH", 85)
+        report = bot.poll_pending()
+        assert report is not None and report.updates and not report.sends
+        chain.mine()
+        assert bot.tick().sent                 # the head's tick liquidates, one block later
+    finally:
+        bot.stop()
