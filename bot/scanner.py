@@ -96,12 +96,14 @@ class HeadWatcher:
     is connected; a watchdog says when no new block came for ``stale_after_s``."""
 
     def __init__(self, w3: Web3, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 heads: "WsHeads | None" = None, http_check_s: float = 5.0) -> None:
+                 heads: "WsHeads | None" = None, http_check_s: float | None = None) -> None:
+        from .ws import HTTP_CHECK_S
+
         self.w3 = w3
         self.stale_after_s = stale_after_s
         self._clock = clock
         self.heads = heads
-        self.http_check_s = http_check_s     # pushed heads: the longest time without an HTTP look
+        self.http_check_s = HTTP_CHECK_S if http_check_s is None else http_check_s   # pushed: longest without HTTP
         self.latest: Head | None = None
         self._last_change = clock()
         self._last_http = float("-inf")

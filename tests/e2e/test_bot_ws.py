@@ -377,3 +377,20 @@ def test_pending_source_falls_back_to_the_http_filter_when_the_websocket_dies(s:
     finally:
         source.close()
         relay.kill()
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:8545", "ws://", "sometimes", ""])
+def test_a_bad_ws_setting_is_one_line(value: str) -> None:
+    from click.testing import CliRunner
+
+    from bot.errors import BotConfigError
+    from cli import cli
+
+    with pytest.raises(BotConfigError) as refused:
+        BotConfig.from_env(environ={"XMARGIN_WS_URL": value})
+    assert "XMARGIN_WS_URL" in str(refused.value) and "\n" not in str(refused.value)
+    r = CliRunner().invoke(cli, ["bot", "run", "--dry-run", "--ws", value, "--rpc", "http://127.0.0.1:1"],
+                           env={"XMARGIN_RPC_URL": None, "XMARGIN_WS_URL": None})
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "ws_url" in lines[0], r.stderr
