@@ -929,6 +929,14 @@ class HealthBook:
         self._liq = liq
         return changed
 
+    def reindex(self) -> None:
+        """Recompute every account (a columnar scan) and take the current prices as the index's
+        reference, so that later moves are measured from here. Optional (update_price does it
+        itself past a quarter of the book); a keeper can call it when idle after the prices have
+        drifted. No-op without the index."""
+        if self._index is not None:
+            self._rereference(np.zeros(0, dtype=np.int64))
+
     def _rereference(self, slots: np.ndarray) -> set[str]:
         """Recompute every account (a columnar scan) and make the current prices the reference."""
         index = self._index

@@ -289,6 +289,19 @@ def test_drift_re_references_and_stays_exact() -> None:
     assert book._index is not None and book._index.reference[ETH_FEED] != START[ETH_FEED] * SCALE
 
 
+def test_reindex_when_idle_shrinks_the_candidates() -> None:
+    state = near_book(1_000, seed=7)
+    book = HealthBook(state)
+    book.update_price(ETH_FEED, START[ETH_FEED] * 92 // 100, T0)       # -8 %
+    book.update_price(ETH_FEED, START[ETH_FEED] * 91 // 100, T0)       # one more percent
+    drifted = book.last_candidates
+    book.reindex()
+    assert_equal_to_scan(book, state)
+    book.update_price(ETH_FEED, START[ETH_FEED] * 92 // 100, T0)       # the same one percent, from the new reference
+    assert book.last_candidates < drifted
+    assert_equal_to_scan(book, state)
+
+
 def test_scan_and_index_books_agree() -> None:
     state = near_book(500, seed=5)
     indexed, scanned = HealthBook(state), HealthBook(state, index=False)
