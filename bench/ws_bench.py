@@ -3,8 +3,9 @@
     python bench/ws_bench.py                       # the dev node and anvil, 30 blocks each
     python bench/ws_bench.py --nodes devnode --blocks 50 --poll-interval 1.0
 
-For each node, started here as its own process (the dev node with ``python -m devnode``, anvil
-from ``.anvil/`` or PATH as ``tests/nodes.py`` finds it; both mine only on ``evm_mine``), two
+For each node, started here as its own process (the dev node with ``python -m devnode
+--block-time 3600``, anvil with ``--no-mining`` from ``.anvil/`` or PATH as ``tests/nodes.py``
+finds it: both mine only on ``evm_mine``, transactions wait in the pool), two
 copies of the bot's real loop run side by side on the same blocks, each on its own connection:
 
 * **ours**: :class:`bot.lifecycle.Lifecycle` over :class:`bot.scanner.HeadWatcher` with a
@@ -19,6 +20,13 @@ the bench sends ``evm_mine`` to the moment the loop's on-block callback runs wit
 worst latency, blocks seen, and head-read requests per second (``eth_getBlockByNumber``, counted
 by :class:`bot.rpc.CountingRpc`). A benchmark asserts nothing; its exit status is 0 unless a node
 or a loop failed.
+
+A second table does the same for pending transactions (what the oracle backrun reads): the bench
+sends ``--txs`` transactions (``eth_sendTransaction`` from a dev account, at random gaps) and
+records when each comes out of the bot's pending source's ``drain()``: **ours**
+(:class:`bot.ws.WsPendingSource`, drained when its notification wakes the reader) against the
+**baseline** :class:`bot.pending.FilterPendingSource` drained every ``pending_poll_interval_s``
+(0.1 s, the bot's default; one ``eth_getFilterChanges`` plus the transactions fetched per drain).
 """
 
 from __future__ import annotations
@@ -51,14 +59,15 @@ from bot.ws import open_heads  # noqa: E402
 
 @contextmanager
 def devnode_process() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "devnode", "--port", "0"], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "devnode", "--port", "0", "--block-time", "3600"], cwd=REPO,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         line = proc.stdout.readline() if proc.stdout is not None else ""
         if not line.startswith("listening on "):
             raise RuntimeError(f"the dev node did not start: {line!r}")
         url = line.split("listening on ", 1)[1].strip()
-        # The dev node automines by default: evm_mine on an empty pool mines an empty block.
+        # A block time of an hour: blocks come from evm_mine, transactions wait in the pool (as anvil's --no-mining).
         yield url
     finally:
         proc.terminate()
@@ -140,29 +149,109 @@ def measure(url: str, blocks: int, poll_interval_s: float, seed: int) -> dict[st
     return out
 
 
+def measure_pending(url: str, txs: int, poll_s: float, seed: int) -> dict[str, dict[str, Any]]:
+    from bot.pending import FilterPendingSource
+    from bot.ws import WsPendingSource, open_pending
+
+    rng = random.Random(seed)
+    session = requests.Session()
+    wake = threading.Event()
+    ours = open_pending("auto", Web3(HTTPProvider(url)), wake=wake)
+    if not isinstance(ours, WsPendingSource):
+        raise RuntimeError(f"no WebSocket on {url}")
+    base_w3 = Web3(HTTPProvider(url))
+    base_rpc = CountingRpc.from_config(base_w3, BotConfig.from_env(environ={}, rpc_url=url))
+    baseline = FilterPendingSource(base_w3)
+    baseline.start()
+    seen: dict[str, dict[str, float]] = {"ours (subscription)": {}, f"baseline (filter {poll_s:g} s)": {}}
+    stop = threading.Event()
+
+    def pushed() -> None:
+        while not stop.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            for tx in ours.drain():
+                seen["ours (subscription)"].setdefault(tx["hash"], time.perf_counter())
+
+    def polled() -> None:
+        while not stop.wait(poll_s):
+            for tx in baseline.drain():
+                seen[f"baseline (filter {poll_s:g} s)"].setdefault(tx["hash"], time.perf_counter())
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (pushed, polled)]
+    for t in threads:
+        t.start()
+    sender = session.post(url, json={"jsonrpc": "2.0", "id": 0, "method": "eth_accounts", "params": []},
+                          timeout=30).json()["result"][1]
+    time.sleep(0.5)
+    before = base_rpc.stats().total
+    t_start = time.perf_counter()
+    sent: dict[str, float] = {}
+    for i in range(txs):
+        time.sleep(rng.uniform(0.05, 0.3))
+        t0 = time.perf_counter()
+        answer = session.post(url, json={"jsonrpc": "2.0", "id": i, "method": "eth_sendTransaction", "params": [
+            {"from": sender, "to": sender, "value": "0x1", "gas": "0x5208"}]}, timeout=30).json()
+        sent[answer["result"].lower()] = t0
+    time.sleep(poll_s + 0.5)
+    elapsed = time.perf_counter() - t_start
+    stop.set()
+    for t in threads:
+        t.join(5)
+    out: dict[str, dict[str, Any]] = {}
+    for name, got in seen.items():
+        latencies = [got[h] - t for h, t in sent.items() if h in got]
+        requests_per_s = 0.0 if name.startswith("ours") else (base_rpc.stats().total - before) / elapsed
+        out[name] = {
+            "seen": len(latencies),
+            "median": statistics.median(latencies) if latencies else float("nan"),
+            "p90": statistics.quantiles(latencies, n=10, method="inclusive")[-1] if len(latencies) >= 2 else float("nan"),
+            "max": max(latencies) if latencies else float("nan"),
+            "reads_per_s": requests_per_s,
+        }
+    ours.close()
+    baseline.close()
+    session.close()
+    return out
+
+
+def _table(title: str, rows: list[tuple[str, str, dict[str, Any]]], rate: str) -> None:
+    print(f"\n{title}\n")
+    header = f"{'node':<8} {'loop':<24} {'seen':>5} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} {rate:>14}"
+    print(header)
+    print("-" * len(header))
+    for kind, name, st in rows:
+        print(f"{kind:<8} {name:<24} {st['seen']:>5} {st['median'] * 1000:>10.1f} {st['p90'] * 1000:>8.1f} "
+              f"{st['max'] * 1000:>8.1f} {st['reads_per_s']:>14.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", default="devnode,anvil", help="comma-separated: devnode, anvil")
     parser.add_argument("--blocks", type=int, default=30, help="blocks mined per node")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="the baseline's poll interval, seconds")
+    parser.add_argument("--txs", type=int, default=30, help="pending transactions sent per node (0: skip)")
+    parser.add_argument("--pending-poll-interval", type=float, default=0.1,
+                        help="the pending baseline's filter poll interval, seconds")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     starters = {"devnode": devnode_process, "anvil": anvil_process}
     rows: list[tuple[str, str, dict[str, Any]]] = []
+    pending_rows: list[tuple[str, str, dict[str, Any]]] = []
     for kind in [k.strip() for k in args.nodes.split(",") if k.strip()]:
         if kind not in starters:
             parser.error(f"unknown node {kind!r}: expected devnode or anvil")
         with starters[kind]() as url:
             for name, stats in measure(url, args.blocks, args.poll_interval, args.seed).items():
                 rows.append((kind, name, stats))
-    print(f"\nNew head -> the bot's on-block callback ({args.blocks} blocks per node, evm_mine at random gaps "
-          f"of 0.2-1.2 s; ms from sending evm_mine)\n")
-    header = f"{'node':<8} {'loop':<22} {'seen':>5} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} {'head reads/s':>13}"
-    print(header)
-    print("-" * len(header))
-    for kind, name, st in rows:
-        print(f"{kind:<8} {name:<22} {st['seen']:>5} {st['median'] * 1000:>10.1f} {st['p90'] * 1000:>8.1f} "
-              f"{st['max'] * 1000:>8.1f} {st['reads_per_s']:>13.2f}")
+            if args.txs > 0:
+                for name, stats in measure_pending(url, args.txs, args.pending_poll_interval, args.seed).items():
+                    pending_rows.append((kind, name, stats))
+    _table(f"New head -> the bot's on-block callback ({args.blocks} blocks per node, evm_mine at random gaps of "
+           f"0.2-1.2 s; ms from sending evm_mine)", rows, "head reads/s")
+    if pending_rows:
+        _table(f"Pending transaction -> out of the pending source's drain() ({args.txs} per node, at random gaps "
+               f"of 0.05-0.3 s; ms from sending it)", pending_rows, "requests/s")
     return 0
 
 
