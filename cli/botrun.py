@@ -185,10 +185,15 @@ def run_cmd(keystore: str | None, password_file: str | None, dry_run: bool, metr
         "rpc_calls": liquidator.rpc.counts,
         "dry_run": cfg.dry_run,
         "backstop": cfg.backstop,
+        # What backrunning pending price updates did (None: off, or the node has no pending pool).
+        "backrun": dataclasses.asdict(liquidator.backrun.stats) if liquidator.backrun is not None else None,
     }
+    stats = liquidator.backrun.stats if liquidator.backrun is not None else None
     ctx.emit(out, lambda c: c.print(
         f"bot stopped ({result.reason}) after {result.blocks} block(s): won {out['won']}, lost {out['lost']}, "
         f"rewards {fmt_wad(int(out['reward_usd_wad']))} USD, gas {_eth(int(out['gas_cost_wei']))} ETH"
+        + (f"; backrun {stats.updates} price update(s), {stats.orders} order(s) sent, {stats.skipped_orders} "
+           f"skipped (gas {_eth(stats.skipped_gas_wei)} ETH)" if stats is not None else "")
     ))
     if not result.ok:
         fail(f"the bot stopped after {result.failed_ticks} failed tick(s): {result.errors[-1] if result.errors else 'see the log'}",

@@ -12,6 +12,7 @@ engine's ``Liquidation`` / ``LiquidationSkipped`` events, and the engine's own `
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
+from cli import cli
 from bot.config import BotConfig
 from bot.errors import BotConfigError
 from bot.liquidator import Liquidator
@@ -425,3 +428,35 @@ def test_no_backrun_while_the_mirror_is_not_exactly_at_its_head(chain: Chain, tm
         assert bot.tick().sent                 # the head's tick liquidates, one block later
     finally:
         bot.stop()
+
+
+def test_cli_bot_run_backruns_and_reports_it(chain: Chain, tmp_path: Path) -> None:
+    deployment = tmp_path / "deployment.json"
+    chain.dep.save(deployment)
+    keeper = Account.from_key(chain.liquidator_key).address
+    for asset in ("ETH", "BTC"):
+        chain.set_price(asset, 100)
+    chain.mine()
+    sent: list[str] = []
+
+    def oracle() -> None:   # once the bot has started (its approve is mined), a crash to backrun
+        deadline = time.monotonic() + 60
+        while chain.w3.eth.get_transaction_count(keeper) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        sent.append(chain.set_price("ETH", 85))
+
+    thread = threading.Thread(target=oracle, daemon=True)
+    with chain.node.ticking(every_s=1.0):
+        thread.start()
+        result = CliRunner(env={"XMARGIN_POLL_INTERVAL_S": "0.1", "XMARGIN_PRIVATE_KEY": chain.liquidator_key}).invoke(
+            cli, ["bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--db",
+                  str(tmp_path / "bot.sqlite3"), "--max-blocks", "8", "--backrun", "--json"])
+        thread.join(60)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert sent and out["backrun"]["updates"] == 1 and out["backrun"]["orders"] >= 1
+    assert out["backrun"]["skipped_orders"] == 0
+    block = chain.w3.eth.get_transaction(sent[0])["blockNumber"]
+    events = engine_events(chain, block, "Liquidation")
+    assert events and {ev.args["liquidator"] for ev in events} == {keeper}
