@@ -354,7 +354,10 @@ def make_backrunner(bot: "Liquidator", source: PendingSource | None = None) -> B
         source = filt
         if bot.watcher.pushed and bot.watcher.heads is not None:   # WebSockets up: pushed as the pool accepts them (bot/ws.py)
             source = pushed_pending(bot.watcher.heads, filt, skip)
-    return Backrunner(bot, source, DecoderRegistry.for_feeds(feed_updaters(bot)))
+    backrunner = Backrunner(bot, source, DecoderRegistry.for_feeds(feed_updaters(bot)))
+    log.info("backrun on: pending price updates of %d feed(s) read from %s", len(backrunner.registry),
+             type(source).__name__)
+    return backrunner
 
 
 def feed_updaters(bot: "Liquidator") -> dict[str, str | None]:

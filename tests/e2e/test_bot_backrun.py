@@ -13,6 +13,7 @@ engine's ``Liquidation`` / ``LiquidationSkipped`` events, and the engine's own `
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -438,24 +439,33 @@ def test_cli_bot_run_backruns_and_reports_it(chain: Chain, tmp_path: Path) -> No
         chain.set_price(asset, 100)
     chain.mine()
     sent: list[str] = []
+    listening = threading.Event()
 
-    def oracle() -> None:   # once the bot has started (its approve is mined), a crash to backrun
-        deadline = time.monotonic() + 60
-        while chain.w3.eth.get_transaction_count(keeper) == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
-        sent.append(chain.set_price("ETH", 85))
+    class Ready(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("backrun on"):
+                listening.set()
+
+    def oracle() -> None:   # once the bot reads the pending pool, a crash to backrun
+        if listening.wait(60):
+            time.sleep(0.3)
+            sent.append(chain.set_price("ETH", 85))
 
     thread = threading.Thread(target=oracle, daemon=True)
+    ready = Ready()
+    logging.getLogger("bot.backrun").addHandler(ready)
     with chain.node.ticking(every_s=1.0):
         thread.start()
-        result = CliRunner(env={"XMARGIN_POLL_INTERVAL_S": "0.1", "XMARGIN_PRIVATE_KEY": chain.liquidator_key}).invoke(
-            cli, ["bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--db",
-                  str(tmp_path / "bot.sqlite3"), "--max-blocks", "8", "--backrun", "--json"])
+        try:
+            result = CliRunner(env={"XMARGIN_POLL_INTERVAL_S": "0.1", "XMARGIN_PRIVATE_KEY": chain.liquidator_key}).invoke(
+                cli, ["bot", "run", "--rpc", chain.node.url, "--deployment", str(deployment), "--db",
+                      str(tmp_path / "bot.sqlite3"), "--max-blocks", "8", "--backrun", "--json"])
+        finally:
+            logging.getLogger("bot.backrun").removeHandler(ready)
         thread.join(60)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert sent and out["backrun"]["updates"] == 1 and out["backrun"]["orders"] >= 1
+    assert sent and out["backrun"]["updates"] == 1 and out["backrun"]["orders"] >= 1, result.output
     assert out["backrun"]["skipped_orders"] == 0
     block = chain.w3.eth.get_transaction(sent[0])["blockNumber"]
     events = engine_events(chain, block, "Liquidation")
