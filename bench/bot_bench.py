@@ -666,7 +666,8 @@ def run(n: int, seed: int, idle_blocks: int, naive_idle_blocks: int, node_url: s
             if profiler is not None:
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(PROFILE_LINES)
-                print(f"  cProfile of the {name} crash tick (cumulative, top {PROFILE_LINES}):")
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(PROFILE_LINES)
+                print(f"  cProfile of the {name} crash tick (cumulative, then own time; top {PROFILE_LINES}):")
                 print(out.getvalue(), flush=True)
             rows.append(Row(n, name, _mean(ours_idle[name]), len(ours_idle[name]), r.rpc_calls, r.liquidatable,
                             r.sent, landed, first, last, skipped))
