@@ -274,7 +274,7 @@ class ChainMirror:
             events = sorted(carry + events, key=lambda ev: ev.order)
             before = len(out.deposits)
             _, carry = apply_events(state, events, out)
-            self.store.add_accounts(out.deposits[before:])
+            self.store.add_accounts(out.deposits[before:], checksummed=True)
             state.block = hi
             self._dirty |= out.accounts
             out.accounts = set()

@@ -594,15 +594,16 @@ class Store:
             self._db.execute("DELETE FROM sent_txs WHERE hash = ?", (_hash(tx_hash),))
 
     # accounts ----------------------------------------------------------------
-    def add_accounts(self, seen: Iterable[tuple[str, int]]) -> list[str]:
+    def add_accounts(self, seen: Iterable[tuple[str, int]], *, checksummed: bool = False) -> list[str]:
         """Record ``(address, block)`` sightings; returns the addresses that were new, in order.
+        ``checksummed``: the addresses are checksummed already (decoded logs), not checked again.
 
         Idempotent: a sighting of a known account only lowers its first-seen block if earlier.
         """
         new: list[str] = []
         with self.transaction():
             for address, block in seen:
-                a = _addr(address)
+                a = address if checksummed else _addr(address)
                 row = self._db.execute("SELECT first_seen_block FROM accounts WHERE address = ?", (a,)).fetchone()
                 if row is None:
                     self._db.execute("INSERT INTO accounts (address, first_seen_block) VALUES (?, ?)", (a, int(block)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -357,3 +358,15 @@ def test_a_kill_during_a_snapshot_leaves_a_usable_database(tmp_path):
         assert n >= 3 and snap.protocol == '{"n":%d}' % n
         assert len(snap.accounts) == 20_000
         assert set(snap.accounts.values()) == {"[%d,[],[]]" % n}
+
+
+def test_the_decoders_checksum_is_eip55():
+    """The log decoder's own EIP-55 checksum (it skips eth_utils' validation) equals eth_utils'."""
+    from eth_utils import to_checksum_address
+
+    from protocol_model.logs import _word_address
+
+    rng = random.Random(12)
+    words = [rng.randbytes(32) for _ in range(5_000)] + [bytes(32), b"\xff" * 32]
+    for word in words:
+        assert _word_address(word) == to_checksum_address(word[-20:])
