@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import random
@@ -196,13 +197,21 @@ class ChainMirror:
                             " (deeper than the lookback window)" if deep else "")
                 self.store.rewind_to(fork)     # also drops a snapshot above the fork
                 self.start_reorg = (fork, deep)
-        state, resumed = self._resume(head)
-        replayed = self._replay(state, head, full_snapshot=not resumed)
-        fill_names(state, self.deployment)
-        state.block = head.number
-        state.timestamp = head.timestamp
-        self.state = state
-        self.book = HealthBook(state)
+        # A bulk load of acyclic objects (events, accounts, book entries): the cyclic collector would
+        # only walk the process's heap again and again meanwhile (seconds next to an in-process node).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            state, resumed = self._resume(head)
+            replayed = self._replay(state, head, full_snapshot=not resumed)
+            fill_names(state, self.deployment)
+            state.block = head.number
+            state.timestamp = head.timestamp
+            self.state = state
+            self.book = HealthBook(state)
+        finally:
+            if collecting:
+                gc.enable()
         self._snapshot_block = head.number
         self._seen.clear()
         self._touched.clear()

@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from web3 import Web3
 from web3.exceptions import Web3RPCError
+from web3.middleware import Web3Middleware
 from web3.types import FilterParams, LogReceipt
 
 from .errors import ConfigError, LogRangeError
@@ -44,6 +46,7 @@ _LOG_RANGE_WORDS = (
     "range", "too many", "limit", "exceed", "response size", "too large", "more than", "max results",
 )
 _REVERT_CODES = frozenset({3})  # geth/anvil: execution reverted
+ATTRDICT = "attrdict"           # web3's name of its AttributeDict middleware
 
 
 # ---------------------------------------------------------------------- error classification
@@ -280,13 +283,35 @@ class LogScanner:
             query: dict[str, Any] = {"fromBlock": hex(lo), "toBlock": hex(hi), "address": self.addresses}
             if self.topics is not None:
                 query["topics"] = self.topics
-            entries = self.w3.manager.request_blocking("eth_getLogs", [query])
+            with _plain_results(self.w3):
+                entries = self.w3.manager.request_blocking("eth_getLogs", [query])
             return sorted(entries, key=lambda entry: (_quantity(entry["blockNumber"]), _quantity(entry["logIndex"])))
         params: FilterParams = {"fromBlock": lo, "toBlock": hi, "address": self.addresses}
         if self.topics is not None:
             params["topics"] = self.topics
         logs = self.w3.eth.get_logs(params)
         return sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"]))
+
+
+class _PlainResults(Web3Middleware):
+    """Stands in for web3's ``attrdict`` middleware: results stay the node's JSON."""
+
+
+@contextmanager
+def _plain_results(w3: Web3) -> Iterator[None]:
+    """Without web3's ``attrdict`` middleware for the duration (it wraps every dict of a result in
+    an AttributeDict: as costly as decoding the logs of a start-up scan); the other middlewares
+    (retries, counting) stay. Restored at its place in the onion afterwards."""
+    onion = w3.middleware_onion
+    if ATTRDICT not in onion.keys():
+        yield
+        return
+    original = onion.get(ATTRDICT)
+    onion.replace(ATTRDICT, _PlainResults)
+    try:
+        yield
+    finally:
+        onion.replace(ATTRDICT, original)
 
 
 def _quantity(value: Any) -> int:
