@@ -139,7 +139,8 @@ class WsClient:
                 for message in ws:
                     self._dispatch(message)
         except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
-            self.error = str(exc) or type(exc).__name__
+            # (a message that quotes the URL gets it without its path: it may carry an API key)
+            self.error = (str(exc) or type(exc).__name__).replace(self.url, redact_url(self.url))
         finally:
             self._closed.set()
             self._ready.set()
