@@ -204,6 +204,11 @@ class ChainMirror:
         try:
             state, resumed = self._resume(head)
             replayed = self._replay(state, head, full_snapshot=not resumed)
+            if not state.params.quote_token:
+                raise ChainError(
+                    f"no QuoteTokenSet event of engine {self.engine} in blocks {self.deployment.block}..{head.number}: "
+                    "is the deployment file for this chain, and its 'block' the engine's deployment block?"
+                )
             fill_names(state, self.deployment)
             state.block = head.number
             state.timestamp = head.timestamp

@@ -31,6 +31,7 @@ from bot.mirror import ChainMirror, decode_snapshot
 from bot.scanner import Head
 from bot.store import SCHEMA_VERSION, Store
 from protocol_model.loader import discover_accounts, load_accounts, load_protocol, load_state
+from protocol_model.logs import engine_topic
 from protocol_model.state import Position, ProtocolState
 
 MAX_UINT = 2**256 - 1
@@ -370,3 +371,25 @@ def test_the_decoders_checksum_is_eip55():
     words = [rng.randbytes(32) for _ in range(5_000)] + [bytes(32), b"\xff" * 32]
     for word in words:
         assert _word_address(word) == to_checksum_address(word[-20:])
+
+
+def test_a_deployment_block_after_the_engines_is_one_clear_error(protocol, w3, tmp_path):
+    """A deployment file whose block is after the engine's deployment: its constructor's events are
+    missed, the start says so in one line instead of mirroring an engine without a quote token."""
+    from dataclasses import replace as dc_replace
+
+    from protocol_model.errors import ChainError
+
+    p = protocol
+    cfg = config(tmp_path, start_check="off")
+    quote_set = w3.eth.get_logs({"fromBlock": p.dep.block, "toBlock": "latest", "address": p.dep.engine,
+                                 "topics": [engine_topic("QuoteTokenSet")]})
+    dep = dc_replace(p.dep, block=int(quote_set[0]["blockNumber"]) + 1)
+    dep.w3 = w3
+    store = Store(cfg.db_path, w3.eth.chain_id, dep.engine, dep.block)
+    try:
+        with pytest.raises(ChainError, match="no QuoteTokenSet event") as err:
+            ChainMirror(w3, dep, cfg, store).start(head_of(w3))
+        assert "\n" not in str(err.value)
+    finally:
+        store.close()
