@@ -34,8 +34,6 @@ from protocol_model.loader import discover_accounts, load_accounts, load_protoco
 from protocol_model.logs import engine_topic
 from protocol_model.state import Position, ProtocolState
 
-MAX_UINT = 2**256 - 1
-
 
 def config(tmp_path: Path, **overrides: Any) -> BotConfig:
     settings: dict[str, Any] = {"db_path": str(tmp_path / "bot.sqlite3"), "lookback_blocks": 4}
