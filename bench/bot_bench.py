@@ -282,7 +282,7 @@ class BenchChain:
             tx_hash = self.w3.eth.send_transaction({
                 "from": self.owner.address, "data": art["BenchTrader"].blueprint, "gas": 3_000_000,
             })
-            blueprint = self.w3.eth.get_transaction_receipt(tx_hash)["contractAddress"]
+            blueprint = self.w3.eth.wait_for_transaction_receipt(tx_hash)["contractAddress"]
             factory_cls = self.w3.eth.contract(abi=art["TraderFactory"].abi, bytecode=art["TraderFactory"].bytecode)
             receipt = self.owner.send(factory_cls.constructor(blueprint, dep.engine, dep.quote))
         finally:
