@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 from protocol_model.actions import LiquidationOrder
 from protocol_model.errors import ConfigError
@@ -60,9 +60,6 @@ from .pending import DecoderRegistry, PendingSource, PriceUpdate
 from .preflight import needs_quote, simulate_units
 from .strategy import GasModel, Planner
 from .txs import Fees, FixedTip, Preflight, SendResult, TxRequest
-
-if TYPE_CHECKING:
-    from .liquidator import Liquidator
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +176,7 @@ class Backrunner:
     """Backruns pending price updates for one :class:`~bot.liquidator.Liquidator` (see the module
     docstring). ``clock`` times the latency (``time.perf_counter`` by default)."""
 
-    def __init__(self, bot: "Liquidator", source: PendingSource, registry: DecoderRegistry, *,
+    def __init__(self, bot: Any, source: PendingSource, registry: DecoderRegistry, *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.bot = bot
         self.source = source
@@ -262,12 +259,9 @@ class Backrunner:
         report.chosen = len(decision.chosen)
         if not decision.chosen:
             return report
-        from .liquidator import batch_size, tx_units   # the liquidator imports this module
-
-        size = batch_size(config)
-        units = tx_units(decision.chosen, size)
+        units, batched = bot.tx_units(decision.chosen)
         quote = bot._quote_balance() if needs_quote(units) else 0
-        flights = simulate_units(view, units, bot.address, quote, batch=size > 1)
+        flights = simulate_units(view, units, bot.address, quote, batch=batched)
         to_send: list[tuple[TxRequest, Preflight]] = []
         sent_units = []
         for unit, flight in zip(units, flights):
@@ -327,7 +321,7 @@ def _price_text(feed: Feed) -> str:
     return fmt_wad(answer_to_price(feed.answer, feed.price_scale))
 
 
-def make_backrunner(bot: "Liquidator", source: PendingSource | None = None) -> Backrunner | None:
+def make_backrunner(bot: Any, source: PendingSource | None = None) -> Backrunner | None:
     """The bot's backrunner: ``source`` or the node's pending-transaction filter, and the
     ``set_answer`` decoders of the engine's feeds (each accepting its updater only). None, said
     once in the log, when the node has no pending-transaction filter."""
@@ -360,7 +354,7 @@ def make_backrunner(bot: "Liquidator", source: PendingSource | None = None) -> B
     return backrunner
 
 
-def feed_updaters(bot: "Liquidator") -> dict[str, str | None]:
+def feed_updaters(bot: Any) -> dict[str, str | None]:
     """The engine's feeds and, where the feed tells it (``updater()``), who may update it."""
     from eth_utils import to_checksum_address
     from web3.exceptions import ContractLogicError, Web3RPCError

@@ -462,6 +462,12 @@ class Liquidator:
             self.poll_pending()
         return head
 
+    def tx_units(self, chosen: list[Candidate]) -> tuple[list[list[Candidate]], bool]:
+        """The transactions ``chosen`` go out as (:func:`tx_units`), and whether a lone liquidation
+        goes as ``liquidate_many`` too (``max_batch_orders`` > 1); for :mod:`bot.backrun`."""
+        size = batch_size(self.config)
+        return tx_units(chosen, size), size > 1
+
     def poll_pending(self) -> BackrunReport | None:
         """Read the node's pending transactions and backrun the price updates among them
         (:mod:`bot.backrun`); None without any. The first call sets the backrunner up (off, said
