@@ -295,8 +295,8 @@ class WsSubscription:
                 return
             self._client = None
         self.losses += 1
-        log.warning("WebSocket to %s lost (%s): polling over HTTP%s", redact_url(self.url), client.error or "closed",
-                    ", reconnecting in the background" if self.reconnect else "")
+        log.warning("WebSocket to %s lost (%s): %s polled over HTTP%s", redact_url(self.url), client.error or "closed",
+                    self.kind, ", reconnecting in the background" if self.reconnect else "")
         client.close()
         if self.reconnect:
             self._start_reconnector()
