@@ -45,10 +45,10 @@ from protocol_model.actions import (
     settle_bad_debt,
 )
 from protocol_model.errors import ConfigError, Revert
-from protocol_model.state import Account, ProtocolState
+from protocol_model.state import ProtocolState
 from protocol_model.wad import UINT256_MAX
 
-from .strategy import LIQUIDATE, LIQUIDATE_COLLATERAL, SETTLE, Candidate
+from .strategy import LIQUIDATE, LIQUIDATE_COLLATERAL, SETTLE, Candidate, scratch_state
 from .txs import LIQUIDATE_MANY, Preflight, classify_revert
 
 # The engine's balance of every token, as far as the model is concerned: enough.
@@ -86,36 +86,6 @@ def unit_call(unit: Sequence[Candidate], batch: bool = True) -> EngineCall:
     return EngineCall(unit[0].kind, (order_of(unit[0]),))
 
 
-def scratch(state: ProtocolState, accounts: Sequence[str]) -> ProtocolState:
-    """A copy of ``state`` in which only ``accounts``, the house, the insurance fund and the
-    collateral totals may change (everything else shared; see :func:`bot.strategy.scratch_state`,
-    the one-account form)."""
-    copies: dict[str, Account] = {}
-    for address in accounts:
-        if address in copies:
-            continue
-        acc = state.accounts.get(address)
-        if acc is not None:
-            copies[address] = _account_copy(acc)
-    return ProtocolState(
-        engine=state.engine,
-        params=state.params,
-        markets=state.markets,
-        collaterals=state.collaterals,
-        feeds=state.feeds,
-        accounts=copies,
-        house=_account_copy(state.house) if state.house is not None else None,
-        insurance_fund=state.insurance_fund,
-        total_collateral=dict(state.total_collateral),
-        timestamp=state.timestamp,
-        block=state.block,
-    )
-
-
-def _account_copy(acc: Account) -> Account:
-    return Account(acc.address, acc.cash, dict(acc.collateral), dict(acc.positions))
-
-
 def _wallets(state: ProtocolState, caller: str, quote_balance: int, allowance: int) -> Wallets:
     quote = state.params.quote_token
     wallets = Wallets()
@@ -132,7 +102,7 @@ def simulate_calls(state: ProtocolState, txs: Sequence[EngineCall], caller: str,
     """Run ``txs`` in order on one scratch copy of ``state`` (never written), sent by ``caller``
     who holds ``quote_balance`` quote native units and gave the engine ``allowance``; at the
     state's timestamp, or ``timestamp`` (seconds) if given. One :class:`Preflight` per call."""
-    sim = scratch(state, [o.account for tx in txs for o in tx.orders])
+    sim = scratch_state(state, *{o.account: None for tx in txs for o in tx.orders})
     if timestamp is not None:
         sim.timestamp = timestamp
     wallets = _wallets(sim, caller, quote_balance, allowance)
@@ -174,4 +144,4 @@ def needs_quote(units: Sequence[Sequence[Candidate]]) -> bool:
     return any(c.kind == LIQUIDATE_COLLATERAL for u in units for c in u)
 
 
-__all__ = ["EngineCall", "needs_quote", "order_of", "scratch", "simulate_calls", "simulate_units", "unit_call"]
+__all__ = ["EngineCall", "needs_quote", "order_of", "simulate_calls", "simulate_units", "unit_call"]

@@ -143,22 +143,22 @@ class AccountPlan:
     skipped: str | None = None                                 # why planning stopped early, if it did
 
 
-def scratch_state(state: ProtocolState, address: str) -> ProtocolState:
-    """A copy of ``state`` in which only ``address`` (and the house) may be changed.
+def scratch_state(state: ProtocolState, *addresses: str) -> ProtocolState:
+    """A copy of ``state`` in which only ``addresses`` (those it holds), the house, the insurance
+    fund and the collateral totals may be changed.
 
     Configuration, feeds and every other account are shared, not copied: the liquidation actions
-    only write the liquidated account, the house, the insurance fund and ``total_collateral``.
-    The two accounts are copied one level deep: the model replaces positions (never mutates a
+    only write the liquidated accounts, the house, the insurance fund and ``total_collateral``.
+    The accounts are copied one level deep: the model replaces positions (never mutates a
     :class:`Position`) and writes collateral through the account's own dict.
     """
-    account = state.accounts[address]
     return ProtocolState(
         engine=state.engine,
         params=state.params,
         markets=state.markets,
         collaterals=state.collaterals,
         feeds=state.feeds,
-        accounts={address: _account_copy(account)},
+        accounts={a: _account_copy(state.accounts[a]) for a in addresses if a in state.accounts},
         house=_account_copy(state.house) if state.house is not None else None,
         insurance_fund=state.insurance_fund,
         total_collateral=dict(state.total_collateral),
