@@ -197,6 +197,18 @@ class LocalNode:
         if self.request("evm_revert", snapshot) is False:
             raise NodeRpcError(f"evm_revert: no snapshot {snapshot}")
 
+    @contextmanager
+    def restored(self) -> Iterator[None]:
+        """The chain and the mempool as they were, after the block: a test on a module's chain
+        leaves nothing behind (the mempool emptied before and after, the chain reverted)."""
+        self.clear_mempool()
+        snap = self.snapshot()
+        try:
+            yield
+        finally:
+            self.revert(snap)
+            self.clear_mempool()
+
     def reorg(self, depth: int) -> None:
         """``anvil_reorg(depth, [])``: the last ``depth`` blocks are replaced by as many new empty
         ones; their transactions are gone (not back in the mempool)."""

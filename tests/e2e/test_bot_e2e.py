@@ -170,14 +170,8 @@ def module_chain(node_kind: str) -> Iterator[Chain]:
 @pytest.fixture
 def chain(module_chain: Chain) -> Iterator[Chain]:
     """The full population, restored after the test."""
-    node = module_chain.node
-    node.clear_mempool()
-    snap = node.snapshot()
-    try:
+    with module_chain.node.restored():
         yield module_chain
-    finally:
-        node.revert(snap)
-        node.clear_mempool()
 
 
 def bot_config(tmp_path: Path, name: str, **overrides: Any) -> BotConfig:

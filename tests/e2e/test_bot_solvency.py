@@ -91,12 +91,8 @@ def setup(node_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def chain(setup: Setup) -> Iterator[Setup]:
-    snap = setup.node.snapshot()
-    try:
+    with setup.node.restored():
         yield setup
-    finally:
-        setup.node.revert(snap)
-        setup.node.clear_mempool()
 
 
 def _state(s: Setup, block: int) -> Any:

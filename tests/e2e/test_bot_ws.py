@@ -68,13 +68,8 @@ def setup(node_kind: str) -> Iterator[Setup]:
 
 @pytest.fixture
 def s(setup: Setup) -> Iterator[Setup]:
-    setup.node.clear_mempool()
-    snap = setup.node.snapshot()
-    try:
+    with setup.node.restored():
         yield setup
-    finally:
-        setup.node.revert(snap)
-        setup.node.clear_mempool()
 
 
 def set_prices(s: Setup, pct: int) -> None:

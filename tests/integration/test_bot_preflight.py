@@ -237,13 +237,8 @@ def devnode() -> Iterator[Devnode]:
 
 @pytest.fixture
 def chain(devnode: Devnode) -> Iterator[Devnode]:
-    devnode.node.clear_mempool()
-    snap = devnode.node.snapshot()
-    try:
+    with devnode.node.restored():
         yield devnode
-    finally:
-        devnode.node.revert(snap)
-        devnode.node.clear_mempool()
 
 
 def make_bot(chain: Devnode, tmp_path: Path, preflight: str) -> Liquidator:
