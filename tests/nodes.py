@@ -350,3 +350,39 @@ def start_node(kind: str, **kwargs: Any) -> LocalNode:
     if kind == "anvil":
         return AnvilNode(**kwargs)
     raise ValueError(f"unknown node kind {kind!r}: expected one of {NODE_KINDS}")
+
+
+class Seeded:
+    """A started node with the protocol deployed and traders seeded (:func:`seeded_node`)."""
+
+    def __init__(self, node: LocalNode, w3: Any, dep: Any, owner: str, traders: list[str], keeper_key: str) -> None:
+        self.node, self.w3, self.dep = node, w3, dep
+        self.owner, self.traders, self.keeper_key = owner, traders, keeper_key
+
+
+@contextmanager
+def seeded_node(kind: str, traders: int, seed: int, keeper_usdc: int = 0) -> Iterator[Seeded]:
+    """A node of ``kind`` with the default deployment (by dev account 0), ``traders`` traders seeded
+    with ``seed``, and dev account 5 as the keeper, minted ``keeper_usdc`` quote tokens; stopped
+    after the block. The module fixtures of the bot's e2e tests start from it."""
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    from protocol_model.chain import Sender
+    from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
+    from protocol_model.seeding import seed_accounts
+
+    compile_contracts()
+    node = start_node(kind)
+    try:
+        w3 = Web3(HTTPProvider(node.url))
+        keeper_key = node.accounts[5][1]
+        with node.automine():
+            owner = Sender.unlocked(w3, 0)
+            dep = deploy_protocol(w3, owner, DeployConfig())
+            if keeper_usdc:
+                owner.send(dep.quote_contract.functions.mint(Account.from_key(keeper_key).address, keeper_usdc * 10**6))
+            seeded = [p.address for p in seed_accounts(w3, dep, owner, traders, seed)]
+        yield Seeded(node, w3, dep, owner.address, seeded, keeper_key)
+    finally:
+        node.stop()

@@ -33,14 +33,12 @@ from bot.liquidator import Liquidator
 from bot.pending import SET_ANSWER, DecoderRegistry, FilterPendingSource, PriceUpdate, normalize_tx
 from bot.txs import batch_orders
 from protocol_model.calls import decode_call, encode_call, selector
-from protocol_model.chain import Sender
-from protocol_model.deploy import Deployment, DeployConfig, compile_contracts, deploy_protocol
+from protocol_model.deploy import Deployment
 from protocol_model.health import health
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
-from protocol_model.seeding import seed_accounts
 
-from nodes import LocalNode, start_node
+from nodes import LocalNode, seeded_node
 
 WAD = 10**18
 GWEI = 10**9
@@ -73,19 +71,8 @@ class Chain:
 
 @pytest.fixture(scope="module")
 def module_chain(node_kind: str) -> Iterator[Chain]:
-    compile_contracts()
-    node = start_node(node_kind)
-    try:
-        w3 = Web3(HTTPProvider(node.url))
-        liquidator_key = node.accounts[5][1]
-        with node.automine():
-            owner = Sender.unlocked(w3, 0)
-            dep = deploy_protocol(w3, owner, DeployConfig())
-            owner.send(dep.quote_contract.functions.mint(Account.from_key(liquidator_key).address, BOT_FUNDS * 10**6))
-            traders = [p.address for p in seed_accounts(w3, dep, owner, N, SEED)]
-        yield Chain(node, w3, dep, owner.address, traders, liquidator_key)
-    finally:
-        node.stop()
+    with seeded_node(node_kind, N, SEED, keeper_usdc=BOT_FUNDS) as c:
+        yield Chain(c.node, c.w3, c.dep, c.owner, c.traders, c.keeper_key)
 
 
 @pytest.fixture

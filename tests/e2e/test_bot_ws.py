@@ -27,13 +27,11 @@ from web3 import HTTPProvider, Web3
 
 from bot.config import BotConfig
 from bot.liquidator import Liquidator
-from protocol_model.chain import Sender
-from protocol_model.deploy import DeployConfig, Deployment, compile_contracts, deploy_protocol
+from protocol_model.deploy import Deployment
 from protocol_model.loader import load_accounts, load_protocol
 from protocol_model.logs import decode_logs, engine_topic
-from protocol_model.seeding import seed_accounts
 
-from nodes import LocalNode, start_node
+from nodes import LocalNode, seeded_node
 
 GWEI = 10**9
 TRADERS, SEED = 16, 101
@@ -53,17 +51,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(node_kind: str) -> Iterator[Setup]:
-    compile_contracts()
-    node = start_node(node_kind)
-    try:
-        w3 = Web3(HTTPProvider(node.url))
-        with node.automine():
-            owner = Sender.unlocked(w3, 0)
-            dep = deploy_protocol(w3, owner, DeployConfig())
-            traders = [p.address for p in seed_accounts(w3, dep, owner, TRADERS, SEED)]
-        yield Setup(node, w3, dep, owner.address, traders, node.accounts[5][1])
-    finally:
-        node.stop()
+    with seeded_node(node_kind, TRADERS, SEED) as c:
+        yield Setup(c.node, c.w3, c.dep, c.owner, c.traders, c.keeper_key)
 
 
 @pytest.fixture

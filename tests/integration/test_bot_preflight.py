@@ -41,13 +41,11 @@ from engine_helpers import ETH, MAX_UINT, WAD
 from protocol_model import calls
 from protocol_model.actions import SKIP_REASONS
 from protocol_model.calls import encode_call
-from protocol_model.chain import Sender, revert_reason
-from protocol_model.deploy import DeployConfig, compile_contracts, deploy_protocol
+from protocol_model.chain import revert_reason
 from protocol_model.loader import load_state
 from protocol_model.logs import ENGINE, decode_log
-from protocol_model.seeding import seed_accounts
 from test_engine_collateral_liquidation import realise_eth_loss
-from nodes import start_node
+from nodes import seeded_node
 from test_engine_liquidate_many import pending_timestamp
 
 
@@ -220,19 +218,8 @@ class Devnode:
 @pytest.fixture(scope="module")
 def devnode() -> Iterator[Devnode]:
     """The embedded dev node over HTTP, the protocol deployed, 40 seeded traders, a funded keeper."""
-    compile_contracts()
-    node = start_node("devnode")
-    try:
-        w3 = Web3(HTTPProvider(node.url))
-        key = node.accounts[5][1]
-        with node.automine():
-            owner = Sender.unlocked(w3, 0)
-            dep = deploy_protocol(w3, owner, DeployConfig())
-            owner.send(dep.quote_contract.functions.mint(EthAccount.from_key(key).address, 200_000 * 10**6))
-            seed_accounts(w3, dep, owner, 40, 11)
-        yield Devnode(node, w3, dep, owner.address, key)
-    finally:
-        node.stop()
+    with seeded_node("devnode", 40, 11, keeper_usdc=200_000) as c:
+        yield Devnode(c.node, c.w3, c.dep, c.owner, c.keeper_key)
 
 
 @pytest.fixture
